@@ -1,0 +1,1 @@
+"""emoclap runtime: capture, segmentation, embedding, scoring and publishing."""

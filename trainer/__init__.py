@@ -1,0 +1,1 @@
+"""emoclap trainer: corpus, labels, model, training, evaluation and export."""
