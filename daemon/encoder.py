@@ -1,6 +1,7 @@
 """ONNX Runtime adapters for the bundle's two towers."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -62,6 +63,7 @@ def open_session(path: Path, requested: str = "auto", intra_op_threads: int = 0)
     """An inference session on the requested provider; fails rather than silently falling
     back when 'cuda' was asked for explicitly."""
     provider = resolve_provider(requested)
+    ort.set_default_logger_severity(3)  # provider probing warns on CPU-only machines
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
@@ -103,7 +105,7 @@ class AudioEncoder:
         self.bundle = bundle
         self.options = options or EncoderOptions(provider=provider)
         if options is not None and provider != "auto":
-            self.options.provider = provider
+            self.options = dataclasses.replace(options, provider=provider)
         self.session = open_session(bundle.audio_encoder, self.options.provider,
                                     self.options.intra_op_threads)
         _check_io(self.session, bundle.audio_encoder, ("waveform", "lengths"), bundle.embedding_dim)

@@ -113,3 +113,11 @@ def test_console_entry_point_and_registration(recording, tiny_bundle, capsys):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 3
+
+
+def test_daemon_never_imports_torch():
+    code = ("import sys, daemon.cli, daemon.batcher, daemon.prompt_bank, daemon.rolling; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
