@@ -71,6 +71,25 @@ def gemm_rate(threads: int) -> tuple[float, str]:
     return best, who
 
 
+def ort_gemm_rate(threads: int) -> float:
+    """FLOP/s of ONNX Runtime's own fp32 MatMul at the transformer's FFN shape."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    m, k, n = 1024, 768, 3072
+    w = np.random.default_rng(1).standard_normal((k, n), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).standard_normal((m, k), dtype=np.float32)
+    return 2.0 * m * k * n / timed(lambda: session.run(None, {"x": x}), 0.5, 20)
+
+
 def timed(fn, min_time: float, max_reps: int) -> float:
     """Seconds per call: one warm-up, then repeat until `min_time` or `max_reps`; best of them."""
     fn()
@@ -131,13 +150,14 @@ def main() -> None:
 
     # The machine is shared: load comes and goes. Every baseline is measured next to the
     # rows that use it, before and after them, and the best time of each is kept.
-    rates, how = [], {}
+    rates, ort_rates, how = [], [], {}
     eager: dict[float, float] = {}
     ort_time: dict[tuple, float] = {}
 
     def measure_baselines(L):
         rate, how[len(rates)] = gemm_rate(args.threads)
         rates.append(rate)
+        ort_rates.append(ort_gemm_rate(args.threads))
         wave = torch.from_numpy(audio[L][0])[None]
         n = torch.tensor([wave.shape[1]])
         with torch.inference_mode():
@@ -156,7 +176,7 @@ def main() -> None:
     rows = []
     for (precision, b, L), t in sorted(ort_time.items()):
         floor = b * tower_flops(cfg, L) / rate
-        rows.append((precision, b, L, t, b * L / t, b * eager[L] / t, t / floor))
+        rows.append((precision, b, L, t, b * L / t, b * eager[L] / t, t / floor, t / floor * max(ort_rates) / rate))
 
     load_after = os.getloadavg()
     flops_s = {L: tower_flops(cfg, L) / L / 1e9 for L in lengths}
@@ -164,20 +184,23 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"threads {args.threads}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"fp32 GEMM rate: {rate / 1e9:.1f} GFLOP/s, best of {len(rates)} measurements "
-          f"(lowest {min(rates) / 1e9:.1f}; {rate_how})")
+          f"(lowest {min(rates) / 1e9:.1f}; {rate_how}); ONNX Runtime's own MatMul: "
+          f"{max(ort_rates) / 1e9:.1f} GFLOP/s")
     print("tower GFLOP per audio second: " + ", ".join(f"{L:g} s utterances {v:.2f}" for L, v in flops_s.items()))
     print("torch eager, one utterance at a time: " + ", ".join(
         f"{L:g} s: {eager[L] * 1000:.0f} ms (RTF {eager[L] / L:.3f})" for L in lengths))
     print()
-    print("| precision | batch | length s | ms / batch | RTF | × real time | speed-up vs torch eager | time / floor |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for precision, b, L, t, xrt, speedup, vs_floor in rows:
-        print(f"| {precision} | {b} | {L:g} | {t * 1000:.0f} | {1 / xrt:.3f} | {xrt:.1f} | {speedup:.2f} | {vs_floor:.2f} |")
+    print("| precision | batch | length s | ms / batch | RTF | × real time | speed-up vs torch eager "
+          "| time / floor | time / ORT-GEMM floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for precision, b, L, t, xrt, speedup, vs_floor, vs_ort in rows:
+        print(f"| {precision} | {b} | {L:g} | {t * 1000:.0f} | {1 / xrt:.3f} | {xrt:.1f} | {speedup:.2f} "
+              f"| {vs_floor:.2f} | {vs_ort:.2f} |")
     best = {p: max((r for r in rows if r[0] == p), key=lambda r: r[4]) for p in ("fp32", "int8")}
     print()
     for p, r in best.items():
         print(f"best {p}: batch {r[1]}, {r[2]:g} s: {r[4]:.1f}× real time, {r[5]:.2f}× torch eager, "
-              f"{r[6]:.2f}× the floor")
+              f"{r[6]:.2f}× the floor ({r[7]:.2f}× at ONNX Runtime's GEMM rate)")
 
 
 if __name__ == "__main__":

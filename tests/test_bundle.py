@@ -3,7 +3,7 @@ import json
 import pytest
 
 from daemon.bundle import BundleError, load_bundle, sha256_file, write_manifest
-from tests.tiny_bundle import DIM, copy_bundle
+from tests.tiny_bundle import DIM, copy_bundle, tiny_bundle  # noqa: F401 (tiny_bundle: fixture)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from daemon.batcher import Batcher, BatcherOptions
 from daemon.bundle import load_bundle, write_manifest
 from daemon.encoder import AudioEncoder, EncoderError, EncoderOptions, TextEncoder
-from tests.tiny_bundle import DIM, copy_bundle
+from tests.tiny_bundle import DIM, copy_bundle, tiny_bundle  # noqa: F401 (tiny_bundle: fixture)
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 

@@ -10,6 +10,7 @@ from daemon.bundle import load_bundle
 from daemon.encoder import TextEncoder
 from daemon.prompt_bank import PromptBank, PromptBankOptions
 from daemon.scoring import score_utterance
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 CALM = """\
@@ -166,3 +167,16 @@ def test_a_failing_subscriber_does_not_stop_reloads(folder, text_encoder):
     (folder / "calm.toml").write_text(CALM)
     assert bank.reload().added == ("calm",)
     assert len(seen) == 1
+
+
+def test_unchanged_save_is_quiet_and_a_vanished_folder_keeps_the_bank(folder, text_encoder, tmp_path):
+    bank = PromptBank(folder, text_encoder)
+    path = folder / "pleasant.toml"
+    path.write_text(path.read_text())  # saved again, same content: new stamp
+    assert bank.reload() is None
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    assert bank.reload() is None and len(bank.vectors.names) == 7
+    moved.rename(folder)
+    (folder / "aroused.toml").unlink()
+    assert bank.reload().removed == ("aroused",)

@@ -11,6 +11,7 @@ import pytest
 
 from daemon import cli
 from daemon.audio import write_wav
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.speech import RATE, dialogue
 
 REPO = Path(__file__).resolve().parent.parent
