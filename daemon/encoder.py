@@ -114,6 +114,11 @@ class AudioEncoder:
         rate = bundle.sample_rate
         self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
         self.chunk_samples = max(self.min_samples, int(self.options.max_chunk_s * rate))
+        # Dynamic int8 quantisation scales activations per tensor, i.e. over the whole
+        # batch, so batch mates would shift each other's embeddings: run rows one by one.
+        self.rows_per_call = 1 if bundle.precision.startswith("int8") else self.options.max_batch
+        if self.rows_per_call != self.options.max_batch:
+            log.info("int8 audio encoder: one utterance per call, so batch mates cannot change scores")
         self._lock = threading.Lock()
         self.skipped_short = 0
         self.rows_run = 0
@@ -137,7 +142,7 @@ class AudioEncoder:
         """Rows → embeddings, shortest first in padded batches of similar length."""
         out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
         order = sorted(range(len(rows)), key=lambda i: rows[i].size)
-        step = self.options.max_batch
+        step = self.rows_per_call
         for b in range(0, len(order), step):
             idx = order[b:b + step]
             lengths = np.array([rows[i].size for i in idx], np.int64)

@@ -173,3 +173,17 @@ def test_exported_tower_matches_torch_and_hugging_face(tiny_bundle, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"waveform": wave.numpy(), "lengths": np.array([12000])})[0][0]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_int8_bundle_keeps_batch_invariance(tiny_bundle, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    folder = copy_bundle(tiny_bundle, tmp_path / "int8")
+    quantize_dynamic(str(tiny_bundle / "audio_encoder.onnx"), str(folder / "audio_encoder.onnx"),
+                     op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["audio_encoder"]["precision"] = "int8"
+    write_manifest(folder, manifest)
+    enc = AudioEncoder(load_bundle(folder), options=EncoderOptions(provider="cpu", max_batch=8))
+    utterances = [noise(s, i) * a for i, (s, a) in enumerate(((1.0, 1), (2.0, 5), (0.6, 0.2), (1.5, 3)))]
+    single = np.stack([enc.embed([u])[0] for u in utterances])
+    assert np.abs(enc.embed(utterances) - single).max() < 1e-4
