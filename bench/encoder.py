@@ -178,6 +178,11 @@ def main() -> None:
         floor = b * tower_flops(cfg, L) / rate
         rows.append((precision, b, L, t, b * L / t, b * eager[L] / t, t / floor, t / floor * max(ort_rates) / rate))
 
+    invariance = {}
+    mixed = [audio[L][i] for i, L in enumerate(lengths)]
+    for precision, enc in encoders.items():
+        single = np.stack([enc.embed([a])[0] for a in mixed])
+        invariance[precision] = float(np.abs(enc.embed(mixed) - single).max())
     load_after = os.getloadavg()
     flops_s = {L: tower_flops(cfg, L) / L / 1e9 for L in lengths}
     print()
@@ -198,6 +203,10 @@ def main() -> None:
               f"| {vs_floor:.2f} | {vs_ort:.2f} |")
     best = {p: max((r for r in rows if r[0] == p), key=lambda r: r[4]) for p in ("fp32", "int8")}
     print()
+    print("batching invariance, max |batched - single| over utterances of " +
+          ", ".join(f"{L:g}" for L in lengths) + " s: " +
+          ", ".join(f"{p} {v:.1e}" for p, v in invariance.items()) +
+          " (int8 bundles run one utterance per ONNX call)")
     for p, r in best.items():
         print(f"best {p}: batch {r[1]}, {r[2]:g} s: {r[4]:.1f}× real time, {r[5]:.2f}× torch eager, "
               f"{r[6]:.2f}× the floor ({r[7]:.2f}× at ONNX Runtime's GEMM rate)")
