@@ -72,6 +72,18 @@ class Sender:
             self.state[station] = state
                 self._last_status = 0.0  # report a state change at once
 
+    def absorb(self, status: dict) -> None:
+        """Fold an upstream status into this sender's, to be reported downstream."""
+        if status.get("states", {}) != {k: self.state.get(k) for k in status.get("states", {})}:
+            self._last_status = 0.0
+        self.state.update(status.get("states", {}))
+        for station, reason, n in status.get("dropped", []):
+            self.dropped[(station, reason)] += n
+        for station, n in status.get("overflows", {}).items():
+            self.overflows[station] += n
+        self.gauges.update(status.get("gauges", {}))
+        self.observations.extend(tuple(o) for o in status.get("batches", []))
+
     def send(self, msg: wire.Message, block: bool | None = None) -> bool:
         block = self.block if block is None else block
         try:
