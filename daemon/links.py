@@ -70,7 +70,7 @@ class Sender:
         if self.state.get(station) != state:
             log.info("station %s: %s", station, state)
             self.state[station] = state
-                self._last_status = 0.0  # report a state change at once
+            self._last_status = 0.0  # report a state change at once
 
     def absorb(self, status: dict) -> None:
         """Fold an upstream status into this sender's, to be reported downstream."""
