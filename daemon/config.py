@@ -99,6 +99,7 @@ class Config:
     bundle: str = "data/demo-bundle"
     prompts: str = "prompts"
     provider: str = "auto"
+    cache: str = "var/prompt-cache.sqlite3"  # prompt embeddings, keyed by bundle hash
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rolling: RollingConfig = field(default_factory=RollingConfig)
@@ -238,6 +239,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         return str(base / p) if p and not Path(p).is_absolute() else p
     cfg.bundle = resolve(cfg.bundle)
     cfg.prompts = resolve(cfg.prompts)
+    cfg.cache = resolve(cfg.cache)
     cfg.history.path = resolve(cfg.history.path)
     for st in cfg.stations:
         st.file = resolve(st.file)

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import deque
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
 
 CLOSE_TOO_SLOW = 1013  # "try again later"
 

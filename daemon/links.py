@@ -17,7 +17,7 @@ import zmq
 
 from . import wire
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
 
 _context_lock = threading.Lock()
 

@@ -56,3 +56,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP request or connection is noise in a journal.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))

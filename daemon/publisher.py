@@ -15,7 +15,7 @@ from .metrics import Metrics
 from .rolling import RollingScores
 from .scoring import score_utterance
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
 
 PROTOCOL_VERSION = 1
 

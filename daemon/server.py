@@ -30,7 +30,7 @@ from .links import Sender, context
 from .metrics import Metrics
 from .publisher import Publisher
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
 
 STATIC = Path(__file__).parent / "static"
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>emoclap</title>

@@ -50,12 +50,14 @@ def open_encoder(cfg: Config, bundle):
 
 
 def open_bank(cfg: Config, bundle, on_change):
-    from .bank import PromptBank
     from .encoder import TextEncoder
+    from .prompt_bank import PromptBank, PromptBankOptions
 
-    bank = PromptBank(Path(cfg.prompts), TextEncoder(bundle, provider=cfg.provider))
+    Path(cfg.cache).parent.mkdir(parents=True, exist_ok=True)
+    bank = PromptBank(Path(cfg.prompts), TextEncoder(bundle, provider=cfg.provider),
+                      PromptBankOptions(cache=cfg.cache))
     bank.subscribe(on_change)
-    return bank
+    return bank.start()
 
 
 class Service:
@@ -79,7 +81,7 @@ class Service:
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         try:
-            await self._start()
+            await self.start()
             notify("READY=1")
             notify(f"STATUS=running {', '.join(self.stages)}")
             self.ready.set()
@@ -89,10 +91,10 @@ class Service:
                 task.cancel()
         finally:
             notify("STOPPING=1")
-            await self._shutdown()
+            await self.stop()
         return 0
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
         from .bundle import load_bundle
 
         cfg, p = self.cfg, self.parts
@@ -195,7 +197,7 @@ class Service:
             self._start_sources()
 
     # ---- stop
-    async def _shutdown(self) -> None:
+    async def stop(self) -> None:
         p = self.parts
         log.info("stopping: draining capture, encoder and publisher")
         await asyncio.to_thread(self._stop_sources)
