@@ -20,7 +20,7 @@ from .config import Config, StationConfig
 from .links import Sender
 from .segmenter import Segmenter, SegmenterOptions
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.capture")
 
 SAMPLE_RATE = 16_000
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import deque
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.hub")
 
 CLOSE_TOO_SLOW = 1013  # "try again later"
 
@@ -111,7 +111,20 @@ class Hub:
                     getattr(client.ws, "remote_address", ""), len(client.queue))
         if self.on_slow:
             self.on_slow()
-        asyncio.create_task(client.ws.close(CLOSE_TOO_SLOW, "client too slow: send queue full"))
+        asyncio.create_task(self._evict(client, CLOSE_TOO_SLOW, "client too slow: send queue full"))
+
+    async def _evict(self, client: Client, code: int, reason: str, timeout: float = 2.0) -> None:
+        # The writer may be stuck in a send to a full socket; it goes first, then the close
+        # frame is queued; a client that does not answer it within `timeout` is cut off.
+        if client.task is not None:
+            client.task.cancel()
+        try:
+            await asyncio.wait_for(client.ws.close(code, reason), timeout)
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
+            pass
+        transport = getattr(client.ws, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
     def depth(self) -> int:
         return max((len(c.queue) for c in self.clients), default=0)
@@ -136,6 +149,5 @@ class Hub:
             await asyncio.sleep(0.02)
         for client in list(self.clients):
             client.closing = True
-            client.task and client.task.cancel()
-        await asyncio.gather(*(c.ws.close(code, reason) for c in list(self.clients)),
+        await asyncio.gather(*(self._evict(c, code, reason) for c in list(self.clients)),
                              return_exceptions=True)

@@ -17,7 +17,7 @@ import zmq
 
 from . import wire
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.links")
 
 _context_lock = threading.Lock()
 

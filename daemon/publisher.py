@@ -15,7 +15,7 @@ from .metrics import Metrics
 from .rolling import RollingScores
 from .scoring import score_utterance
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.publisher")
 
 PROTOCOL_VERSION = 1
 

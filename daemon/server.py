@@ -30,7 +30,7 @@ from .links import Sender, context
 from .metrics import Metrics
 from .publisher import Publisher
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.server")
 
 STATIC = Path(__file__).parent / "static"
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>emoclap</title>
@@ -109,6 +109,7 @@ class Server:
             event = self.publisher.on_message(msg)
             if event is not None:
                 self.hub.broadcast(event, station=event["station"])
+                await asyncio.sleep(0)  # let client writers run between events of a burst
             if msg.kind == "eos":
                 self.eos.set()
 

@@ -19,7 +19,7 @@ from .audio import AudioError, read_channels
 from .capture import SAMPLE_RATE, SourceThread
 from .config import Config, StationConfig
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.sources")
 
 
 class DeviceError(RuntimeError):

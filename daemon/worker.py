@@ -20,7 +20,7 @@ from . import wire
 from .config import Config
 from .links import Sender, pull_socket
 
-log = logging.getLogger("emoclapd." + __name__.rpartition(".")[2])
+log = logging.getLogger("emoclapd.worker")
 
 
 class ObservedEncoder:
