@@ -1,6 +1,7 @@
 """ONNX Runtime adapters for the bundle's two towers."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -62,6 +63,7 @@ def open_session(path: Path, requested: str = "auto", intra_op_threads: int = 0)
     """An inference session on the requested provider; fails rather than silently falling
     back when 'cuda' was asked for explicitly."""
     provider = resolve_provider(requested)
+    ort.set_default_logger_severity(3)  # provider probing warns on CPU-only machines
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
@@ -103,7 +105,7 @@ class AudioEncoder:
         self.bundle = bundle
         self.options = options or EncoderOptions(provider=provider)
         if options is not None and provider != "auto":
-            self.options.provider = provider
+            self.options = dataclasses.replace(options, provider=provider)
         self.session = open_session(bundle.audio_encoder, self.options.provider,
                                     self.options.intra_op_threads)
         _check_io(self.session, bundle.audio_encoder, ("waveform", "lengths"), bundle.embedding_dim)
@@ -112,6 +114,11 @@ class AudioEncoder:
         rate = bundle.sample_rate
         self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
         self.chunk_samples = max(self.min_samples, int(self.options.max_chunk_s * rate))
+        # Dynamic int8 quantisation scales activations per tensor, i.e. over the whole
+        # batch, so batch mates would shift each other's embeddings: run rows one by one.
+        self.rows_per_call = 1 if bundle.precision.startswith("int8") else self.options.max_batch
+        if self.rows_per_call != self.options.max_batch:
+            log.info("int8 audio encoder: one utterance per call, so batch mates cannot change scores")
         self._lock = threading.Lock()
         self.skipped_short = 0
         self.rows_run = 0
@@ -135,7 +142,7 @@ class AudioEncoder:
         """Rows → embeddings, shortest first in padded batches of similar length."""
         out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
         order = sorted(range(len(rows)), key=lambda i: rows[i].size)
-        step = self.options.max_batch
+        step = self.rows_per_call
         for b in range(0, len(order), step):
             idx = order[b:b + step]
             lengths = np.array([rows[i].size for i in idx], np.int64)

@@ -109,7 +109,9 @@ class PromptBank:
         return {path: str(err) for path, err in self._errors.items()}
 
     def subscribe(self, callback: Callable[[PromptUpdate], None]) -> Callable[[], None]:
-        """Call `callback(update)` after every reload that changed something; returns an unsubscribe."""
+        """Call `callback(update)` after every reload that changed something; returns an
+        unsubscribe. Callbacks run on the watcher thread: an asyncio server should hand
+        the update to its loop with `loop.call_soon_threadsafe`."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
@@ -151,6 +153,10 @@ class PromptBank:
 
     def _reload(self) -> PromptUpdate | None:
         started = time.monotonic()
+        if not self.folder.is_dir():
+            # A folder that vanished (unmounted, being replaced) is not "every file deleted".
+            log.warning("%s: prompt folder is missing; keeping %d emotions", self.folder, len(self._emotions))
+            return None
         stamps = self._scan()
         todo = {p for p, s in stamps.items() if self._stamps.get(p) != s}
         gone = [p for p in self._stamps if p not in stamps]
@@ -187,7 +193,8 @@ class PromptBank:
                 log.error("%s%s", err, "; the last good version stays in use" if kept else "")
                 continue
             errors.pop(path, None)
-            (changed if name in emotions else added).append(name)
+            if emotions.get(name) != parsed[name]:  # a file saved unchanged is no news
+                (changed if name in emotions else added).append(name)
             emotions[name], poles[name], owner[name] = parsed[name], vectors, path
         self._emotions, self._pole_vectors, self._owner, self._errors = emotions, poles, owner, errors
         after = {p: str(e) for p, e in errors.items()}

@@ -8,6 +8,7 @@ import soxr
 import websockets
 
 from daemon.ingest import IngestLimits, IngestSession
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import receive, service_config, url, with_service
 from tests.speech import dialogue
 

@@ -9,6 +9,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import (embedding_messages, http_url, push, receive, service_config,
                               url, with_service)
 

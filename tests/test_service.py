@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from daemon.history import History
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.stagekit import stereo_dialogue, write_stereo
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import numpy as np
 from daemon import service as service_module
 from daemon.capture import StationPipe, segmenter_options
 from daemon.links import Sender
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import service_config, with_service
 from tests.speech import dialogue
 from tests.stagekit import Watch, config, endpoint, write_stereo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, HubertConfig, HubertModel
@@ -79,3 +80,13 @@ def build_tiny_bundle(folder: Path, seed: int = 0, languages=("en", "ja")) -> Pa
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny real bundle, built once per test run (import this fixture into a test
+    module to use it); tests must not modify it, copy it with `copy_bundle` instead."""
+    folder = tmp_path_factory.getbasetemp() / "tiny-bundle"
+    if not (folder / "manifest.json").exists():
+        build_tiny_bundle(folder)
+    return folder

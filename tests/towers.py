@@ -17,6 +17,20 @@ def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _masked_channel_norm(h: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with one group per channel over the first `lengths` frames only.
+
+    Sums are mat-vec products with the mask and the affine map is folded into one
+    scale and shift, so the big [B, C, T] tensor is touched by three passes, not six.
+    """
+    m = _length_mask(lengths, h.shape[-1]).to(h.dtype)[:, :, None]  # [B, T, 1]
+    n = m.sum(1, keepdim=True).clamp(min=1.0)  # [B, 1, 1]
+    mean = torch.matmul(h, m) / n  # [B, C, 1]
+    var = (torch.matmul(h * h, m) / n - mean * mean).clamp(min=0.0)
+    scale = norm.weight[None, :, None] * torch.rsqrt(var + norm.eps)
+    return h * scale + (norm.bias[None, :, None] - mean * scale)
+
+
 class AudioEmbedder(nn.Module):
     """wav2vec2-family encoder → masked mean pooling → linear → L2 norm.
 
@@ -37,13 +51,7 @@ class AudioEmbedder(nn.Module):
             cur = torch.div(cur - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
             norm = getattr(layer, "layer_norm", None)
             if isinstance(norm, nn.GroupNorm):
-                h = conv(x)
-                m = _length_mask(cur, h.shape[-1]).to(h.dtype)[:, None, :]
-                n = m.sum(-1, keepdim=True).clamp(min=1.0)
-                mean = (h * m).sum(-1, keepdim=True) / n
-                var = (((h - mean) * m) ** 2).sum(-1, keepdim=True) / n
-                h = (h - mean) / torch.sqrt(var + norm.eps) * norm.weight[None, :, None] + norm.bias[None, :, None]
-                x = layer.activation(h)
+                x = layer.activation(_masked_channel_norm(conv(x), cur, norm))
             else:
                 x = layer(x)
         mask = _length_mask(cur.clamp(min=1), x.shape[-1])
