@@ -74,7 +74,8 @@ class Server:
 
     async def stop_ingest(self) -> None:
         """Stop taking audio: close every ingest session (their segmenters flush)."""
-        self.server.close(close_connections=False)
+        if self.server is not None:
+            self.server.close(close_connections=False)
         for session in list(self.ingest_sessions.values()):
             session.close()
         self.ingest_sessions.clear()
@@ -93,9 +94,11 @@ class Server:
         await self.hub.close_all(1001, "server shutting down")
         for task in self._tasks:
             task.cancel()
-        self.server.close()
-        await self.server.wait_closed()
-        self._pull.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        if self._pull is not None:
+            self._pull.close()
 
     # ---- score/publish
     async def _pump(self) -> None:

@@ -231,9 +231,13 @@ def run_service(config_path: str, stages=STAGES) -> int:
     if "capture" in stages and not cfg.stations and stages != STAGES:
         log.error("%s: stations: none configured, nothing to capture", config_path)
         return 2
+    from .bundle import BundleError
+    from .encoder import EncoderError
+    from .prompts import PromptError
+
     try:
         return asyncio.run(Service(cfg, stages, config_path).run())
-    except ConfigError as exc:
+    except (ConfigError, BundleError, EncoderError, PromptError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # noqa: BLE001 - start-up failures: one line, not a trace

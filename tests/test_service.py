@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,59 @@ async def watch(port, proc, stop_at):
         except websockets.ConnectionClosed:
             pass
         return events, (ws.close_code, ws.close_reason)
+
+
+@pytest.mark.slow
+def test_stages_in_three_processes(tmp_path, tiny_bundle):
+    """`capture`, `encode` and `serve` apart, over ipc:// and tcp://: the same results."""
+    stereo, spans = stereo_dialogue(tmp_path, TURNS[:6])
+    wav = write_stereo(tmp_path / "dialogue.wav", stereo)
+    port, link = free_port(), free_port()
+    (tmp_path / "config.toml").write_text(f"""
+bundle = "{tiny_bundle}"
+prompts = "{REPO / 'prompts'}"
+cache = "cache.sqlite3"
+[history]
+path = "history.sqlite3"
+[server]
+port = {port}
+[stages]
+utterances = "ipc://u.sock"
+embeddings = "tcp://127.0.0.1:{link}"
+[[stations]]
+name = "staff"
+file = "{wav}"
+channel = 0
+realtime = false
+[[stations]]
+name = "customer"
+file = "{wav}"
+channel = 1
+realtime = false
+""")
+    procs = {}
+    try:
+        for stage in ("capture", "encode", "serve"):  # capture first: it waits for the others
+            procs[stage] = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", stage, "--config", str(tmp_path / "config.toml")],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        want = len(spans[0]) + len(spans[1])
+        health = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and health.get("utterances") != want:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                pass
+        assert health.get("utterances") == want, health
+        assert health["stations"] == {"staff": "ended", "customer": "ended"}
+        for stage in ("capture", "encode", "serve"):
+            procs[stage].send_signal(signal.SIGTERM)
+            assert procs[stage].wait(30) == 0, procs[stage].stderr.read()
+    finally:
+        for p in procs.values():
+            p.kill()
+    stations = [h["station"] for h in History(tmp_path / "history.sqlite3").events()]
+    assert sorted(stations) == sorted(["staff"] * len(spans[0]) + ["customer"] * len(spans[1]))
