@@ -83,7 +83,7 @@ class StationConfig:
     loop: bool = False
     # device
     device: str | int | None = None  # name substring or index; default input if unset
-    sample_rate: int | None = None  # device rate; the device's default if unset
+    sample_rate: int | None = None  # device rate; 16000 if unset
     block_ms: int = 20
     queue_blocks: int = 200  # blocks buffered between audio callback and segmenter
 
@@ -201,6 +201,8 @@ def _validate(cfg: Config) -> None:
     _check_positive(srv, "server", ("max_clients", "max_message_bytes", "client_queue",
                                     "ingest_max_sessions", "ingest_max_frame_bytes",
                                     "ingest_max_rate", "ingest_burst_s"))
+    if srv.ingest_max_frame_bytes > srv.max_message_bytes:
+        raise ConfigError("server.ingest_max_frame_bytes: must not exceed server.max_message_bytes")
     srv.token = os.environ.get(TOKEN_ENV, srv.token)
     if not is_loopback(srv.host) and not srv.token:
         raise ConfigError(f"server.token: required when server.host ({srv.host}) is not a "

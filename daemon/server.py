@@ -65,7 +65,7 @@ class Server:
         self.ingest_sender = Sender(st.utterances, st.hwm, st.status_interval_s)
         self.server = await serve(
             self._handler, srv.host, srv.port, process_request=self._process_request,
-            max_size=max(srv.max_message_bytes, 2 * srv.ingest_max_frame_bytes),
+            max_size=srv.max_message_bytes,
             ping_interval=srv.ping_interval_s, ping_timeout=srv.ping_timeout_s,
             close_timeout=2, server_header="emoclapd")
         self.port = self.server.sockets[0].getsockname()[1]
