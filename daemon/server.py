@@ -119,7 +119,14 @@ class Server:
     async def _rolling_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.rolling.interval_s)
-            self.hub.broadcast_each(lambda c: self.publisher.rolling_message(c.stations))
+            built: dict = {}  # one snapshot per distinct subscription, not per client
+
+            def snapshot(client):
+                key = None if client.stations is None else frozenset(client.stations)
+                if key not in built:
+                    built[key] = self.publisher.rolling_message(client.stations)
+                return built[key]
+            self.hub.broadcast_each(snapshot)
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
             if self.ingest_sender is not None:
                 self.ingest_sender.tick()

@@ -71,6 +71,7 @@ class Service:
         self.parts = Parts()
         self.stop_event: asyncio.Event | None = None
         self.ready = threading.Event()
+        self._reload_lock: asyncio.Lock | None = None
         self._config_mtime = self._mtime()
 
     # ---- start
@@ -165,6 +166,11 @@ class Service:
 
     async def reload(self, why: str) -> None:
         """Re-read prompts and configuration; a bad file leaves everything as it was."""
+        self._reload_lock = self._reload_lock or asyncio.Lock()
+        async with self._reload_lock:  # SIGHUP and the file watcher may coincide
+            await self._reload(why)
+
+    async def _reload(self, why: str) -> None:
         notify("RELOADING=1")
         log.info("reloading (%s)", why)
         self._config_mtime = self._mtime()
