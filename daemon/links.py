@@ -20,6 +20,7 @@ from . import wire
 log = logging.getLogger("emoclapd.links")
 
 _context_lock = threading.Lock()
+MAX_OBSERVATIONS = 1000
 
 
 def context() -> zmq.Context:
@@ -101,6 +102,7 @@ class Sender:
     def tick(self, force: bool = False) -> None:
         """Send a status message when one is due; counts are kept until one gets through."""
         now = time.monotonic()
+        del self.observations[:-MAX_OBSERVATIONS]  # bounded while statuses cannot get through
         if not force and now - self._last_status < self.status_interval_s:
             return
         self._last_status = now
