@@ -100,7 +100,8 @@ def write_config(workdir: Path, bundle: Path, files: list[Path], n: int, port: i
                  threads: int) -> Path:
     lines = [f'bundle = "{bundle}"', f'prompts = "{REPO / "prompts"}"', 'cache = "cache.sqlite3"',
              "[history]", 'path = "history.sqlite3"', "[server]", f"port = {port}",
-             "max_clients = 1000", "[rolling]", "interval_s = 2.0"]
+             "max_clients = 1000", "[rolling]", "interval_s = 2.0",
+             "[encoder]", f"threads = {threads}"]
     for i in range(n):
         lines += ["[[stations]]", f'name = "st{i:02d}"', f'file = "{files[i % len(files)]}"',
                   f"channel = {i % 2}", f'role = "{("staff", "customer")[i % 2]}"', "loop = true"]
@@ -173,7 +174,7 @@ def run_one(workdir, bundle, files, n, m, seconds, warmup, threads) -> dict:
     cfg = write_config(workdir, bundle, files, n, port, threads)
     for stale in ("history.sqlite3", "history.sqlite3-wal", "history.sqlite3-shm"):
         (workdir / stale).unlink(missing_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(threads, 1)))
     proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -208,7 +209,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0, help="measured time per run")
     ap.add_argument("--warmup", type=float, default=8.0)
     ap.add_argument("--model", default="base", choices=("base", "tiny"))
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (OMP_NUM_THREADS)")
+    ap.add_argument("--threads", type=int, default=0, help="encoder.threads (0: ONNX Runtime's choice)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "emoclap-bench-service"))
     args = ap.parse_args()
     workdir = Path(args.workdir)

@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 class EncoderConfig:
     max_batch: int = 8
     max_wait_ms: int = 20
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: one per physical core
 
 
 @dataclass
@@ -194,6 +195,8 @@ def is_loopback(host: str) -> bool:
 def _validate(cfg: Config) -> None:
     _check_choice(cfg.provider, PROVIDERS, "provider")
     _check_positive(cfg.encoder, "encoder", ("max_batch", "max_wait_ms"))
+    if cfg.encoder.threads < 0:
+        raise ConfigError("encoder.threads: must be 0 or more")
     _check_positive(cfg.rolling, "rolling", ("half_life_s", "interval_s"))
     srv = cfg.server
     if not 0 <= srv.port <= 65535:

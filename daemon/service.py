@@ -41,10 +41,11 @@ class Parts:
 
 def open_encoder(cfg: Config, bundle):
     from .batcher import Batcher, BatcherOptions
-    from .encoder import AudioEncoder
+    from .encoder import AudioEncoder, EncoderOptions
     from .worker import EncodeWorker, ObservedEncoder
 
-    observed = ObservedEncoder(AudioEncoder(bundle, provider=cfg.provider))
+    options = EncoderOptions(provider=cfg.provider, intra_op_threads=cfg.encoder.threads)
+    observed = ObservedEncoder(AudioEncoder(bundle, options=options))
     batcher = Batcher(observed, BatcherOptions(cfg.encoder.max_batch, cfg.encoder.max_wait_ms))
     return EncodeWorker(cfg, batcher, observed), batcher
 
