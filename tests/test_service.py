@@ -106,6 +106,10 @@ channel = 1
             assert e["role"] == station
         for e, (on, off) in list(zip(got, spans[channel]))[:-1]:
             assert abs(e["end"] - off) < 0.5, (e, off)
+    pairs = [(e, span) for station, channel in (("staff", STAFF), ("customer", CUSTOMER))
+             for e, span in zip([e for e in events if e["station"] == station], spans[channel])]
+    print("segmenter error end to end (s): start", [round(e["start"] - on, 2) for e, (on, _) in pairs],
+          "end", [round(e["end"] - off, 2) for e, (_, off) in pairs])
     # the utterance SIGTERM interrupted was cut at the stop, not lost
     cut = [e for e in events if e["station"] == "customer"][-1]
     assert last_on < cut["end"] < last_off
