@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import soxr
 
 from . import wire
-from .config import Config, StationConfig
+from .config import Config, ConfigError, StationConfig
 from .links import Sender
 from .segmenter import Segmenter, SegmenterOptions
 
@@ -156,7 +157,9 @@ def build_sources(cfg: Config, stream_factory=None) -> list[SourceThread]:
     from .sources import DeviceSource, ReplaySource
 
     groups: dict[tuple, list[StationConfig]] = {}
-    for s in cfg.stations:
+    for i, s in enumerate(cfg.stations):
+        if s.source == "replay" and not Path(s.file).is_file():
+            raise ConfigError(f"{cfg.source}: stations[{i}].file: no such file: {s.file}")
         key = (s.source, s.file if s.source == "replay" else s.device,
                s.realtime, s.loop, s.sample_rate, s.block_ms)
         groups.setdefault(key, []).append(s)

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .capture import SourceThread, build_sources
@@ -100,14 +100,15 @@ class Service:
         from .bundle import load_bundle
 
         cfg, p = self.cfg, self.parts
+        # Built (and checked) first: a missing replay file stops start-up before anything runs.
+        sources = build_sources(cfg, self.stream_factory) if "capture" in self.stages else []
         bundle = load_bundle(cfg.bundle) if {"encode", "serve"} & set(self.stages) else None
         if "serve" in self.stages:
             await self._start_serve(bundle)
         if "encode" in self.stages:
             p.worker, p.batcher = open_encoder(cfg, bundle)
             p.worker.start()
-        if "capture" in self.stages:
-            self._start_sources()
+        self._start_sources(sources)
 
     async def _start_serve(self, bundle) -> None:
         from .history import History
@@ -129,9 +130,9 @@ class Service:
         p.server = Server(cfg, Publisher(cfg, p.bank, metrics, p.history), metrics)
         await p.server.start()
 
-    def _start_sources(self) -> None:
-        self.parts.sources = build_sources(self.cfg, self.stream_factory)
-        for source in self.parts.sources:
+    def _start_sources(self, sources: list[SourceThread]) -> None:
+        self.parts.sources = sources
+        for source in sources:
             source.start()
 
     def _stop_sources(self) -> None:
@@ -198,10 +199,16 @@ class Service:
         old.prompts, old.rolling = new.prompts, new.rolling
         if "capture" in self.stages and (new.stations != old.stations
                                          or new.segmenter != old.segmenter):
+            try:
+                sources = build_sources(replace(old, stations=new.stations, segmenter=new.segmenter),
+                                        self.stream_factory)
+            except ConfigError as exc:
+                log.error("%s; keeping the running stations", exc)
+                return
             log.info("stations changed: restarting capture")
             await asyncio.to_thread(self._stop_sources)
             old.stations, old.segmenter = new.stations, new.segmenter
-            self._start_sources()
+            self._start_sources(sources)
 
     # ---- stop
     async def stop(self) -> None:

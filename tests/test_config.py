@@ -66,3 +66,12 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
     assert proc.returncode == 2
     assert f"{bad}: stations[0].channel: expected integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_replay_file_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('bundle = "no-bundle"\n[[stations]]\nname = "a"\nfile = "missing.wav"\n')
+    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"{cfg}: stations[0].file: no such file: {tmp_path / 'missing.wav'}" in proc.stderr

@@ -157,3 +157,18 @@ def test_client_queue_sheds_stale_snapshots_before_events():
     assert [t for _, t in q.items] == ["u1", "u2", "u3"] and q.shed == 2
     assert not q.put("utterance", "u4") and q.full  # only events left: too slow
     assert not q.put("rolling", "r3")
+
+
+def test_client_limit_answers_503(tmp_path, tiny_bundle):
+    cfg = service_config(tmp_path, tiny_bundle, max_clients=1)
+
+    async def body(svc):
+        async with websockets.connect(url(svc, "/ws")) as first:
+            await receive(first, "hello", 1)
+            try:
+                async with websockets.connect(url(svc, "/ws")):
+                    return "accepted"
+            except InvalidStatus as err:
+                return err.response.status_code
+
+    assert with_service(cfg, body) == 503

@@ -197,3 +197,19 @@ realtime = false
             p.kill()
     stations = [h["station"] for h in History(tmp_path / "history.sqlite3").events()]
     assert sorted(stations) == sorted(["staff"] * len(spans[0]) + ["customer"] * len(spans[1]))
+
+
+def test_journald_lines_carry_priority(monkeypatch, capsys):
+    import logging
+
+    from daemon.notify import setup_logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    setup_logging("INFO")
+    try:
+        logging.getLogger("emoclapd.sources").warning("device lost\nretrying")
+        logging.getLogger("emoclapd").info("ready")
+    finally:
+        logging.getLogger().handlers.clear()
+    assert capsys.readouterr().err.splitlines() == [
+        "<4>emoclapd.sources: device lost", "    retrying", "<6>emoclapd: ready"]

@@ -109,3 +109,21 @@ realtime = false
     assert drops == {"too_short": 1, "encoder_error": 1}
     assert published + drops["too_short"] + drops["encoder_error"] == len(spans)
     assert len(history) == published
+
+
+def test_wire_format_round_trip_and_refusals():
+    import pytest
+
+    from daemon import wire
+
+    audio = np.linspace(-1, 1, 480, dtype=np.float32)
+    frames = wire.encode(wire.Message("segment", {"station": "s", "seq": 3}, audio))
+    msg = wire.decode(frames)
+    assert (msg.kind, msg.header) == ("segment", {"station": "s", "seq": 3})
+    np.testing.assert_array_equal(msg.payload, audio)
+    for bad, why in [([frames[0]], "expected 2 frames"), ([b"{", b""], "bad header"),
+                     ([b'{"v": 9, "kind": "segment"}', b""], "unsupported header version"),
+                     ([b'{"v": 1, "kind": "noise"}', b""], "unknown kind"),
+                     ([frames[0], b"\x00\x00\x00"], "whole float32")]:
+        with pytest.raises(wire.WireError, match=why):
+            wire.decode(bad)
