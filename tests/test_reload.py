@@ -1,7 +1,6 @@
 """Prompt edits reach clients as `prompts` messages; a configuration reload applies what
 it can and keeps running on a bad file."""
 import asyncio
-import json
 import logging
 import shutil
 

@@ -5,7 +5,6 @@ import socket
 import urllib.error
 import urllib.request
 
-import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 

@@ -10,7 +10,7 @@ from daemon.links import Sender
 from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import service_config, with_service
 from tests.speech import dialogue
-from tests.stagekit import Watch, config, endpoint, write_stereo
+from tests.stagekit import Watch, config, write_stereo
 
 SCRIPT = [0.5, "Good morning.", 0.8, "Could I see that jacket, please?", 0.8, "Yes.", 0.8,
           "How much is it?", 0.8, "I think I will take it.", 0.8]
