@@ -133,5 +133,60 @@ def score_command(args) -> int:
     return 1 if failed else 0
 
 
+# ---- the service: run the stages, export the history
+
+CONFIG_ARG = arg("--config", default="config.toml", help="configuration file (default: %(default)s)")
+STAGES = {
+    "run": (("capture", "encode", "serve"), "run the daemon: every stage in one process"),
+    "capture": (("capture",), "capture and segment audio; push utterances to the encode stage"),
+    "encode": (("encode",), "embed utterances from capture agents; push them to the serve stage"),
+    "serve": (("serve",), "score, record and publish (WebSocket, history, metrics); takes /ingest audio"),
+}
+
+
+def _register_stage(name: str, stages: tuple[str, ...], help_text: str) -> None:
+    def handler(args) -> int:
+        from daemon.notify import setup_logging
+        from daemon.service import run_service
+
+        setup_logging("DEBUG" if args.verbose >= 2 else "INFO")
+        return run_service(args.config, stages)
+    command(name, help_text, CONFIG_ARG)(handler)
+
+
+for _name, (_stages, _help) in STAGES.items():
+    _register_stage(_name, _stages, _help)
+
+
+@command("history", "utterance history: `emoclapd history export --since ... --until ...`",
+         arg("action", choices=("export",), help="what to do with the history"),
+         CONFIG_ARG,
+         arg("--since", help="ISO 8601 time (UTC unless a zone is given) or Unix seconds"),
+         arg("--until", help="end of the range (exclusive), same forms"),
+         arg("--station", help="only this station"),
+         arg("--format", default="csv", choices=("csv", "jsonl"), help="output format (default: csv)"),
+         arg("--output", "-o", help="file to write (default: standard output)"))
+def history_command(args) -> int:
+    from daemon.config import ConfigError, load_config
+    from daemon.history import History, HistoryError, export, parse_time
+
+    try:
+        cfg = load_config(args.config)
+        since = parse_time(args.since, "--since") if args.since else None
+        until = parse_time(args.until, "--until") if args.until else None
+        history = History(cfg.history.path)
+        out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+        try:
+            n = export(history.events(since, until, args.station), out, args.format)
+        finally:
+            if args.output:
+                out.close()
+    except (ConfigError, HistoryError, OSError) as exc:
+        print(f"emoclapd history: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {n} utterances", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

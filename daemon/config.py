@@ -1,0 +1,280 @@
+"""The daemon's TOML configuration, read into dataclasses.
+
+Every error names the file and the key (`config.toml: stations[1].channel: expected
+integer`), so a typo is fixed in one look; the CLI turns `ConfigError` into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .segmenter import SegmenterOptions
+
+ROLES = ("customer", "staff", "auto")
+SOURCES = ("replay", "device")
+PROVIDERS = ("auto", "cpu", "cuda")
+ENDPOINT_SCHEMES = ("inproc://", "ipc://", "tcp://")
+TOKEN_ENV = "EMOCLAP_TOKEN"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and key."""
+
+
+@dataclass
+class EncoderConfig:
+    max_batch: int = 8
+    max_wait_ms: int = 20
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: one per physical core
+
+
+@dataclass
+class RollingConfig:
+    half_life_s: float = 60.0
+    interval_s: float = 2.0  # period of the `rolling` snapshot broadcast
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""  # required beyond loopback; EMOCLAP_TOKEN overrides
+    max_clients: int = 64
+    max_message_bytes: int = 65536  # largest message a client may send
+    client_queue: int = 256  # queued messages per client before it is closed
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    ingest_max_sessions: int = 16
+    ingest_max_frame_bytes: int = 32000  # one binary frame: 1 s of 16 kHz s16le
+    ingest_max_rate: float = 1.5  # audio seconds per wall-clock second, sustained
+    ingest_burst_s: float = 5.0  # audio seconds a client may send ahead of real time
+
+
+@dataclass
+class HistoryConfig:
+    path: str = "var/history.sqlite3"
+    store_audio: bool = False
+    enabled: bool = True
+
+
+@dataclass
+class StagesConfig:
+    utterances: str = "inproc://emoclap-utterances"  # capture/ingest -> encode
+    embeddings: str = "inproc://emoclap-embeddings"  # encode -> score/publish
+    hwm: int = 64  # messages queued per socket before new ones are dropped
+    status_interval_s: float = 1.0
+
+
+@dataclass
+class StationConfig:
+    name: str = ""
+    source: str = "replay"
+    role: str = "auto"
+    channel: int | None = None  # one input channel (0-based) ...
+    channels: list[int] | None = None  # ... or several, mixed down
+    # replay
+    file: str = ""
+    realtime: bool = True
+    loop: bool = False
+    # device
+    device: str | int | None = None  # name substring or index; default input if unset
+    sample_rate: int | None = None  # device rate; 16000 if unset
+    block_ms: int = 20
+    queue_blocks: int = 200  # blocks buffered between audio callback and segmenter
+
+    def channel_list(self) -> list[int] | None:
+        """Input channels to mix into this station; None means all of them."""
+        if self.channel is not None:
+            return [self.channel]
+        return list(self.channels) if self.channels else None
+
+
+@dataclass
+class Config:
+    bundle: str = "data/demo-bundle"
+    prompts: str = "prompts"
+    provider: str = "auto"
+    cache: str = "var/prompt-cache.sqlite3"  # prompt embeddings, keyed by bundle hash
+    segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    rolling: RollingConfig = field(default_factory=RollingConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    stations: list[StationConfig] = field(default_factory=list)
+    source: str = "<defaults>"  # the file it was read from
+
+    def station(self, name: str) -> StationConfig | None:
+        return next((s for s in self.stations if s.name == name), None)
+
+
+_TYPE_WORDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        words = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(words)
+    if origin is list:
+        return f"list of {_describe(typing.get_args(tp)[0])}s"
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value, tp, key: str):
+    """Check `value` against the annotation `tp`; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_describe(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_describe(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_describe(tp)}")
+    return value
+
+
+def _build(cls, table: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source" or cls is not Config}
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _convert(value, hints[key], full)
+    if cls is SegmenterOptions and "sample_rate" in kwargs:
+        raise ConfigError(f"{prefix}.sample_rate: fixed at 16000, not configurable")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the options' own checks
+        raise ConfigError(f"{prefix}: {exc}") from None
+
+
+def _check_choice(value: str, choices, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive(obj, key_prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{key_prefix}.{name}: must be greater than 0")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(cfg: Config) -> None:
+    _check_choice(cfg.provider, PROVIDERS, "provider")
+    _check_positive(cfg.encoder, "encoder", ("max_batch", "max_wait_ms"))
+    if cfg.encoder.threads < 0:
+        raise ConfigError("encoder.threads: must be 0 or more")
+    _check_positive(cfg.rolling, "rolling", ("half_life_s", "interval_s"))
+    srv = cfg.server
+    if not 0 <= srv.port <= 65535:
+        raise ConfigError("server.port: expected 0 to 65535")
+    _check_positive(srv, "server", ("max_clients", "max_message_bytes", "client_queue",
+                                    "ingest_max_sessions", "ingest_max_frame_bytes",
+                                    "ingest_max_rate", "ingest_burst_s"))
+    if srv.ingest_max_frame_bytes > srv.max_message_bytes:
+        raise ConfigError("server.ingest_max_frame_bytes: must not exceed server.max_message_bytes")
+    srv.token = os.environ.get(TOKEN_ENV, srv.token)
+    if not is_loopback(srv.host) and not srv.token:
+        raise ConfigError(f"server.token: required when server.host ({srv.host}) is not a "
+                          f"loopback address (or set {TOKEN_ENV})")
+    for name in ("utterances", "embeddings"):
+        endpoint = getattr(cfg.stages, name)
+        if not endpoint.startswith(ENDPOINT_SCHEMES):
+            raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
+                              f"endpoint, got {endpoint!r}")
+    _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s"))
+    seen: set[str] = set()
+    for i, st in enumerate(cfg.stations):
+        key = f"stations[{i}]"
+        if not st.name:
+            raise ConfigError(f"{key}.name: required")
+        if st.name in seen:
+            raise ConfigError(f"{key}.name: station {st.name!r} is declared twice")
+        seen.add(st.name)
+        _check_choice(st.source, SOURCES, f"{key}.source")
+        _check_choice(st.role, ROLES, f"{key}.role")
+        if st.channel is not None and st.channels is not None:
+            raise ConfigError(f"{key}.channels: give either channel or channels, not both")
+        for ch in st.channel_list() or []:
+            if ch < 0:
+                raise ConfigError(f"{key}.channel: must be 0 or more")
+        if st.source == "replay" and not st.file:
+            raise ConfigError(f"{key}.file: required for a replay station")
+        if st.source == "device" and st.file:
+            raise ConfigError(f"{key}.file: only for replay stations")
+        _check_positive(st, key, ("block_ms", "queue_blocks"))
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Relative paths are relative to the configuration file's folder."""
+    def resolve(p: str) -> str:
+        return str(base / p) if p and not Path(p).is_absolute() else p
+    cfg.bundle = resolve(cfg.bundle)
+    cfg.prompts = resolve(cfg.prompts)
+    cfg.cache = resolve(cfg.cache)
+    cfg.history.path = resolve(cfg.history.path)
+    for st in cfg.stations:
+        st.file = resolve(st.file)
+    for name in ("utterances", "embeddings"):
+        endpoint = getattr(cfg.stages, name)
+        if endpoint.startswith("ipc://") and not endpoint.startswith("ipc:///"):
+            setattr(cfg.stages, name, "ipc://" + resolve(endpoint[len("ipc://"):]))
+
+
+def parse_config(text: str, source: str = "config.toml", base: Path | None = None) -> Config:
+    """Parse TOML text into a checked `Config`; relative paths resolve against `base`."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        cfg = _build(Config, table, "")
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    cfg.source = source
+    if base is not None:
+        _resolve_paths(cfg, base)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    return parse_config(text, source=str(path), base=path.resolve().parent)

@@ -1,0 +1,130 @@
+"""Utterance history in SQLite (WAL), and its export as CSV or JSON Lines.
+
+Every `utterance` event is committed here before it is published, so what a client
+saw is always in the history. Raw audio is kept only when `history.store_audio`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, TextIO
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS utterances (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,          -- wall-clock end of the utterance, Unix seconds
+    station TEXT NOT NULL,
+    role TEXT NOT NULL,
+    event TEXT NOT NULL,         -- the published `utterance` message, JSON
+    audio BLOB                   -- 16 kHz float32, only with store_audio
+);
+CREATE INDEX IF NOT EXISTS utterances_time ON utterances(time);
+"""
+
+
+class HistoryError(ValueError):
+    """A bad export request or an unusable database; the message says which."""
+
+
+def parse_time(text: str, key: str) -> float:
+    """ISO 8601 date or date-time (UTC unless it names a zone), or Unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise HistoryError(f"{key}: expected an ISO 8601 time or Unix seconds, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class History:
+    def __init__(self, path: str | Path, store_audio: bool = False):
+        self.path = Path(path)
+        self.store_audio = store_audio
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"{self.path}: cannot open history database: {exc}") from None
+        self.written = 0
+
+    def write(self, event: dict, audio: np.ndarray | None = None) -> int:
+        blob = (np.asarray(audio, "<f4").tobytes()
+                if self.store_audio and audio is not None else None)
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO utterances (time, station, role, event, audio) VALUES (?, ?, ?, ?, ?)",
+                (event["time"], event["station"], event["role"],
+                 json.dumps(event, separators=(",", ":")), blob))
+        self.written += 1
+        return cur.lastrowid
+
+    def events(self, since: float | None = None, until: float | None = None,
+               station: str | None = None) -> Iterator[dict]:
+        sql, args = "SELECT event FROM utterances WHERE 1=1", []
+        if since is not None:
+            sql, args = sql + " AND time >= ?", args + [since]
+        if until is not None:
+            sql, args = sql + " AND time < ?", args + [until]
+        if station is not None:
+            sql, args = sql + " AND station = ?", args + [station]
+        for (text,) in self.db.execute(sql + " ORDER BY time, id", args):
+            yield json.loads(text)
+
+    def audio(self, row_id: int) -> np.ndarray | None:
+        row = self.db.execute("SELECT audio FROM utterances WHERE id = ?", (row_id,)).fetchone()
+        return None if row is None or row[0] is None else np.frombuffer(row[0], "<f4")
+
+    def close(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.db.close()
+
+
+def export(events: Iterator[dict], out: TextIO, fmt: str) -> int:
+    """Write events as `jsonl` (one event per line) or `csv` (one score column per emotion)."""
+    if fmt == "jsonl":
+        n = 0
+        for n, event in enumerate(events, 1):
+            out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        return n
+    if fmt != "csv":
+        raise HistoryError(f"--format: expected csv or jsonl, got {fmt!r}")
+    rows = list(events)
+    emotions = sorted({name for e in rows for name in e.get("scores", {})})
+    fixed = ["time", "station", "role", "start", "end", "duration"]
+    writer = csv.writer(out)
+    writer.writerow(fixed + emotions)
+    for e in rows:
+        writer.writerow([iso(e["time"]), e["station"], e["role"], e["start"], e["end"],
+                         e["duration"]] + [_cell(e.get("scores", {}).get(k)) for k in emotions])
+    return len(rows)
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def export_text(events: Iterator[dict], fmt: str) -> str:
+    buf = io.StringIO()
+    export(events, buf, fmt)
+    return buf.getvalue()

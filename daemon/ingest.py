@@ -1,0 +1,107 @@
+"""The `/ingest` session protocol, free of I/O.
+
+A client sends one JSON text message `{"type": "start", "station": ..., "role": ...,
+"sample_rate": ...}`, then binary frames of signed 16-bit little-endian mono samples.
+Each bad message gets an `error` reply and the session goes on; frames beyond the
+size limit or ahead of the allowed pace are refused one by one. On close the
+station's segmenter is flushed, so the last utterance is not lost.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+ROLES = ("customer", "staff", "auto")
+STATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+@dataclass
+class IngestLimits:
+    max_frame_bytes: int = 32000
+    max_rate: float = 1.5  # audio seconds per wall-clock second
+    burst_s: float = 5.0
+
+
+class IngestRefused(Exception):
+    """A `start` the server cannot accept (`reason` is the error code)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def error(reason: str, message: str) -> dict:
+    return {"type": "error", "reason": reason, "message": message}
+
+
+class IngestSession:
+    """`open_station(name, role, rate)` returns a pipe with `feed(int16)` and `finish()`;
+    it raises `IngestRefused` for a station already in use."""
+
+    def __init__(self, limits: IngestLimits, open_station: Callable,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limits = limits
+        self.open_station = open_station
+        self.clock = clock
+        self.pipe = None
+        self.station: str | None = None
+        self.rate = 16000
+        self.started_at = 0.0
+        self.audio_s = 0.0
+        self.errors = 0
+
+    def _fail(self, reason: str, message: str) -> list[dict]:
+        self.errors += 1
+        return [error(reason, message)]
+
+    def on_text(self, text: str) -> list[dict]:
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return self._fail("bad_json", f"not JSON: {exc}")
+        if not isinstance(msg, dict) or msg.get("type") != "start":
+            return self._fail("bad_message", "expected {\"type\": \"start\", ...}")
+        if self.pipe is not None:
+            return self._fail("already_started", f"station {self.station} already started")
+        station, role = msg.get("station"), msg.get("role", "auto")
+        rate = msg.get("sample_rate", 16000)
+        if not isinstance(station, str) or not STATION_NAME.match(station):
+            return self._fail("bad_start", "station: expected 1-64 letters, digits, '.', '_', ':' or '-'")
+        if role not in ROLES:
+            return self._fail("bad_start", f"role: expected one of {', '.join(ROLES)}")
+        if rate not in RATES or isinstance(rate, bool):
+            return self._fail("bad_start", f"sample_rate: expected one of {RATES}")
+        try:
+            self.pipe = self.open_station(station, role, rate)
+        except IngestRefused as exc:
+            return self._fail(exc.reason, str(exc))
+        self.station, self.rate = station, rate
+        self.started_at = self.clock()
+        return [{"type": "started", "station": station, "role": role, "sample_rate": rate}]
+
+    def on_binary(self, data: bytes) -> list[dict]:
+        if self.pipe is None:
+            return self._fail("not_started", "send a start message before audio")
+        if len(data) > self.limits.max_frame_bytes:
+            return self._fail("frame_too_large", f"frame of {len(data)} bytes; the limit is "
+                              f"{self.limits.max_frame_bytes}")
+        if not data or len(data) % 2:
+            return self._fail("bad_frame", f"frame of {len(data)} bytes is not whole 16-bit samples")
+        seconds = len(data) / 2 / self.rate
+        allowed = self.limits.burst_s + self.limits.max_rate * (self.clock() - self.started_at)
+        if self.audio_s + seconds > allowed:
+            return self._fail("rate_limited", f"audio is arriving faster than "
+                              f"{self.limits.max_rate}x real time; frame dropped")
+        self.audio_s += seconds
+        self.pipe.feed(np.frombuffer(data, "<i2"))
+        return []
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.finish()

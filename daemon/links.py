@@ -1,0 +1,128 @@
+"""ZeroMQ links between stages, with drop accounting.
+
+Every link is PUSH -> PULL with a high-water mark, so no queue grows without bound.
+A sender that cannot queue a message counts it as dropped (`queue_full`) instead of
+waiting, unless it was asked to apply back-pressure (file replay as fast as possible).
+Drop counts reach the score/publish stage in `status` messages, so one process's
+`/metrics` accounts for every utterance whichever box dropped it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+import zmq
+
+from . import wire
+
+log = logging.getLogger("emoclapd.links")
+
+_context_lock = threading.Lock()
+MAX_OBSERVATIONS = 1000
+
+
+def context() -> zmq.Context:
+    """The process-wide context: inproc:// links only connect within one context."""
+    with _context_lock:
+        return zmq.Context.instance()
+
+
+def pull_socket(endpoint: str, hwm: int) -> zmq.Socket:
+    sock = context().socket(zmq.PULL)
+    sock.set_hwm(hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    return sock
+
+
+class Sender:
+    """One PUSH socket (one thread) plus the drop counts and states it reports.
+
+    `state` maps station -> state word; `dropped` counts (station, reason) since the
+    last status message that got through.
+    """
+
+    def __init__(self, endpoint: str, hwm: int, status_interval_s: float = 1.0,
+                 block: bool = False, linger_ms: int = 2000):
+        self.sock = context().socket(zmq.PUSH)
+        self.sock.set_hwm(hwm)
+        self.sock.setsockopt(zmq.LINGER, linger_ms)
+        self.sock.connect(endpoint)
+        self.block = block
+        self.linger_ms = linger_ms
+        self.state: dict[str, str] = {}
+        self.dropped: Counter[tuple[str, str]] = Counter()
+        self.overflows: Counter[str] = Counter()
+        self.gauges: dict[str, float] = {}
+        self.observations: list[tuple[int, float]] = []
+        self.status_interval_s = status_interval_s
+        self._last_status = 0.0
+
+    def drop(self, station: str, reason: str, n: int = 1) -> None:
+        self.dropped[(station, reason)] += n
+
+    def overflow(self, station: str, n: int = 1) -> None:
+        """Audio blocks lost between the sound card and the segmenter."""
+        self.overflows[station] += n
+
+    def set_state(self, station: str, state: str) -> None:
+        if self.state.get(station) != state:
+            log.info("station %s: %s", station, state)
+            self.state[station] = state
+            self._last_status = 0.0  # report a state change at once
+
+    def absorb(self, status: dict) -> None:
+        """Fold an upstream status into this sender's, to be reported downstream."""
+        if status.get("states", {}) != {k: self.state.get(k) for k in status.get("states", {})}:
+            self._last_status = 0.0
+        self.state.update(status.get("states", {}))
+        for station, reason, n in status.get("dropped", []):
+            self.dropped[(station, reason)] += n
+        for station, n in status.get("overflows", {}).items():
+            self.overflows[station] += n
+        self.gauges.update(status.get("gauges", {}))
+        self.observations.extend(tuple(o) for o in status.get("batches", []))
+
+    def send(self, msg: wire.Message, block: bool | None = None) -> bool:
+        block = self.block if block is None else block
+        try:
+            self.sock.send_multipart(wire.encode(msg), flags=0 if block else zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def send_segment(self, msg: wire.Message) -> bool:
+        if self.send(msg):
+            return True
+        self.drop(msg.header["station"], "queue_full")
+        return False
+
+    def tick(self, force: bool = False) -> None:
+        """Send a status message when one is due; counts are kept until one gets through."""
+        now = time.monotonic()
+        del self.observations[:-MAX_OBSERVATIONS]  # bounded while statuses cannot get through
+        if not force and now - self._last_status < self.status_interval_s:
+            return
+        self._last_status = now
+        header = {
+            "states": dict(self.state),
+            "dropped": [[s, r, n] for (s, r), n in self.dropped.items()],
+            "overflows": dict(self.overflows),
+            "gauges": dict(self.gauges),
+            "batches": list(self.observations),
+        }
+        if self.send(wire.Message("status", header)):
+            self.dropped.clear()
+            self.overflows.clear()
+            self.observations.clear()
+
+    def close(self, eos: bool = False) -> None:
+        """Report the last counts (and end-of-stream), waiting at most the linger time."""
+        self.sock.setsockopt(zmq.SNDTIMEO, self.linger_ms)
+        self.block = True
+        self.tick(force=True)
+        if eos:
+            self.send(wire.Message("eos", {}))
+        self.sock.close()

@@ -1,0 +1,79 @@
+"""Helpers for tests that run the encode and serve stages in this process."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from daemon import wire
+from daemon.links import Sender
+from daemon.service import Service
+from tests.stagekit import config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def service_config(tmp_path: Path, bundle: Path, stations: str = "", **server):
+    cfg = config(stations)
+    cfg.bundle, cfg.prompts = str(bundle), str(REPO / "prompts")
+    cfg.cache = str(tmp_path / "prompt-cache.sqlite3")
+    cfg.history.path = str(tmp_path / "history.sqlite3")
+    cfg.server.port = 0
+    cfg.rolling.interval_s = 0.2
+    for key, value in server.items():
+        setattr(cfg.server, key, value)
+    return cfg
+
+
+def with_service(cfg, body, stages=("encode", "serve")):
+    """Start the stages, run `await body(service)`, stop them; returns body's result."""
+    async def main():
+        svc = Service(cfg, stages)
+        await svc.start()
+        try:
+            return await body(svc)
+        finally:
+            await svc.stop()
+    return asyncio.run(main())
+
+
+def url(svc, path: str) -> str:
+    return f"ws://127.0.0.1:{svc.parts.server.port}{path}"
+
+
+def http_url(svc, path: str) -> str:
+    return f"http://127.0.0.1:{svc.parts.server.port}{path}"
+
+
+def embedding_messages(n: int, dim: int, station: str = "s1", seed: int = 0):
+    """`embedding` messages as the encode stage sends them (random unit vectors)."""
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    for i in range(n):
+        v = rng.normal(size=dim).astype(np.float32)
+        header = {"station": station, "role": "customer", "start": i * 2.0, "end": i * 2.0 + 1.5,
+                  "t0": t0, "emitted": time.time(), "seq": i + 1, "dim": dim}
+        yield wire.Message("embedding", header, v / np.linalg.norm(v))
+
+
+def push(cfg, messages) -> int:
+    """Send messages into the serve stage's input link; returns how many went."""
+    sender = Sender(cfg.stages.embeddings, 100000, block=True)
+    n = sum(1 for m in messages if sender.send(m))
+    sender.sock.close()
+    return n
+
+
+async def receive(ws, kind: str, count: int, timeout: float = 30.0) -> list[dict]:
+    """Messages of type `kind` until `count` of them arrived (others are skipped)."""
+    got = []
+    async def loop():
+        while len(got) < count:
+            msg = json.loads(await ws.recv())
+            if msg["type"] == kind:
+                got.append(msg)
+    await asyncio.wait_for(loop(), timeout)
+    return got

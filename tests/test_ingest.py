@@ -1,0 +1,101 @@
+"""WebSocket ingest: start message, s16le frames, limits; bad frames get errors and the
+session goes on; closing flushes the station's last utterance."""
+import asyncio
+import json
+
+import numpy as np
+import soxr
+import websockets
+
+from daemon.ingest import IngestLimits, IngestSession
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+from tests.servicekit import receive, service_config, url, with_service
+from tests.speech import dialogue
+
+SCRIPT = [0.5, "Hello, I would like to see the red shoes.", 1.0,
+          "Do you have them in size nine?", 1.0, "That sounds good, I will take them."]
+
+
+def frames(audio: np.ndarray, rate: int, seconds: float = 0.1):
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(rate * seconds) * 2
+    return [pcm[i:i + step] for i in range(0, len(pcm), step)]
+
+
+async def replies(ws, n):
+    return [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(n)]
+
+
+def test_ingest_good_and_bad_frames(tmp_path, tiny_bundle):
+    audio, spans = dialogue(SCRIPT, tmp_path)  # ends on speech: only the close flushes it
+    cfg = service_config(tmp_path, tiny_bundle, ingest_max_rate=1000.0, ingest_max_frame_bytes=8000)
+
+    async def body(svc):
+        async with websockets.connect(url(svc, "/ws")) as watcher:
+            await receive(watcher, "hello", 1)
+            async with websockets.connect(url(svc, "/ingest")) as ing:
+                await ing.send(b"\x00\x00")  # audio before start
+                await ing.send("not json")
+                await ing.send(json.dumps({"type": "start", "station": "bad name!"}))
+                await ing.send(json.dumps({"type": "start", "station": "kiosk-1",
+                                           "role": "customer", "sample_rate": 8000}))
+                early = await replies(ing, 4)
+                await ing.send(b"\x00\x00\x00")  # odd byte count
+                await ing.send(b"\x00" * 9000)  # over the frame limit
+                await ing.send(json.dumps({"type": "start", "station": "again"}))
+                bad = await replies(ing, 3)
+                low = soxr.resample(audio, 16000, 8000).astype(np.float32)
+                for frame in frames(low, 8000):
+                    await ing.send(frame)
+                # the session took nothing wrongly; everything after the errors is audio
+                got = await receive(watcher, "utterance", 2, timeout=30)
+            got += await receive(watcher, "utterance", 1, timeout=30)  # flushed on close
+            health = svc.parts.server.health()
+        return early, bad, got, health
+
+    early, bad, got, health = with_service(cfg, body)
+    assert [r.get("reason") for r in early[:3]] == ["not_started", "bad_json", "bad_start"]
+    assert early[3] == {"type": "started", "station": "kiosk-1", "role": "customer", "sample_rate": 8000}
+    assert [r["reason"] for r in bad] == ["bad_frame", "frame_too_large", "already_started"]
+    assert [g["station"] for g in got] == ["kiosk-1"] * 3
+    assert all(g["role"] == "customer" and "purchase_intention" in g["scores"] for g in got)
+    for g, (on, off) in zip(got, spans):
+        assert abs(g["start"] - on) < 0.4 and abs(g["end"] - off) < 0.6, (g, on, off)
+    assert health["stations"]["kiosk-1"] == "ended"
+
+
+def test_configured_station_names_are_refused(tmp_path, tiny_bundle):
+    cfg = service_config(tmp_path, tiny_bundle, stations='[[stations]]\nname = "desk"\nfile = "x.wav"\n')
+
+    async def body(svc):
+        async with websockets.connect(url(svc, "/ingest")) as ing:
+            await ing.send(json.dumps({"type": "start", "station": "desk"}))
+            return await replies(ing, 1)
+
+    (reply,) = with_service(cfg, body)
+    assert reply["reason"] == "station_in_use"
+
+
+class Pipe:
+    def __init__(self):
+        self.samples = 0
+
+    def feed(self, pcm):
+        self.samples += pcm.size
+
+    def finish(self):
+        pass
+
+
+def test_pacing_limit_refuses_frames_ahead_of_real_time():
+    now = [0.0]
+    pipe = Pipe()
+    session = IngestSession(IngestLimits(max_frame_bytes=32000, max_rate=1.0, burst_s=1.0),
+                            lambda *a: pipe, clock=lambda: now[0])
+    assert session.on_text(json.dumps({"type": "start", "station": "k"}))[0]["type"] == "started"
+    second = b"\x00\x00" * 16000
+    assert session.on_binary(second) == []  # within the burst
+    assert session.on_binary(second)[0]["reason"] == "rate_limited"
+    now[0] = 1.0
+    assert session.on_binary(second) == []  # a second later there is room again
+    assert pipe.samples == 32000

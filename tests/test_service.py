@@ -1,0 +1,215 @@
+"""`emoclapd run` as a subprocess: a synthetic stereo dialogue replayed in real time
+reaches a WebSocket client; SIGTERM drains (no accepted utterance lost), closes
+clients with 1001 and exits 0; sd_notify READY/WATCHDOG/STOPPING."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+
+from daemon.history import History
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+from tests.stagekit import stereo_dialogue, write_stereo
+
+REPO = Path(__file__).resolve().parent.parent
+STAFF, CUSTOMER = 0, 1
+TURNS = [(STAFF, 1.5), (STAFF, "Good afternoon, can I help you?"), (STAFF, 1.0),
+         (CUSTOMER, "Yes, I am looking for a present for my sister."), (CUSTOMER, 1.0),
+         (STAFF, "These scarves are new this week."), (STAFF, 1.0),
+         (CUSTOMER, "That blue one is lovely, how much does it cost, and do you have it in "
+                    "another colour as well, maybe green or a darker blue?"), (CUSTOMER, 1.0)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_run_replays_dialogue_and_drains_on_sigterm(tmp_path, tiny_bundle):
+    stereo, spans = stereo_dialogue(tmp_path, TURNS)
+    wav = write_stereo(tmp_path / "dialogue.wav", stereo)
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f"""
+bundle = "{tiny_bundle}"
+prompts = "{REPO / 'prompts'}"
+cache = "cache.sqlite3"
+[history]
+path = "history.sqlite3"
+[server]
+port = {port}
+[stages]
+utterances = "ipc://u.sock"
+embeddings = "ipc://e.sock"
+[[stations]]
+name = "staff"
+role = "staff"
+file = "{wav}"
+channel = 0
+[[stations]]
+name = "customer"
+role = "customer"
+file = "{wav}"
+channel = 1
+""")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    states, ready = [], threading.Event()
+
+    def listen():  # what systemd does: read every notification as it comes
+        notify.settimeout(0.5)
+        while not ready.is_set() or states[-1:] != ["STOPPING=1"]:
+            try:
+                states.append(notify.recv(100).decode())
+            except socket.timeout:
+                if proc.poll() is not None:
+                    return
+            if states[-1:] == ["READY=1"]:
+                ready.set()
+    listener = threading.Thread(target=listen, daemon=True)
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="400000")
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config",
+                                 str(tmp_path / "config.toml")], cwd=REPO, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    listener.start()
+    try:
+        assert ready.wait(60), "no READY=1"
+        last_on, last_off = spans[CUSTOMER][-1]
+        events, close = asyncio.run(watch(port, proc, (last_on + last_off) / 2))
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+        print(log_path.read_text())
+    log = log_path.read_text()
+    listener.join(5)
+    assert code == 0, log
+    assert "WATCHDOG=1" in states and states[-1] == "STOPPING=1"
+    assert close == (1001, "server shutting down")
+    # the script's utterances, each found once, within the segmenter's error
+    for station, channel in (("staff", STAFF), ("customer", CUSTOMER)):
+        got = [e for e in events if e["station"] == station]
+        assert len(got) == len(spans[channel]), (station, got, spans[channel], log)
+        for e, (on, off) in zip(got, spans[channel]):
+            assert abs(e["start"] - on) < 0.35, (e, on)
+            assert e["role"] == station
+        for e, (on, off) in list(zip(got, spans[channel]))[:-1]:
+            assert abs(e["end"] - off) < 0.5, (e, off)
+    pairs = [(e, span) for station, channel in (("staff", STAFF), ("customer", CUSTOMER))
+             for e, span in zip([e for e in events if e["station"] == station], spans[channel])]
+    print("segmenter error end to end (s): start", [round(e["start"] - on, 2) for e, (on, _) in pairs],
+          "end", [round(e["end"] - off, 2) for e, (_, off) in pairs])
+    # the utterance SIGTERM interrupted was cut at the stop, not lost
+    cut = [e for e in events if e["station"] == "customer"][-1]
+    assert last_on < cut["end"] < last_off
+    history = list(History(tmp_path / "history.sqlite3").events())
+    assert [(h["station"], h["seq"]) for h in history] == [(e["station"], e["seq"]) for e in events]
+
+
+async def watch(port, proc, stop_at):
+    """Collect events; send SIGTERM at stream time `stop_at`; return events and close code."""
+    events = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        hello = json.loads(await ws.recv())
+        assert {s["name"] for s in hello["stations"]} == {"staff", "customer"}
+        deadline = time.time() + 60
+        sent = False
+        try:
+            while time.time() < deadline:
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 0.1))
+                except asyncio.TimeoutError:
+                    msg = None
+                if msg and msg["type"] == "utterance":
+                    events.append(msg)
+                if events and not sent:
+                    t0 = events[0]["time"] - events[0]["end"]
+                    if time.time() >= t0 + stop_at:
+                        proc.send_signal(signal.SIGTERM)
+                        sent = True
+        except websockets.ConnectionClosed:
+            pass
+        return events, (ws.close_code, ws.close_reason)
+
+
+@pytest.mark.slow
+def test_stages_in_three_processes(tmp_path, tiny_bundle):
+    """`capture`, `encode` and `serve` apart, over ipc:// and tcp://: the same results."""
+    stereo, spans = stereo_dialogue(tmp_path, TURNS[:6])
+    wav = write_stereo(tmp_path / "dialogue.wav", stereo)
+    port, link = free_port(), free_port()
+    (tmp_path / "config.toml").write_text(f"""
+bundle = "{tiny_bundle}"
+prompts = "{REPO / 'prompts'}"
+cache = "cache.sqlite3"
+[history]
+path = "history.sqlite3"
+[server]
+port = {port}
+[stages]
+utterances = "ipc://u.sock"
+embeddings = "tcp://127.0.0.1:{link}"
+[[stations]]
+name = "staff"
+file = "{wav}"
+channel = 0
+realtime = false
+[[stations]]
+name = "customer"
+file = "{wav}"
+channel = 1
+realtime = false
+""")
+    procs = {}
+    try:
+        for stage in ("capture", "encode", "serve"):  # capture first: it waits for the others
+            procs[stage] = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", stage, "--config", str(tmp_path / "config.toml")],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        want = len(spans[0]) + len(spans[1])
+        health = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and health.get("utterances") != want:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                pass
+        assert health.get("utterances") == want, health
+        assert health["stations"] == {"staff": "ended", "customer": "ended"}
+        for stage in ("capture", "encode", "serve"):
+            procs[stage].send_signal(signal.SIGTERM)
+            assert procs[stage].wait(30) == 0, procs[stage].stderr.read()
+    finally:
+        for p in procs.values():
+            p.kill()
+    stations = [h["station"] for h in History(tmp_path / "history.sqlite3").events()]
+    assert sorted(stations) == sorted(["staff"] * len(spans[0]) + ["customer"] * len(spans[1]))
+
+
+def test_journald_lines_carry_priority(monkeypatch, capsys):
+    import logging
+
+    from daemon.notify import setup_logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    setup_logging("INFO")
+    try:
+        logging.getLogger("emoclapd.sources").warning("device lost\nretrying")
+        logging.getLogger("emoclapd").info("ready")
+    finally:
+        logging.getLogger().handlers.clear()
+    assert capsys.readouterr().err.splitlines() == [
+        "<4>emoclapd.sources: device lost", "    retrying", "<6>emoclapd: ready"]
