@@ -108,9 +108,13 @@ class Publisher:
         return {"type": "prompts", "emotions": emotions_list(self.bank.emotions)}
 
     def rolling_message(self, stations: set[str] | None = None) -> dict:
+        """Rolling scores and station states; the states let an open dashboard see a
+        station go offline or end without waiting for an utterance."""
         return {"type": "rolling", "time": round(time.time(), 3),
                 "stations": {name: _nested(r.snapshot()) for name, r in self.rolling.items()
-                             if stations is None or name in stations}}
+                             if stations is None or name in stations},
+                "states": {name: s["state"] for name, s in self.stations.items()
+                           if stations is None or name in stations}}
 
     def forget_missing(self) -> None:
         """After a prompt change: rolling scores of removed emotions go too."""

@@ -1,0 +1,154 @@
+"""The dashboard in a real headless Chromium against a real `emoclapd run`: scores
+appear and update, a prompt file added while it is open shows up as a new emotion, and
+a wrong token is refused. Saves a screenshot to test-artifacts/dashboard.png."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_service import free_port
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "s3cret-token"
+ARTIFACTS = REPO / "test-artifacts"
+CALM = """label = "Calm – tense"
+key_word = "calm"
+[negative]
+label = "Tense"
+en = ["I feel tense."]
+[positive]
+label = "Calm"
+en = ["I feel calm."]
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path, tiny_bundle, small_corpus):
+    shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+    dialogue = small_corpus / "dialogues" / "s1-car-d1.wav"
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f"""
+bundle = "{tiny_bundle}"
+prompts = "prompts"
+cache = "cache.sqlite3"
+[rolling]
+interval_s = 1.0
+[server]
+port = {port}
+token = "{TOKEN}"
+[history]
+path = "history.sqlite3"
+[[stations]]
+name = "counter-staff"
+role = "staff"
+file = "{dialogue}"
+channel = 0
+loop = true
+[[stations]]
+name = "counter-customer"
+role = "customer"
+file = "{dialogue}"
+channel = 1
+loop = true
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config",
+                             str(tmp_path / "config.toml")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("emoclapd did not start:\n" + proc.stdout.read())
+            time.sleep(0.2)
+    yield base, tmp_path / "prompts"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) == 0, proc.stdout.read()
+    finally:
+        proc.kill()
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium missing: run ./bootstrap test, which installs it")
+    with sync_api.sync_playwright() as p:
+        # No sandbox (root in CI) and no background networking: the box may be offline.
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def bar_count(page, station: str, emotion: str) -> int:
+    text = page.inner_text(f'.card[data-station="{station}"] .bar[data-emotion="{emotion}"] .value')
+    return int(text.split("n=")[1])
+
+
+@pytest.mark.slow
+def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
+    base, prompts = daemon
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/?token={TOKEN}")
+    page.wait_for_selector('#connection[data-state="live"]', timeout=15000)
+
+    customer = '.card[data-station="counter-customer"]'
+    staff = '.card[data-station="counter-staff"]'
+    page.wait_for_selector(f'{customer} .bar[data-emotion="purchase_intention"][data-score]',
+                           timeout=60000)
+    # Purchase intention is scored on customers only: the staff card has no such bar.
+    page.wait_for_selector(f'{staff} .bar[data-emotion="pleasant"]', timeout=60000)
+    assert page.query_selector(f'{staff} .bar[data-emotion="purchase_intention"]') is None
+    score = float(page.get_attribute(f'{customer} .bar[data-emotion="purchase_intention"]',
+                                     "data-score"))
+    assert 0.0 <= score <= 1.0
+
+    # Scores update live: the customer's utterance count grows as the dialogue plays.
+    first = bar_count(page, "counter-customer", "purchase_intention")
+    page.wait_for_function(
+        """([sel, n]) => {
+             const v = document.querySelector(sel);
+             return v && parseInt(v.textContent.split("n=")[1]) > n; }""",
+        arg=[f'{customer} .bar[data-emotion="purchase_intention"] .value', first],
+        timeout=60000)
+    assert page.query_selector_all("#feed li")
+
+    # A prompt file added now appears as a new emotion on the open page, no reload.
+    (prompts / "calm.toml").write_text(CALM)
+    page.wait_for_selector(f'{customer} .bar[data-emotion="calm"]', timeout=15000)
+    assert "Tense" in page.inner_text(f'{customer} .bar[data-emotion="calm"] .poles')
+    page.wait_for_selector(f'{customer} .bar[data-emotion="calm"][data-score]', timeout=60000)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert not errors, errors
+
+    # A wrong token gets neither the page nor the score stream.
+    stranger = browser.new_page()
+    assert stranger.goto(f"{base}/?token=wrong").status == 401
+    assert stranger.goto(f"{base}/").status == 401
+    outcome = page.evaluate("""(url) => new Promise(done => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { ws.close(); done("opened"); };
+        ws.onerror = () => done("refused");
+    })""", base.replace("http", "ws") + "/ws?token=wrong")
+    assert outcome == "refused"
