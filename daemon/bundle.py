@@ -1,0 +1,156 @@
+"""The model bundle: a folder the trainer writes and the daemon verifies before use."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+FORMAT = "emoclap-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_FILES = {
+    "audio_encoder": "audio_encoder.onnx",
+    "text_encoder": "text_encoder.onnx",
+    "tokenizer": "tokenizer.json",
+}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the folder and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    manifest: dict[str, Any]
+    sample_rate: int
+    embedding_dim: int
+    logit_scale: float
+    languages: tuple[str, ...]
+    audio_encoder: Path
+    text_encoder: Path
+    tokenizer: Path
+    min_samples: int
+    max_tokens: int
+    precision: str
+    # Identifies the exact weights: keys the prompt-embedding cache.
+    hash: str
+    description: str = ""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_names(fields: dict[str, Any]) -> dict[str, str]:
+    names = {}
+    for key, default in DEFAULT_FILES.items():
+        section = fields.get(key) or {}
+        names[key] = section.get("file", default) if isinstance(section, dict) else default
+    return names
+
+
+def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Write `folder/manifest.json` from `fields`, adding format, version, time and hashes.
+
+    The three model files must already be in `folder`; returns the manifest written.
+    """
+    folder = Path(folder)
+    manifest: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    manifest.update({k: v for k, v in fields.items() if k not in ("format", "format_version", "files")})
+    manifest.setdefault("description", "")
+    for key, default in DEFAULT_FILES.items():
+        section = dict(manifest.get(key) or {})
+        section.setdefault("file", default)
+        manifest[key] = section
+    files = {}
+    for name in _file_names(manifest).values():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"{folder}: cannot write manifest: {name} is missing")
+        files[name] = sha256_file(path)
+    manifest["files"] = files
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                   encoding="utf-8")
+    return manifest
+
+
+def _require(manifest: dict, key: str, kind: type | tuple, where: str) -> Any:
+    if key not in manifest:
+        raise BundleError(f"{where}: field '{key}' is missing")
+    value = manifest[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BundleError(f"{where}: field '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundle:
+    """Read and verify a bundle; raises `BundleError` naming the field or file at fault."""
+    folder = Path(folder)
+    where = f"{folder / MANIFEST}"
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: bundle folder does not exist")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{where}: manifest is missing (not a model bundle?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: manifest must be a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{where}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}")
+    version = _require(manifest, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{where}: field 'format_version' is {version}; this emoclapd reads "
+                          f"version {FORMAT_VERSION}")
+    rate = _require(manifest, "sample_rate", int, where)
+    if rate != expected_sample_rate:
+        raise BundleError(f"{where}: field 'sample_rate' is {rate}, expected {expected_sample_rate}")
+    dim = _require(manifest, "embedding_dim", int, where)
+    if dim <= 0:
+        raise BundleError(f"{where}: field 'embedding_dim' must be positive, got {dim}")
+    scale = float(_require(manifest, "logit_scale", (int, float), where))
+    if not 0 < scale < 1e4:
+        raise BundleError(f"{where}: field 'logit_scale' must be a positive number, got {scale}")
+    languages = _require(manifest, "languages", list, where)
+    if not languages or not all(isinstance(x, str) and x for x in languages):
+        raise BundleError(f"{where}: field 'languages' must be a non-empty list of language codes")
+    sections = {key: _require(manifest, key, dict, where) for key in DEFAULT_FILES}
+    hashes = _require(manifest, "files", dict, where)
+    paths = {}
+    for key, section in sections.items():
+        name = section.get("file")
+        if not isinstance(name, str) or not name:
+            raise BundleError(f"{where}: field '{key}.file' is missing")
+        if name not in hashes:
+            raise BundleError(f"{where}: field 'files' has no sha256 for {name}")
+        paths[key] = folder / name
+    for name, expected in hashes.items():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(f"{folder}: file {name} does not match the manifest's sha256 "
+                              f"(corrupt or replaced; expected {str(expected)[:12]}…, got {actual[:12]}…)")
+    min_samples = sections["audio_encoder"].get("min_samples", 400)
+    max_tokens = sections["text_encoder"].get("max_tokens", 64)
+    for field, value in (("audio_encoder.min_samples", min_samples), ("text_encoder.max_tokens", max_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise BundleError(f"{where}: field '{field}' must be a positive integer, got {value!r}")
+    bundle_hash = hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()
+    return Bundle(folder=folder, manifest=manifest, sample_rate=rate, embedding_dim=dim,
+                  logit_scale=scale, languages=tuple(languages),
+                  audio_encoder=paths["audio_encoder"], text_encoder=paths["text_encoder"],
+                  tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
+                  precision=str(sections["audio_encoder"].get("precision", "fp32")),
+                  hash=bundle_hash, description=str(manifest.get("description", "")))

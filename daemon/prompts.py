@@ -1,0 +1,197 @@
+"""Prompt files: one bipolar emotion per `prompts/NAME.toml` (pure parsing, no watching)."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+# ISO 639-1: a key in a pole table must be one of these, so a typo ("eng", "sentences")
+# is caught instead of silently contributing nothing.
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv
+cy da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr
+ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw
+ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv
+ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr
+ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi
+yo za zh zu""".split())
+
+TOP_KEYS = {"label", "key_word", "roles", "temperature", "bias", "negative", "positive"}
+POLES = ("negative", "positive")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class PromptError(ValueError):
+    """A prompt file that cannot be used; `str()` reads `file:line: message`."""
+
+    def __init__(self, message: str, source: str, line: int | None = None):
+        self.message, self.source, self.line = message, source, line
+        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+@dataclass(frozen=True)
+class Pole:
+    label: str
+    sentences: dict[str, list[str]]  # language -> sentences, the first canonical
+
+    def texts(self, languages: Iterable[str] | None = None) -> list[str]:
+        """Sentences of the given languages (all when None), in file order."""
+        keep = None if languages is None else set(languages)
+        return [s for lang, ss in self.sentences.items() if keep is None or lang in keep for s in ss]
+
+
+@dataclass(frozen=True)
+class Emotion:
+    name: str
+    label: str
+    key_word: str
+    roles: tuple[str, ...] | None  # None: every role
+    temperature: float | None      # None: the bundle's logit scale
+    bias: float
+    negative: Pole
+    positive: Pole
+    source: str = ""
+
+    def applies_to(self, role: str | None) -> bool:
+        return self.roles is None or role is None or role in self.roles
+
+
+def emotion_name(path: str | Path) -> str:
+    """The machine name of a prompt file: its stem, lower-cased, '-' read as '_'."""
+    return Path(path).stem.lower().replace("-", "_")
+
+
+def _line_of(text: str, key: str, table: str | None = None) -> int | None:
+    """Line (1-based) where `key` is set inside `[table]` (top level when None)."""
+    current = None
+    key_re = re.compile(rf"^\s*(\"{re.escape(key)}\"|'{re.escape(key)}'|{re.escape(key)})\s*=")
+    header_re = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    for number, line in enumerate(text.splitlines(), 1):
+        header = header_re.match(line)
+        if header:
+            current = header.group(1).strip("\"'")
+            if key == f"[{current}]":
+                return number
+            continue
+        if current == table and key_re.match(line):
+            return number
+    return None
+
+
+def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
+                      languages: Iterable[str] | None = None) -> Emotion:
+    """Parse one prompt file's text; `languages`, when given, are those the model reads:
+    sentences in other languages are ignored, and a pole with none of them is an error."""
+    def fail(message: str, key: str | None = None, table: str | None = None):
+        line = _line_of(text, key, table) if key else None
+        if line is None and table:
+            line = _line_of(text, f"[{table}]")
+        raise PromptError(message, source, line)
+
+    if not NAME_RE.match(name):
+        fail(f"emotion name {name!r} (from the file name) must be lower-case letters, digits and '_'")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        line = int(match.group(1)) if match else max(1, len(text.splitlines()))
+        raise PromptError(f"invalid TOML: {exc}", source, line) from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise PromptError(f"unknown key {key!r} (expected one of: {', '.join(sorted(TOP_KEYS))})",
+                              source, _line_of(text, key) or _line_of(text, f"[{key}]"))
+
+    def string(key: str, default: str | None = None, table: str | None = None) -> str:
+        value = (data.get(table, {}) if table else data).get(key, default)
+        if value is None:
+            fail(f"'{key}' is missing" + (f" in [{table}]" if table else ""), key, table)
+        if not isinstance(value, str) or not value.strip():
+            fail(f"'{key}' must be a non-empty string", key, table)
+        return value.strip()
+
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            fail(f"'{key}' must be a number", key)
+        return float(value)
+
+    label = string("label")
+    key_word = string("key_word", name)
+    roles = data.get("roles")
+    if roles is not None:
+        if (not isinstance(roles, list) or not roles
+                or not all(isinstance(r, str) and r.strip() for r in roles)):
+            fail("'roles' must be a non-empty list of role names", "roles")
+        roles = tuple(r.strip() for r in roles)
+    temperature = number("temperature")
+    if temperature is not None and not temperature > 0:
+        fail("'temperature' must be positive", "temperature")
+    bias = number("bias") or 0.0
+    keep = None if languages is None else set(languages)
+    poles = {}
+    for pole in POLES:
+        table = data.get(pole)
+        if table is None:
+            fail(f"the [{pole}] pole is missing")
+        if not isinstance(table, dict):
+            fail(f"'{pole}' must be a table [{pole}]", pole)
+        sentences: dict[str, list[str]] = {}
+        for key, value in table.items():
+            if key == "label":
+                continue
+            if key not in ISO_639_1:
+                fail(f"unknown language {key!r} in [{pole}] (ISO 639-1 codes such as 'en', 'ja')",
+                     key, pole)
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(s, str) and s.strip() for s in value)):
+                fail(f"'{key}' in [{pole}] must be a non-empty list of sentences", key, pole)
+            sentences[key] = [s.strip() for s in value]
+        if not sentences:
+            fail(f"[{pole}] has no sentences", table=pole)
+        if keep is not None and not any(lang in keep for lang in sentences):
+            fail(f"[{pole}] has no sentences in the model's languages ({', '.join(sorted(keep))}); "
+                 f"it has {', '.join(sentences)}", table=pole)
+        poles[pole] = Pole(label=string("label", table=pole), sentences=sentences)
+    return Emotion(name=name, label=label, key_word=key_word, roles=roles, temperature=temperature,
+                   bias=bias, negative=poles["negative"], positive=poles["positive"], source=source)
+
+
+def prompt_files(folder: str | Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.toml") if p.is_file())
+
+
+def parse_prompt_paths(paths: Iterable[Path], languages: Iterable[str] | None = None
+                       ) -> tuple[dict[str, Emotion], dict[str, PromptError]]:
+    """Parse every file; returns (emotions by name, errors by file path). A name that two
+    files share (e.g. `a-b.toml` and `a_b.toml`) is an error for the later file."""
+    languages = None if languages is None else tuple(languages)
+    emotions: dict[str, Emotion] = {}
+    errors: dict[str, PromptError] = {}
+    for path in paths:
+        name = emotion_name(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            if name in emotions:
+                raise PromptError(f"duplicate emotion name {name!r} (also {emotions[name].source})",
+                                  str(path))
+            emotions[name] = parse_prompt_file(text, name, str(path), languages)
+        except PromptError as exc:
+            errors[str(path)] = exc
+        except (OSError, UnicodeDecodeError) as exc:
+            errors[str(path)] = PromptError(f"cannot read: {exc}", str(path))
+    return emotions, errors
+
+
+def load_prompt_dir(folder: str | Path, languages: Iterable[str] | None = None) -> dict[str, Emotion]:
+    """Every `*.toml` directly in `folder`; raises the first `PromptError` (all are listed)."""
+    emotions, errors = parse_prompt_paths(prompt_files(folder), languages)
+    if errors:
+        first = next(iter(errors.values()))
+        if len(errors) > 1:
+            raise PromptError("; ".join(str(e) for e in errors.values()), first.source, None)
+        raise first
+    return emotions

@@ -1,0 +1,161 @@
+"""Voice-activity segmentation of one station's stream into utterances (pure, no I/O)."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+VAD_RATES = (8000, 16000, 32000, 48000)
+
+
+@dataclass
+class SegmenterOptions:
+    sample_rate: int = 16000
+    frame_ms: int = 30           # webrtcvad reads 10, 20 or 30 ms frames
+    aggressiveness: int = 2      # 0 (keeps most) .. 3 (drops most non-speech)
+    pre_padding_ms: int = 200    # audio kept before the detected onset
+    post_padding_ms: int = 200   # audio kept after the last voiced frame
+    onset_ms: int = 90           # voiced run needed to open an utterance (ignores clicks)
+    hangover_ms: int = 400       # silence that closes an utterance
+    min_utterance_s: float = 0.3  # shorter voiced spans are dropped (counted)
+    max_utterance_s: float = 15.0  # longer speech is cut here and continues as a new one
+
+    def __post_init__(self):
+        if self.sample_rate not in VAD_RATES:
+            raise ValueError(f"sample_rate must be one of {VAD_RATES}, got {self.sample_rate}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
+        for field in ("pre_padding_ms", "post_padding_ms", "onset_ms", "hangover_ms"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must not be negative")
+        if not 0 <= self.min_utterance_s < self.max_utterance_s:
+            raise ValueError("need 0 <= min_utterance_s < max_utterance_s")
+
+
+@dataclass
+class Segment:
+    station: str
+    start: float  # seconds since the stream began, padding included
+    end: float
+    audio: np.ndarray  # float32 mono at the segmenter's sample rate
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / 32768.0
+    return samples.astype(np.float32, copy=False)
+
+
+class Segmenter:
+    """Feeds frames to webrtcvad and cuts utterances; one instance per station."""
+
+    def __init__(self, station: str, options: SegmenterOptions | None = None):
+        self.station = station
+        self.options = opts = options or SegmenterOptions()
+        self._vad = webrtcvad.Vad(opts.aggressiveness)
+        self._frame = opts.sample_rate * opts.frame_ms // 1000
+        ms = lambda v: max(0, round(v / opts.frame_ms))  # noqa: E731
+        self._pre_frames = ms(opts.pre_padding_ms)
+        self._post_frames = ms(opts.post_padding_ms)
+        self._onset_frames = max(1, ms(opts.onset_ms))
+        self._hang_frames = max(1, ms(opts.hangover_ms))
+        self._max_frames = max(1, int(opts.max_utterance_s * 1000 / opts.frame_ms))
+        self._pending = np.zeros(0, np.float32)
+        self._index = 0  # frames consumed so far
+        self._history: deque[np.ndarray] = deque(maxlen=self._pre_frames + self._onset_frames)
+        self._voiced_run = 0
+        self._active: list[np.ndarray] | None = None
+        self._start = 0  # frame index of the active utterance's first frame
+        self._last_voiced = 0  # index (exclusive) after the last voiced frame
+        self._onset = 0  # first voiced frame of the active utterance
+        self.dropped_short = 0
+        self.cut_long = 0
+
+    def _t(self, frame_index: int) -> float:
+        return frame_index * self._frame / self.options.sample_rate
+
+    def push(self, samples: np.ndarray) -> list[Segment]:
+        """Feed samples (float32 in [-1, 1] or int16, any length); returns finished utterances."""
+        audio = _to_float(samples).reshape(-1)
+        if self._pending.size:
+            audio = np.concatenate([self._pending, audio])
+        whole = audio.size // self._frame * self._frame
+        self._pending = audio[whole:].copy()
+        out: list[Segment] = []
+        for offset in range(0, whole, self._frame):
+            segment = self._step(audio[offset:offset + self._frame])
+            if segment is not None:
+                out.append(segment)
+        return out
+
+    def flush(self) -> list[Segment]:
+        """End of stream: the utterance in progress, if long enough."""
+        out = []
+        if self._active is not None:
+            segment = self._close(self._index)
+            if segment is not None:
+                out.append(segment)
+        self._pending = np.zeros(0, np.float32)
+        self._history.clear()
+        self._voiced_run = 0
+        return out
+
+    def _step(self, frame: np.ndarray) -> Segment | None:
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        voiced = self._vad.is_speech(pcm, self.options.sample_rate)
+        index = self._index
+        self._index += 1
+        if self._active is None:
+            self._history.append(frame)
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if self._voiced_run >= self._onset_frames:
+                frames = list(self._history)[-(self._onset_frames + self._pre_frames):]
+                self._active = frames
+                self._start = self._index - len(frames)
+                self._last_voiced = self._index
+                self._onset = self._index - self._onset_frames
+                self._history.clear()
+            return None
+        self._active.append(frame)
+        if voiced:
+            self._last_voiced = self._index
+        if self._index - self._start >= self._max_frames:
+            # Overlong speech: emit what we have and keep going as a fresh utterance.
+            self.cut_long += 1
+            segment = self._emit(self._start, self._index)
+            self._active, self._start = [], self._index
+            self._last_voiced = self._onset = self._index
+            return segment
+        if self._index - self._last_voiced >= self._hang_frames:
+            segment = self._close(self._index)
+            self._voiced_run = 0
+            return segment
+        return None
+
+    def _close(self, now: int) -> Segment | None:
+        end = min(now, self._last_voiced + self._post_frames)
+        tail = self._active[end - self._start:] if self._active else []
+        voiced_span = self._t(self._last_voiced - self._onset)
+        segment = None
+        if voiced_span >= self.options.min_utterance_s and end > self._start:
+            segment = self._emit(self._start, end)
+        else:
+            self.dropped_short += 1
+        self._active = None
+        for frame in tail[-self._history.maxlen:] if self._history.maxlen else []:
+            self._history.append(frame)
+        return segment
+
+    def _emit(self, start: int, end: int) -> Segment:
+        frames = self._active[: end - start]
+        audio = np.concatenate(frames) if frames else np.zeros(0, np.float32)
+        return Segment(self.station, self._t(start), self._t(end), audio)
