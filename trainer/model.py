@@ -13,10 +13,15 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from trainer.config import ModelOptions, TowerOptions
 
 
-def load_tower(opts: TowerOptions) -> nn.Module:
-    """A Hugging Face encoder: pretrained by id or folder, or randomly initialised from a config."""
-    if opts.pretrained is not None:
+def load_tower(opts: TowerOptions, weights: bool = True) -> nn.Module:
+    """A Hugging Face encoder: pretrained by id or folder, or randomly initialised from a config.
+
+    weights=False builds the pretrained architecture without reading its weights (a
+    checkpoint's state dict replaces them anyway)."""
+    if opts.pretrained is not None and weights:
         model = AutoModel.from_pretrained(opts.pretrained)
+    elif opts.pretrained is not None:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(opts.pretrained))
     else:
         cfg = dict(opts.config)
         model_type = cfg.pop("model_type", None)
@@ -186,12 +191,11 @@ class ProjectionHead(nn.Module):
 
 
 class ClapModel(nn.Module):
-    def __init__(self, opts: ModelOptions, audio_encoder: nn.Module | None = None,
-                 text_encoder: nn.Module | None = None):
+    def __init__(self, opts: ModelOptions, weights: bool = True):
         super().__init__()
         self.opts = opts
-        self.audio = AudioTower(audio_encoder or load_tower(opts.audio), opts.normalize_waveform)
-        self.text = TextTower(text_encoder or load_tower(opts.text), opts.text_pooling)
+        self.audio = AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
+        self.text = TextTower(load_tower(opts.text, weights), opts.text_pooling)
         d = opts.embedding_dim
         self.audio_head = ProjectionHead(self.audio.hidden_size, d, opts.head, opts.head_dropout)
         self.text_head = ProjectionHead(self.text.hidden_size, d, opts.head, opts.head_dropout)
