@@ -13,10 +13,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-
-
 def _worker_params(rank, world, port, out):
-    """Same run, but every process saves its own live parameters."""
+    """One process of a 2-process run; saves its own live parameters afterwards."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

@@ -70,6 +70,7 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
     """Train on `corpus` (already without its test session); best model → out/best.pt."""
     opts = cfg.train
     seed_everything(opts.seed)
+    corpus = corpus.labelled()
     desc = load_descriptions(opts.prompts, corpus.emotions, opts.language)
     tokenizer = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
     model = ClapModel(cfg.model)

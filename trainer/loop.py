@@ -39,6 +39,10 @@ class Corpus:
         return Corpus([self.audio[i] for i in idx], self.labels[idx], [self.sessions[i] for i in idx],
                       self.emotions, [self.roles[i] for i in idx] if self.roles else [])
 
+    def labelled(self) -> "Corpus":
+        """Without the utterances that no emotion has a label for (they add nothing to a loss)."""
+        return self.subset(np.flatnonzero((self.labels >= 0).any(axis=1)))
+
     def clip(self, i: int) -> np.ndarray:
         a = self.audio[i]
         return a if isinstance(a, np.ndarray) else read_mono(a)
