@@ -1,0 +1,32 @@
+"""Shared fixtures: synthetic corpora are spoken once per test run."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from trainer.synth.corpus import CorpusOptions, build_corpus
+
+
+def _need_speech_tools():
+    missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run ./bootstrap test, which installs them")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """3 sessions x 1 dialogue x 12 turns (36 utterances), seed 0."""
+    _need_speech_tools()
+    out = tmp_path_factory.mktemp("small-corpus")
+    build_corpus(out, CorpusOptions.small())
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The default corpus: 6 sessions x 2 dialogues x 26 turns (312 utterances), seed 0."""
+    _need_speech_tools()
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, CorpusOptions())
+    return out

@@ -1,0 +1,1 @@
+"""Synthetic sales-floor speech with known emotional ground truth (espeak-ng + sox)."""

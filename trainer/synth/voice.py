@@ -1,0 +1,92 @@
+"""Speaking one scripted line with espeak-ng and shaping it with sox.
+
+Vocal controls (about unit scale, see affect.CONTROLS) map to: espeak-ng pitch, speed
+and word gap, SSML pitch range and sentence breaks; sox pitch bend over the last
+syllables (final contour), overdrive (harshness), tremolo (tremor), treble (brightness);
+gain (loudness). Output: float32 mono at 16 kHz.
+"""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+from xml.sax.saxutils import escape
+
+import numpy as np
+import soundfile as sf
+
+from trainer.synth.script import VOICE_LANGUAGE, Speaker
+
+SAMPLE_RATE = 16_000
+_SENTENCE_END = re.compile(r"(?<=[.?!。])\s*")
+
+
+class VoiceError(RuntimeError):
+    pass
+
+
+def check_tools() -> None:
+    missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
+    if missing:
+        raise VoiceError(f"{' and '.join(missing)} not found: install with "
+                         "`apt-get install espeak-ng sox` (./bootstrap does)")
+
+
+def _run(cmd: list[str], data: bytes | None = None) -> bytes:
+    done = subprocess.run(cmd, input=data, capture_output=True)
+    if done.returncode != 0 or not done.stdout:
+        raise VoiceError(f"{cmd[0]} failed ({done.returncode}): "
+                         f"{done.stderr.decode(errors='replace').strip()[:300]}")
+    return done.stdout
+
+
+def _ssml(text: str, pitch_range: float, pause_ms: int) -> str:
+    sentences = [s for s in _SENTENCE_END.split(text) if s]
+    joined = f'<break time="{pause_ms}ms"/>'.join(escape(s) for s in sentences)
+    return f'<speak><prosody range="{pitch_range:+.0f}%">{joined}</prosody></speak>'
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return float(min(max(value, low), high))
+
+
+def speak(text: str, speaker: Speaker, language: str, controls: dict[str, float],
+          noise: np.random.Generator) -> np.ndarray:
+    """Render `text` in `speaker`'s voice shaped by `controls`; deterministic given its
+    inputs and the state of `noise` (used for the recording noise floor only)."""
+    c = controls
+    espeak = ["espeak-ng", "-m", "--stdout",
+              "-v", VOICE_LANGUAGE[language] + speaker.voice,
+              "-p", str(round(_clip(speaker.pitch + 10 * c["pitch_level"], 0, 99))),
+              "-s", str(round(_clip(speaker.rate * (1 + 0.16 * c["rate"]), 80, 280))),
+              "-g", str(round(_clip(3 + 6 * c["pauses"], 0, 15))),
+              _ssml(text, _clip(70 * c["pitch_range"], -85, 180),
+                    round(_clip(250 + 250 * c["pauses"], 0, 900)))]
+    raw = _run(espeak)
+    info = sf.info(io.BytesIO(raw))
+    duration = info.frames / info.samplerate
+    effects = []
+    cents = round(_clip(380 * c["final_contour"], -800, 800))
+    if cents:  # sox refuses a bend of 0 cents
+        # Over-sampling 4 instead of 16: 4x cheaper, no audible difference on espeak voices.
+        effects += ["bend", "-o", "4", f"{max(0.0, duration - 0.55):.3f},{cents},0.45"]
+    overdrive = _clip(5 * (c["harshness"] + 0.6), 0, 14)
+    if overdrive > 0.5:
+        effects += ["overdrive", f"{overdrive:.1f}", "20"]
+    tremolo = _clip(22 * (c["tremor"] + 0.5), 0, 70)
+    if tremolo > 1:
+        effects += ["tremolo", "6.5", f"{tremolo:.0f}"]
+    effects += ["treble", f"{_clip(8 * c['brightness'], -15, 15):.1f}", "2500"]
+    effects += ["rate", "-h", str(SAMPLE_RATE)]
+    # -D: no dither, so the same inputs give the same bytes.
+    shaped = _run(["sox", "-D", "-t", "wav", "-", "-t", "wav", "-e", "float", "-b", "32",
+                   "-c", "1", "-", *effects], raw)
+    audio, rate = sf.read(io.BytesIO(shaped), dtype="float32")
+    if rate != SAMPLE_RATE or audio.size == 0:
+        raise VoiceError(f"sox returned {audio.size} samples at {rate} Hz for {text!r}")
+    peak = float(np.abs(audio).max()) or 1.0
+    level = _clip(0.45 * 10 ** (4.0 * c["loudness"] / 20), 0.05, 0.95)
+    audio = audio * (level / peak)
+    audio += noise.normal(0.0, 10 ** (-55 / 20), audio.size).astype(np.float32)
+    return audio.astype(np.float32)
