@@ -14,7 +14,7 @@ from torch import nn
 
 from trainer.config import Config, load_config
 from trainer.inference import pad_batch
-from trainer.loop import Corpus, param_groups, train
+from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
 from trainer.model import AudioTower, load_tower
 
@@ -94,20 +94,7 @@ def load_baseline(path: Path) -> tuple[BaselineModel, list[str], list[float], di
     return model.eval(), data["emotions"], data["thresholds"], data["summary"]
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("baseline", help="train the supervised baseline (leave-one-session-out folds)")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--config", type=Path, default=Path("configs/method.toml"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--emotion", action="append", help="emotion(s) to learn (default: purchase_intention)")
-    p.add_argument("--fold", default="all")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from trainer.fit import fold_plan, load_corpus, parse_overrides
 
     cfg = load_config(args.config, parse_overrides(args.set))
@@ -116,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     for session, idx in fold_plan(corpus.sessions, args.fold):
         name = f"fold-{session}" if session else "all"
         print(f"{name}: training the baseline on {len(idx)} utterances", file=sys.stderr)
-        summary = fit_baseline(corpus.subset(idx), cfg, args.out / name, resume=args.resume, device=args.device,
+        summary = fit_baseline(corpus.subset(idx), cfg, args.out / name, resume=args.resume, device=resolve_device(args.device),
                                held_out=session)
         results[name] = {k: summary[k] for k in ("epochs_run", "best_epoch", "best_val_ua", "wall_s")}
     print(json.dumps(results, indent=2))

@@ -13,7 +13,7 @@ import torch
 from daemon.prompts import emotion_name, parse_prompt_file
 from trainer.descriptions import Descriptions, descriptions_from
 from trainer.inference import embed_clips, zero_shot_probs
-from trainer.loop import Corpus
+from trainer.loop import Corpus, resolve_device
 from trainer.metrics import random_guess, sign_test, summary
 
 
@@ -140,28 +140,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="evaluate a run's folds: zero-shot, baseline, random")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--run", type=Path, required=True, help="run folder written by `fit` (fold-SESSION/best.pt)")
-    p.add_argument("--emotion", action="append", help="labelled emotion(s) to score (default: purchase_intention)")
-    p.add_argument("--prompts", type=Path, action="append",
-                   help="prompt folder or file(s) (default: prompts/); with one --emotion, any file is scored "
-                        "against it, e.g. prompts/alternatives/purchase_willing.toml")
-    p.add_argument("--baseline", type=Path, help="run folder written by `baseline`")
-    p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and plots")
-    p.add_argument("--normalisation", default="annotator")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from trainer.fit import load_corpus
     from trainer.plots import write_plots
 
     emotions = args.emotion or ["purchase_intention"]
     corpus = load_corpus(args.manifest, emotions, args.normalisation)
-    results = evaluate(corpus, args.run, args.prompts or [Path("prompts")], emotions, args.baseline, args.device)
+    results = evaluate(corpus, args.run, args.prompts or [Path("prompts")], emotions, args.baseline,
+                       resolve_device(args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(results)
     (args.out / "report.md").write_text(table + "\n", encoding="utf-8")

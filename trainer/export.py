@@ -5,6 +5,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -220,20 +221,12 @@ def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo
         training=loaded.training_summary, metrics=loaded.metrics, int8=int8, dynamo=dynamo)
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a checkpoint as a model bundle (ONNX) and verify it")
-    p.add_argument("checkpoint", type=Path, help="checkpoint file (best.pt) written by `fit`")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--int8", action="store_true", help="quantise the audio encoder's matrix products to int8")
-    p.add_argument("--dynamo", action="store_true", help="use the dynamo exporter instead of TorchScript")
-    p.add_argument("--parity-audio", type=Path, nargs="*", help="WAV files for the parity check "
-                   "(default: clips spoken by espeak-ng)")
-    p.add_argument("--description", default="", help="free text for the manifest")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    manifest = export_checkpoint(args.checkpoint, args.out, int8=args.int8, dynamo=args.dynamo,
-                                 parity_audio=args.parity_audio, description=args.description)
+def run(args: argparse.Namespace) -> int:
+    try:
+        manifest = export_checkpoint(args.checkpoint, args.out, int8=args.int8, dynamo=args.dynamo,
+                                     parity_audio=args.parity_audio, description=args.description)
+    except ExportError as exc:
+        print(f"emoclap-train export: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"bundle": str(args.out), "export_parity": manifest["metrics"]["export_parity"]}, indent=2))
     return 0

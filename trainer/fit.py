@@ -15,7 +15,7 @@ from trainer.checkpoint import save_checkpoint
 from trainer.config import Config, load_config
 from trainer.descriptions import Descriptions, load_descriptions
 from trainer.inference import embed_clips, zero_shot_probs
-from trainer.loop import Corpus, param_groups, train
+from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.loss import multitask_loss
 from trainer.metrics import unweighted_accuracy
 from trainer.model import ClapModel, load_tokenizer, tokenize
@@ -123,25 +123,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("fit", help="train the CLAP model (leave-one-session-out folds)")
-    p.add_argument("manifest", type=Path, help="corpus manifest.jsonl")
-    p.add_argument("--config", type=Path, default=Path("configs/method.toml"))
-    p.add_argument("--out", type=Path, required=True, help="run folder (fold-SESSION/ per fold)")
-    p.add_argument("--fold", default="all", help="session to hold out, 'all' (one model per session) "
-                   "or 'none' (train on everything)")
-    p.add_argument("--resume", action="store_true", help="continue from each fold's last.pt")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, "
-                   "e.g. --set train.epochs=5")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    device = args.device
-    if device == "cuda" and "LOCAL_RANK" in __import__("os").environ:
-        device = f"cuda:{int(__import__('os').environ['LOCAL_RANK'])}"
+    device = resolve_device(args.device)
     corpus = load_corpus(args.manifest, cfg.train.emotions, cfg.train.normalisation)
     results = {}
     for session, idx in fold_plan(corpus.sessions, args.fold):

@@ -102,6 +102,15 @@ def init_distributed() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local)
 
 
+def resolve_device(name: str) -> str:
+    """"auto": this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
 def autocast_for(device: torch.device, precision: str):
     """(autocast context factory, GradScaler or None): mixed precision on GPU only."""
     if device.type != "cuda" or precision == "fp32":

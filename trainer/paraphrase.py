@@ -248,19 +248,7 @@ def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
     return added
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("paraphrase", help="add LLM paraphrases of the class descriptions to prompt files")
-    p.add_argument("prompts", type=Path, nargs="+", help="prompt files or folders")
-    p.add_argument("--language", default="ja", help="language of the paraphrases (default: ja)")
-    p.add_argument("--n", type=int, default=10, help="paraphrases per description (default: 10)")
-    p.add_argument("--model", default=os.environ.get("EMOCLAP_LLM_MODEL", "gpt-4o"))
-    p.add_argument("--base-url", default=os.environ.get("EMOCLAP_LLM_BASE_URL"),
-                   help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    p.add_argument("--cache", type=Path, default=Path("var/paraphrase-cache"))
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     opts = ParaphraseOptions(model=args.model, base_url=args.base_url, n=args.n, cache_dir=args.cache)
     para = Paraphraser(opts)
     files = [f for p in args.prompts for f in (prompt_files(p) if p.is_dir() else [p])]
