@@ -38,6 +38,11 @@ class ModelOptions:
     head: str = "linear"  # "linear" or "residual" (ParaCLAP: linear→GELU→linear + residual + LayerNorm)
     head_dropout: float = 0.1
     text_pooling: str = "cls"  # "cls" or "mean"
+    # "batch": standardise the pooled audio vector (BatchNorm, running statistics at inference,
+    # so an embedding never depends on batch mates there). Pooled frames of an untrained tower
+    # are nearly identical across utterances; centring them lets a tower trained from scratch
+    # learn in minutes instead of collapsing. "none" for pretrained towers, as in the method.
+    audio_norm: str = "none"
     normalize_waveform: bool = False  # zero mean, unit variance over the valid samples
     max_tokens: int = 64
     init_logit_scale: float = 1 / 0.07
@@ -117,6 +122,7 @@ def _check(cfg: Config) -> None:
     choices = {
         ("model", "head"): ("linear", "residual"),
         ("model", "text_pooling"): ("cls", "mean"),
+        ("model", "audio_norm"): ("none", "batch"),
         ("train", "loss"): ("ce", "kl"),
         ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     }

