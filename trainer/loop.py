@@ -207,6 +207,11 @@ def train(model: torch.nn.Module, *, corpus: Corpus, opts: TrainOptions, out: Pa
             seen += len(batch[0])
             if ddp.main and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", utt_s=f"{seen / (time.time() - t0):.1f}")
+        if ddp.world > 1:
+            # Running statistics (BatchNorm) are per process: take rank 0's, so that every
+            # process validates the same model and takes the same early-stopping decision.
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
         val = validate(model) if validate else None
         state["wall_s"] += time.time() - t0
         state["epoch"] = epoch
