@@ -87,3 +87,27 @@ def test_parity_failure_is_loud(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="does not reproduce"):
         ex.export_bundle(model, tok, tmp_path, languages=["en"], sources={}, texts=TEXTS, real_audio=noise)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_real_minilm_text_tower_exports_with_its_own_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from trainer.config import TowerOptions
+    from trainer.model import resolve_source
+
+    cfg = load_config("configs/demo.toml")
+    cfg.model.audio = load_config("configs/tiny.toml").model.audio  # keep the audio side small
+    model = ClapModel(cfg.model).eval()
+    tok = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
+    manifest = export_bundle(model, tok, tmp_path, languages=["en"], sources={"text": cfg.model.text.pretrained},
+                             texts=TEXTS + ["I am interested. " * 30], real_audio=[np.zeros(4000, np.float32)])
+    assert manifest["metrics"]["export_parity"]["fp32"]["text_min_cosine"] >= 0.9999
+    from tokenizers import Tokenizer
+
+    shipped = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    hf = AutoTokenizer.from_pretrained(resolve_source(cfg.model.text.pretrained))
+    for text in TEXTS:
+        assert shipped.encode(text).ids == hf(text)["input_ids"]
+    assert len(shipped.encode("I am interested. " * 30).ids) == cfg.model.max_tokens
+    assert isinstance(cfg.model.text, TowerOptions) and not cfg.model.text.trainable

@@ -71,3 +71,12 @@ def test_fold_plan_and_validation_split():
     tr, va = split_validation(40, 0.25, 0)
     assert len(va) == 10 and not set(tr) & set(va) and len(tr) + len(va) == 40
     assert len(split_validation(8, 0.25, 0)[1]) == 0
+
+
+def test_cli_names_the_bad_config_field(tmp_path, capsys):
+    from trainer.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nloss = "hinge"\n')
+    assert main(["fit", str(tmp_path / "m.jsonl"), "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.toml: train.loss = 'hinge'" in capsys.readouterr().err
