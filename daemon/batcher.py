@@ -1,0 +1,95 @@
+"""Groups utterances from many stations into encoder batches (thread adapter)."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("emoclapd.batcher")
+
+
+@dataclass
+class BatcherOptions:
+    max_batch: int = 16       # utterances per encoder call
+    max_wait_ms: float = 20.0  # how long the first request of a batch waits for company
+
+
+class Batcher:
+    """`submit()` from any thread; one worker thread calls `encoder.encode` on groups.
+
+    Futures resolve to the embedding, or None when the utterance was too short to embed.
+    An encoder failure fails only the futures of that batch; the worker keeps running.
+    """
+
+    def __init__(self, encoder, options: BatcherOptions | None = None):
+        self.encoder = encoder
+        self.options = options or BatcherOptions()
+        if self.options.max_batch < 1 or self.options.max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self.batches = 0
+        self.utterances = 0
+        self.failures = 0
+        self._worker = threading.Thread(target=self._loop, name="emoclapd-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, audio: np.ndarray, station: str = "") -> Future:
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(RuntimeError("batcher is closed"))
+            return future
+        self._queue.put((np.asarray(audio, np.float32).reshape(-1), station, future))
+        return future
+
+    def embed_many(self, audios: list[np.ndarray], station: str = "") -> list[np.ndarray | None]:
+        """Submit several and wait for all (used by offline scoring)."""
+        return [f.result() for f in [self.submit(a, station) for a in audios]]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish what was submitted, then stop the worker."""
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout)
+
+    def _collect(self, first) -> list:
+        batch = [first]
+        deadline = time.monotonic() + self.options.max_wait_ms / 1000.0
+        while len(batch) < self.options.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # seen again by the loop, after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = self._collect(first)
+            live = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                results = self.encoder.encode([audio for audio, _, _ in live])
+            except Exception as exc:  # one bad batch must not stop the daemon
+                self.failures += 1
+                log.exception("encoder failed on a batch of %d", len(live))
+                for _, _, future in live:
+                    future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.utterances += len(live)
+            for (_, _, future), result in zip(live, results):
+                future.set_result(result)

@@ -1,0 +1,137 @@
+"""`emoclapd`: the daemon's command line. Each subcommand is one registered function."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from daemon.audio import AudioError, read_channels
+from daemon.bundle import BundleError, load_bundle
+from daemon.encoder import AudioEncoder, EncoderError, EncoderOptions, TextEncoder
+from daemon.prompt_bank import PromptBank, PromptBankOptions
+from daemon.prompts import PromptError
+from daemon.scoring import score_utterance
+from daemon.segmenter import Segmenter, SegmenterOptions
+
+log = logging.getLogger("emoclapd")
+
+COMMANDS: dict[str, tuple[str, tuple, Callable[[argparse.Namespace], int]]] = {}
+
+
+def arg(*names: str, **kwargs) -> tuple:
+    """One argparse argument, for `command(...)`."""
+    return names, kwargs
+
+
+def command(name: str, help: str, *arguments: tuple):
+    """Register `fn(args) -> exit code` as `emoclapd NAME` with the given `arg(...)`s."""
+    def register(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, arguments, fn)
+        return fn
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoclapd", description="emoclap speech-emotion daemon")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, arguments, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for names, kwargs in arguments:
+            p.add_argument(*names, **kwargs)
+        p.set_defaults(handler=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except (BundleError, EncoderError, PromptError) as exc:
+        print(f"emoclapd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+MODEL_ARGS = (
+    arg("--bundle", default="data/demo-bundle", help="model bundle folder (default: %(default)s)"),
+    arg("--prompts", default="prompts", help="prompt folder (default: %(default)s)"),
+    arg("--provider", default="auto", choices=("auto", "cpu", "cuda"), help="ONNX Runtime provider"),
+    arg("--cache", default="var/prompt-cache.sqlite3",
+        help="prompt-embedding cache file; '' keeps it in memory (default: %(default)s)"),
+)
+
+
+def open_model(args) -> tuple[AudioEncoder, PromptBank]:
+    """Bundle, audio encoder and prompt bank from the shared model arguments."""
+    bundle = load_bundle(args.bundle)
+    encoder = AudioEncoder(bundle, options=EncoderOptions(provider=args.provider))
+    bank = PromptBank(args.prompts, TextEncoder(bundle, provider=args.provider),
+                      PromptBankOptions(cache=args.cache or None))
+    log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
+    return encoder, bank
+
+
+@command("score", "score audio files offline: one line per utterance",
+         arg("files", nargs="+", metavar="FILE", help="audio files; every channel is its own station"),
+         *MODEL_ARGS,
+         arg("--format", default="jsonl", choices=("jsonl", "csv"), help="output format"),
+         arg("--role", default=None,
+             help="role of every channel, or one per channel separated by commas "
+                  "(e.g. staff,customer); emotions for other roles are left out"))
+def score_command(args) -> int:
+    encoder, bank = open_model(args)
+    failed = bool(bank.errors)
+    for message in bank.errors.values():
+        print(f"emoclapd score: {message}", file=sys.stderr)
+    roles = args.role.split(",") if args.role else [None]
+    names = bank.vectors.names
+    writer = None
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["file", "station", "role", "start", "end", "duration", *names])
+    options = SegmenterOptions()
+    skipped = 0
+    for path in args.files:
+        try:
+            if not Path(path).is_file():
+                raise AudioError(f"{path}: no such file")
+            channels = read_channels(path, encoder.bundle.sample_rate)
+        except (AudioError, OSError) as exc:
+            print(f"emoclapd score: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for index, samples in enumerate(channels):
+            station = f"channel{index}"
+            role = roles[index] if index < len(roles) else roles[-1]
+            segmenter = Segmenter(station, options)
+            segments = segmenter.push(samples) + segmenter.flush()
+            for segment, embedding in zip(segments, encoder.encode([s.audio for s in segments])):
+                if embedding is None:
+                    skipped += 1
+                    continue
+                scores = score_utterance(embedding, bank, role)
+                row = {"file": str(path), "station": station, "role": role,
+                       "start": round(segment.start, 3), "end": round(segment.end, 3),
+                       "duration": round(segment.duration, 3),
+                       "scores": {k: round(v, 4) for k, v in scores.items()}}
+                if writer is None:
+                    print(json.dumps(row, ensure_ascii=False))
+                else:
+                    writer.writerow([row["file"], station, role or "", row["start"], row["end"],
+                                     row["duration"], *(row["scores"].get(n, "") for n in names)])
+        sys.stdout.flush()
+    if skipped:
+        log.warning("%d utterances shorter than the minimum were skipped", skipped)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

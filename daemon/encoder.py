@@ -1,0 +1,221 @@
+"""ONNX Runtime adapters for the bundle's two towers."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from daemon.bundle import Bundle
+
+log = logging.getLogger("emoclapd.encoder")
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class EncoderError(RuntimeError):
+    """The encoder cannot run as configured (provider missing, model mismatch)."""
+
+
+@dataclass
+class EncoderOptions:
+    provider: str = "auto"          # auto | cuda | cpu
+    intra_op_threads: int = 0       # 0: ONNX Runtime's choice (one per physical core)
+    max_batch: int = 16             # rows per ORT call
+    min_utterance_s: float = 0.25   # shorter utterances are skipped (and counted)
+    max_chunk_s: float = 10.0       # longer ones are split into chunks this long at most...
+    long_utterances: str = "split"  # ...("split", averaged) or cut to max_chunk_s ("cap")
+
+    def __post_init__(self):
+        if self.provider not in ("auto", *PROVIDERS):
+            raise ValueError(f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        if self.long_utterances not in ("split", "cap"):
+            raise ValueError(f"long_utterances must be split or cap, got {self.long_utterances!r}")
+        if self.max_batch < 1 or self.max_chunk_s <= 0 or self.intra_op_threads < 0:
+            raise ValueError("max_batch and max_chunk_s must be positive, intra_op_threads >= 0")
+
+
+def _gpu_present() -> bool:
+    # onnxruntime-gpu lists CUDA even without a GPU; ask the driver before trying it.
+    return Path("/dev/nvidiactl").exists() or bool(os.environ.get("EMOCLAP_ASSUME_GPU"))
+
+
+def resolve_provider(requested: str) -> str:
+    available = ort.get_available_providers()
+    if requested == "cpu":
+        return PROVIDERS["cpu"]
+    cuda_ok = PROVIDERS["cuda"] in available
+    if requested == "cuda":
+        if not cuda_ok:
+            raise EncoderError("provider 'cuda' requested but this onnxruntime has no CUDA support "
+                               f"(available: {', '.join(available)}); install emoclap[gpu]")
+        return PROVIDERS["cuda"]
+    return PROVIDERS["cuda"] if cuda_ok and _gpu_present() else PROVIDERS["cpu"]
+
+
+def open_session(path: Path, requested: str = "auto", intra_op_threads: int = 0) -> ort.InferenceSession:
+    """An inference session on the requested provider; fails rather than silently falling
+    back when 'cuda' was asked for explicitly."""
+    provider = resolve_provider(requested)
+    ort.set_default_logger_severity(3)  # provider probing warns on CPU-only machines
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3  # errors only: no provider-fallback chatter on CPU machines
+    providers = [provider] + ([PROVIDERS["cpu"]] if provider != PROVIDERS["cpu"] else [])
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types
+        raise EncoderError(f"{path}: cannot load model: {exc}") from None
+    used = session.get_providers()[0]
+    if requested == "cuda" and used != PROVIDERS["cuda"]:
+        raise EncoderError(f"{path}: provider 'cuda' requested but ONNX Runtime fell back to {used}")
+    return session
+
+
+def _check_io(session: ort.InferenceSession, path: Path, inputs: tuple[str, ...], dim: int) -> None:
+    names = tuple(i.name for i in session.get_inputs())
+    if set(names) != set(inputs):
+        raise EncoderError(f"{path}: inputs are {names}, expected {inputs}")
+    outputs = session.get_outputs()
+    if outputs[0].name != "embedding":
+        raise EncoderError(f"{path}: first output is {outputs[0].name!r}, expected 'embedding'")
+    shape = outputs[0].shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != dim):
+        raise EncoderError(f"{path}: output shape {shape} does not match embedding_dim {dim}")
+
+
+def _short_name(provider: str) -> str:
+    return provider.replace("ExecutionProvider", "").lower()
+
+
+class AudioEncoder:
+    """Utterance audio (16 kHz float32) → unit embeddings, on one shared ORT session.
+
+    Thread-safe: ORT sessions may be run from several threads at once.
+    """
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", options: EncoderOptions | None = None):
+        self.bundle = bundle
+        self.options = options or EncoderOptions(provider=provider)
+        if options is not None and provider != "auto":
+            self.options = dataclasses.replace(options, provider=provider)
+        self.session = open_session(bundle.audio_encoder, self.options.provider,
+                                    self.options.intra_op_threads)
+        _check_io(self.session, bundle.audio_encoder, ("waveform", "lengths"), bundle.embedding_dim)
+        self.provider = _short_name(self.session.get_providers()[0])
+        log.info("audio encoder on %s (%s)", self.provider, bundle.audio_encoder)
+        rate = bundle.sample_rate
+        self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
+        self.chunk_samples = max(self.min_samples, int(self.options.max_chunk_s * rate))
+        # Dynamic int8 quantisation scales activations per tensor, i.e. over the whole
+        # batch, so batch mates would shift each other's embeddings: run rows one by one.
+        self.rows_per_call = 1 if bundle.precision.startswith("int8") else self.options.max_batch
+        if self.rows_per_call != self.options.max_batch:
+            log.info("int8 audio encoder: one utterance per call, so batch mates cannot change scores")
+        self._lock = threading.Lock()
+        self.skipped_short = 0
+        self.rows_run = 0
+        self.calls = 0
+
+    def too_short(self, audio: np.ndarray) -> bool:
+        return np.asarray(audio).size < self.min_samples
+
+    def _chunks(self, audio: np.ndarray) -> list[np.ndarray]:
+        n = audio.size
+        if n <= self.chunk_samples:
+            return [audio]
+        if self.options.long_utterances == "cap":
+            return [audio[: self.chunk_samples]]
+        # Equal chunks, so none is a sliver too short to say anything.
+        parts = math.ceil(n / self.chunk_samples)
+        size = math.ceil(n / parts)
+        return [audio[i:i + size] for i in range(0, n, size)]
+
+    def _run(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Rows → embeddings, shortest first in padded batches of similar length."""
+        out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
+        order = sorted(range(len(rows)), key=lambda i: rows[i].size)
+        step = self.rows_per_call
+        for b in range(0, len(order), step):
+            idx = order[b:b + step]
+            lengths = np.array([rows[i].size for i in idx], np.int64)
+            wave = np.zeros((len(idx), int(lengths.max())), np.float32)
+            for r, i in enumerate(idx):
+                wave[r, : lengths[r]] = rows[i]
+            out[idx] = self.session.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
+            self.calls += 1
+        self.rows_run += len(rows)
+        return out
+
+    def embed(self, audios: list[np.ndarray]) -> np.ndarray:
+        """[n, D] unit embeddings; every input must be at least `min_samples` long."""
+        audios = [np.asarray(a, np.float32).reshape(-1) for a in audios]
+        for i, a in enumerate(audios):
+            if self.too_short(a):
+                raise ValueError(f"utterance {i} has {a.size} samples; the minimum is {self.min_samples}")
+        rows, owner, weight = [], [], []
+        for i, a in enumerate(audios):
+            for chunk in self._chunks(a):
+                rows.append(chunk)
+                owner.append(i)
+                weight.append(chunk.size)
+        if not rows:
+            return np.zeros((0, self.bundle.embedding_dim), np.float32)
+        chunk_emb = self._run(rows)
+        if len(rows) == len(audios):
+            return chunk_emb
+        # Duration-weighted mean of the chunk embeddings, then back onto the unit sphere.
+        mix = np.zeros((len(audios), len(rows)), np.float32)
+        mix[owner, np.arange(len(rows))] = weight
+        emb = mix @ chunk_emb
+        return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+    def encode(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Like `embed`, but too-short utterances give None (and are counted) instead of failing."""
+        keep = [i for i, a in enumerate(audios) if not self.too_short(a)]
+        with self._lock:
+            self.skipped_short += len(audios) - len(keep)
+        out: list[np.ndarray | None] = [None] * len(audios)
+        if keep:
+            for i, e in zip(keep, self.embed([audios[i] for i in keep])):
+                out[i] = e
+        return out
+
+
+class TextEncoder:
+    """Sentences → unit embeddings with the bundle's tokenizer and text tower."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", intra_op_threads: int = 0,
+                 batch: int = 32):
+        self.bundle = bundle
+        try:
+            self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions
+            raise EncoderError(f"{bundle.tokenizer}: cannot load tokenizer: {exc}") from None
+        self.tokenizer.enable_truncation(max_length=bundle.max_tokens)
+        padding = self.tokenizer.padding or {}
+        pad_token = padding.get("pad_token", "[PAD]")
+        pad_id = padding.get("pad_id", self.tokenizer.token_to_id(pad_token) or 0)
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        self.session = open_session(bundle.text_encoder, provider, intra_op_threads)
+        _check_io(self.session, bundle.text_encoder, ("input_ids", "attention_mask"), bundle.embedding_dim)
+        self.provider = _short_name(self.session.get_providers()[0])
+        self.batch = batch
+        self.texts_embedded = 0  # lets tests (and metrics) see that the cache works
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.bundle.embedding_dim), np.float32)
+        for b in range(0, len(texts), self.batch):
+            enc = self.tokenizer.encode_batch(texts[b:b + self.batch])
+            ids = np.array([e.ids for e in enc], np.int64)
+            mask = np.array([e.attention_mask for e in enc], np.int64)
+            out[b:b + len(enc)] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        self.texts_embedded += len(texts)
+        return out

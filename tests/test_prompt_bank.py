@@ -1,0 +1,182 @@
+import queue
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.bundle import load_bundle
+from daemon.encoder import TextEncoder
+from daemon.prompt_bank import PromptBank, PromptBankOptions
+from daemon.scoring import score_utterance
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+CALM = """\
+label = "Calm – agitated"
+temperature = 7.5
+
+[negative]
+label = "Agitated"
+en = ["I am agitated.", "I am upset."]
+
+[positive]
+label = "Calm"
+en = ["I am calm."]
+ja = ["落ち着いています。"]
+"""
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tiny_bundle):
+    return TextEncoder(load_bundle(tiny_bundle), provider="cpu", intra_op_threads=1)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return Path(shutil.copytree(REPO / "prompts", tmp_path / "prompts",
+                                ignore=shutil.ignore_patterns("alternatives")))
+
+
+def unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_pole_vectors_average_normalised_sentences(folder, text_encoder, tmp_path):
+    (folder / "calm.toml").write_text(CALM)
+    bank = PromptBank(folder, text_encoder, PromptBankOptions(cache=str(tmp_path / "c.sqlite")))
+    v = bank.vectors
+    assert v.names == ("aroused", "calm", "credible", "dominant", "interested", "pleasant",
+                       "positive", "purchase_intention")
+    k = v.names.index("calm")
+    neg = unit(unit(text_encoder.embed(["I am agitated.", "I am upset."])).mean(0))
+    pos = unit(unit(text_encoder.embed(["I am calm.", "落ち着いています。"])).mean(0))
+    np.testing.assert_allclose(v.negative[k], neg, atol=1e-5)
+    np.testing.assert_allclose(v.positive[k], pos, atol=1e-5)
+    assert v.scale[k] == pytest.approx(7.5)
+    assert v.scale[v.names.index("pleasant")] == pytest.approx(20.0)  # the bundle's
+    assert v.roles[v.names.index("purchase_intention")] == ("customer",)
+    scores = score_utterance(unit(np.ones(v.negative.shape[1], np.float32)), bank, "staff")
+    assert "purchase_intention" not in scores and set(scores) == set(v.names) - {"purchase_intention"}
+    assert bank.errors == {}
+
+
+def test_restart_embeds_nothing_unchanged(folder, text_encoder, tmp_path):
+    cache = str(tmp_path / "cache" / "text.sqlite")
+    start = text_encoder.texts_embedded
+    first = PromptBank(folder, text_encoder, PromptBankOptions(cache=cache))
+    sentences = sum(len(e.negative.texts()) + len(e.positive.texts()) for e in first.emotions.values())
+    assert text_encoder.texts_embedded - start == sentences
+    first.close()
+    start = text_encoder.texts_embedded
+    second = PromptBank(folder, text_encoder, PromptBankOptions(cache=cache))
+    assert text_encoder.texts_embedded == start
+    np.testing.assert_array_equal(second.vectors.positive, first.vectors.positive)
+    # One new paraphrase: one sentence embedded, the rest from the cache.
+    path = folder / "positive.toml"
+    path.write_text(path.read_text().replace('en = ["I am positive."]', 'en = ["I am positive.", "I feel good."]'))
+    second.reload()
+    assert text_encoder.texts_embedded == start + 1
+    second.close()
+
+
+def test_languages_outside_the_bundle_are_refused_when_nothing_is_left(folder, text_encoder):
+    (folder / "french.toml").write_text(CALM.replace("en = ", "fr = ").replace("ja = ", "de = "))
+    bank = PromptBank(folder, text_encoder)
+    assert "french" not in bank.vectors.names
+    (message,) = bank.errors.values()
+    assert "french.toml:4: [negative] has no sentences in the model's languages (en, ja); it has fr" in message
+
+
+def wait_for(updates, predicate, timeout=2.0):
+    """The first update that satisfies `predicate`, with the seconds it took."""
+    start = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - start)
+        try:
+            update = updates.get(timeout=max(left, 0.001))
+        except queue.Empty:
+            raise AssertionError(f"no matching prompt update within {timeout} s") from None
+        if predicate(update):
+            return update, time.monotonic() - start
+
+
+def test_hot_reload_add_edit_break_fix_delete(folder, text_encoder):
+    bank = PromptBank(folder, text_encoder, PromptBankOptions(poll_s=0.1)).start()
+    updates: queue.Queue = queue.Queue()
+    bank.subscribe(updates.put)
+    latencies = {}
+    try:
+        (folder / "calm.toml").write_text(CALM)
+        update, latencies["add"] = wait_for(updates, lambda u: "calm" in u.added)
+        assert "calm" in bank.vectors.names and update.vectors is bank.vectors
+        before = bank.vectors.positive[bank.vectors.names.index("calm")].copy()
+
+        (folder / "calm.toml").write_text(CALM.replace('"I am calm."', '"I am relaxed."'))
+        update, latencies["edit"] = wait_for(updates, lambda u: "calm" in u.changed)
+        after = bank.vectors.positive[bank.vectors.names.index("calm")]
+        assert np.abs(after - before).max() > 1e-6
+        assert update.emotions["calm"].positive.sentences["en"] == ["I am relaxed."]
+
+        (folder / "calm.toml").write_text(CALM.replace("[positive]", "[positive"))
+        update, latencies["break"] = wait_for(updates, lambda u: u.errors)
+        assert str(folder / "calm.toml") + ":8: invalid TOML" in update.errors[str(folder / "calm.toml")]
+        assert "calm" in bank.vectors.names  # the last good version stays in use
+        np.testing.assert_array_equal(bank.vectors.positive[bank.vectors.names.index("calm")], after)
+
+        (folder / "calm.toml").write_text(CALM)
+        update, latencies["fix"] = wait_for(updates, lambda u: not u.errors and "calm" in u.changed)
+        assert bank.errors == {}
+
+        (folder / "calm.toml").unlink()
+        update, latencies["delete"] = wait_for(updates, lambda u: "calm" in u.removed)
+        assert "calm" not in bank.vectors.names and len(bank.vectors.names) == 7
+    finally:
+        bank.close()
+    print("\nprompt reload latency (write to update, poll 0.1 s): " +
+          ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latencies.items()) +
+          f"; reload itself {bank.last_latency_s * 1000:.1f} ms")
+
+
+def test_broken_new_file_and_duplicate_names_are_reported(folder, text_encoder):
+    bank = PromptBank(folder, text_encoder)
+    calls = []
+    bank.subscribe(calls.append)
+    (folder / "purchase-intention.toml").write_text(CALM)
+    (folder / "empty.toml").write_text('label = "x"\n[negative]\nlabel = "n"\nen = []\n')
+    update = bank.reload()
+    assert update is not None and update.added == ()
+    errors = bank.errors
+    assert "duplicate emotion name 'purchase_intention'" in errors[str(folder / "purchase-intention.toml")]
+    assert "empty.toml:4: 'en' in [negative] must be a non-empty list" in errors[str(folder / "empty.toml")]
+    assert bank.reload() is None  # nothing changed since: not re-read, not re-announced
+    (folder / "purchase_intention.toml").unlink()
+    update = bank.reload()
+    # With the original gone, the other spelling takes the name.
+    assert update.removed == ("purchase_intention",) and update.added == ("purchase_intention",)
+    assert bank.emotions["purchase_intention"].label == "Calm – agitated"
+    assert len(calls) == 2
+
+
+def test_a_failing_subscriber_does_not_stop_reloads(folder, text_encoder):
+    bank = PromptBank(folder, text_encoder)
+    seen = []
+    bank.subscribe(lambda u: 1 / 0)
+    bank.subscribe(seen.append)
+    (folder / "calm.toml").write_text(CALM)
+    assert bank.reload().added == ("calm",)
+    assert len(seen) == 1
+
+
+def test_unchanged_save_is_quiet_and_a_vanished_folder_keeps_the_bank(folder, text_encoder, tmp_path):
+    bank = PromptBank(folder, text_encoder)
+    path = folder / "pleasant.toml"
+    path.write_text(path.read_text())  # saved again, same content: new stamp
+    assert bank.reload() is None
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    assert bank.reload() is None and len(bank.vectors.names) == 7
+    moved.rename(folder)
+    (folder / "aroused.toml").unlink()
+    assert bank.reload().removed == ("aroused",)

@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import pytest
+
+from daemon.prompts import PromptError, load_prompt_dir, parse_prompt_file, parse_prompt_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+label = "Pleasant – unpleasant"
+key_word = "pleasant"
+roles = ["customer"]
+temperature = 20.0
+bias = -0.5
+
+[negative]
+label = "Unpleasant"
+en = ["My emotions are uncomfortable.", "I feel uneasy."]
+ja = ["私の気持ちは不快です。"]
+
+[positive]
+label = "Pleasant"
+en = ["My emotions are pleasant."]
+ja = ["私の気持ちは心地よいです。"]
+"""
+
+
+def test_full_file_parses():
+    e = parse_prompt_file(GOOD, "pleasant", "p.toml")
+    assert (e.name, e.label, e.key_word, e.roles, e.temperature, e.bias) == (
+        "pleasant", "Pleasant – unpleasant", "pleasant", ("customer",), 20.0, -0.5)
+    assert e.negative.label == "Unpleasant"
+    assert e.negative.sentences["en"][0] == "My emotions are uncomfortable."
+    assert e.negative.texts(["en"]) == ["My emotions are uncomfortable.", "I feel uneasy."]
+    assert e.positive.texts() == ["My emotions are pleasant.", "私の気持ちは心地よいです。"]
+    assert e.applies_to("customer") and not e.applies_to("staff")
+
+
+def test_defaults():
+    text = GOOD.replace('key_word = "pleasant"\n', "").replace('roles = ["customer"]\n', "")
+    text = text.replace("temperature = 20.0\n", "").replace("bias = -0.5\n", "")
+    e = parse_prompt_file(text, "calm", "c.toml")
+    assert (e.key_word, e.roles, e.temperature, e.bias) == ("calm", None, None, 0.0)
+    assert e.applies_to("staff")
+
+
+def test_shipped_prompts_load():
+    emotions = load_prompt_dir(REPO / "prompts")
+    assert set(emotions) == {"pleasant", "aroused", "dominant", "credible", "interested",
+                             "positive", "purchase_intention"}
+    assert emotions["purchase_intention"].roles == ("customer",)
+    assert emotions["purchase_intention"].positive.sentences["en"] == ["I want to buy it."]
+    assert all(e.label and e.negative.label and e.positive.label for e in emotions.values())
+
+
+def bad(text, name="pleasant"):
+    with pytest.raises(PromptError) as info:
+        parse_prompt_file(text, name, "dir/p.toml")
+    return info.value
+
+
+def test_syntax_error_has_line():
+    err = bad(GOOD.replace('label = "Unpleasant"', 'label = "Unpleasant'))
+    assert err.source == "dir/p.toml" and err.line == 8
+    assert str(err).startswith("dir/p.toml:8: invalid TOML")
+
+
+def test_missing_pole():
+    err = bad(GOOD.split("[positive]")[0])
+    assert "[positive] pole is missing" in str(err)
+
+
+def test_empty_sentence_list_points_at_its_line():
+    err = bad(GOOD.replace('en = ["My emotions are pleasant."]', "en = []"))
+    assert err.line == 14 and "'en' in [positive] must be a non-empty list" in err.message
+    err = bad(GOOD.replace('ja = ["私の気持ちは不快です。"]', 'ja = ["  "]'))
+    assert err.line == 10
+
+
+def test_pole_without_sentences():
+    text = GOOD.replace('en = ["My emotions are pleasant."]\nja = ["私の気持ちは心地よいです。"]\n', "")
+    err = bad(text)
+    assert err.line == 12 and "[positive] has no sentences" in err.message
+
+
+def test_unknown_language_points_at_its_line():
+    err = bad(GOOD.replace("ja = [\"私の気持ちは心地よいです。\"]", "jp = [\"x\"]"))
+    assert err.line == 15 and "unknown language 'jp'" in err.message
+
+
+def test_languages_outside_the_model_are_ignored_unless_nothing_is_left():
+    e = parse_prompt_file(GOOD, "pleasant", "p.toml", languages=["ja"])
+    assert e.positive.texts(["ja"]) == ["私の気持ちは心地よいです。"]
+    text = GOOD.replace('ja = ["私の気持ちは心地よいです。"]\n', "")
+    err = bad_with_languages(text, ["ja"])
+    assert err.line == 12 and "no sentences in the model's languages (ja)" in err.message
+
+
+def bad_with_languages(text, languages):
+    with pytest.raises(PromptError) as info:
+        parse_prompt_file(text, "pleasant", "p.toml", languages=languages)
+    return info.value
+
+
+def test_unknown_keys_point_at_their_line():
+    err = bad(GOOD.replace("bias = -0.5", "bais = -0.5"))
+    assert err.line == 5 and "unknown key 'bais'" in err.message
+    err = bad(GOOD + "\n[neutral]\nen = [\"x\"]\n")
+    assert err.line == 17 and "unknown key 'neutral'" in err.message
+
+
+def test_wrong_types_point_at_their_line():
+    assert bad(GOOD.replace("temperature = 20.0", 'temperature = "hot"')).line == 4
+    assert bad(GOOD.replace("temperature = 20.0", "temperature = 0")).line == 4
+    assert bad(GOOD.replace('roles = ["customer"]', "roles = []")).line == 3
+    assert bad(GOOD.replace('label = "Pleasant – unpleasant"', 'label = ""')).line == 1
+    err = bad(GOOD.replace('label = "Unpleasant"\n', ""))
+    assert err.line == 7 and "'label' is missing in [negative]" in err.message
+
+
+def test_duplicate_key_and_bad_name():
+    err = bad(GOOD.replace("bias = -0.5", "bias = -0.5\nbias = 1.0"))
+    assert err.line == 6 and "invalid TOML" in err.message
+    assert "emotion name" in bad(GOOD, name="Not Valid").message
+
+
+def test_directory_reports_duplicates_and_every_bad_file(tmp_path):
+    (tmp_path / "purchase-intention.toml").write_text(GOOD)
+    (tmp_path / "purchase_intention.toml").write_text(GOOD)
+    (tmp_path / "broken.toml").write_text("label = ")
+    (tmp_path / "notes.txt").write_text("not a prompt")
+    emotions, errors = parse_prompt_paths(sorted(tmp_path.glob("*.toml")))
+    assert list(emotions) == ["purchase_intention"]
+    assert set(errors) == {str(tmp_path / "broken.toml"), str(tmp_path / "purchase_intention.toml")}
+    assert "duplicate emotion name 'purchase_intention'" in str(errors[str(tmp_path / "purchase_intention.toml")])
+    with pytest.raises(PromptError, match="broken.toml:1: invalid TOML.*duplicate"):
+        load_prompt_dir(tmp_path)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from daemon.segmenter import Segmenter, SegmenterOptions
+from tests.speech import RATE, dialogue, say
+
+
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("speech")
+    return dialogue([0.7, "Hello, I am looking for a warm winter jacket.", 1.2,
+                     "How much is this one?", 0.9,
+                     "That sounds good, I think I will take it.", 1.0], folder)
+
+
+def segment_all(audio, options=None, chunk=None, station="s1"):
+    seg = Segmenter(station, options)
+    out = []
+    step = chunk or audio.size
+    for i in range(0, audio.size, step):
+        out += seg.push(audio[i:i + step])
+    return out + seg.flush(), seg
+
+
+def test_onsets_and_offsets_match_known_timing(conversation):
+    audio, spans = conversation
+    opts = SegmenterOptions()
+    segments, _ = segment_all(audio, opts)
+    assert len(segments) == len(spans)
+    pre, post = opts.pre_padding_ms / 1000, opts.post_padding_ms / 1000
+    errors = []
+    for segment, (onset, offset) in zip(segments, spans):
+        on_err = segment.start + pre - onset
+        off_err = segment.end - post - offset
+        errors.append((on_err, off_err))
+        assert segment.station == "s1"
+        assert segment.audio.dtype == np.float32
+        assert segment.audio.size == pytest.approx((segment.end - segment.start) * RATE, abs=1)
+        start = int(round(segment.start * RATE))
+        np.testing.assert_array_equal(segment.audio, audio[start:start + segment.audio.size])
+    print("\nsegmenter onset/offset error (ms): " +
+          ", ".join(f"{a * 1000:+.0f}/{b * 1000:+.0f}" for a, b in errors))
+    assert max(abs(e) for pair in errors for e in pair) < 0.150, errors
+
+
+def test_chunk_size_and_int16_do_not_change_the_result(conversation):
+    audio, _ = conversation
+    whole, _ = segment_all(audio)
+    for chunk in (1, 161, 480, 4000):
+        if chunk == 1:
+            chunked, _ = segment_all(audio[: RATE * 2], chunk=7)
+            reference, _ = segment_all(audio[: RATE * 2])
+            assert [(s.start, s.end) for s in chunked] == [(s.start, s.end) for s in reference]
+            continue
+        chunked, _ = segment_all(audio, chunk=chunk)
+        assert [(s.start, s.end) for s in chunked] == [(s.start, s.end) for s in whole]
+    pcm = (audio * 32767).astype(np.int16)
+    as_int, _ = segment_all(pcm)
+    assert [(s.start, s.end) for s in as_int] == [(s.start, s.end) for s in whole]
+
+
+def test_stations_keep_separate_state(conversation):
+    audio, _ = conversation
+    alone, _ = segment_all(audio, station="a")
+    a, b = Segmenter("a"), Segmenter("b")
+    got_a, got_b = [], []
+    quiet = np.zeros_like(audio)
+    for i in range(0, audio.size, 800):
+        got_a += a.push(audio[i:i + 800])
+        got_b += b.push(quiet[i:i + 800])
+    got_a += a.flush()
+    got_b += b.flush()
+    assert got_b == []
+    assert [(s.start, s.end) for s in got_a] == [(s.start, s.end) for s in alone]
+
+
+def test_overlong_speech_is_cut(tmp_path):
+    audio, _ = dialogue([0.5, "This is a rather long sentence that keeps going on and on, "
+                         "without any pause at all, well beyond the longest utterance allowed.",
+                         0.5], tmp_path)
+    opts = SegmenterOptions(max_utterance_s=2.0, min_utterance_s=0.1)
+    segments, seg = segment_all(audio, opts)
+    assert seg.cut_long >= 2
+    assert all(s.duration <= 2.0 + 1e-6 for s in segments)
+    speech = sum(s.duration for s in segments)
+    assert speech > 0.8 * (audio.size / RATE - 1.0)
+
+
+def test_short_blips_are_dropped_and_counted(tmp_path):
+    blip = say("a", tmp_path)[: int(0.2 * RATE)]
+    audio = np.concatenate([np.zeros(RATE, np.float32), blip, np.zeros(RATE, np.float32)])
+    segments, seg = segment_all(audio, SegmenterOptions(min_utterance_s=0.5))
+    assert segments == [] and seg.dropped_short == 1
+
+
+def test_flush_emits_the_utterance_in_progress(tmp_path):
+    audio, spans = dialogue([0.5, "Could you show me the blue one?"], tmp_path)
+    seg = Segmenter("s")
+    assert seg.push(audio) == []
+    tail = seg.flush()
+    assert len(tail) == 1 and tail[0].end == pytest.approx(audio.size / RATE, abs=0.03)
+    assert seg.flush() == []
+
+
+def test_silence_gives_nothing_and_options_are_checked():
+    segments, _ = segment_all(np.zeros(RATE * 3, np.float32))
+    assert segments == []
+    for bad in ({"frame_ms": 25}, {"aggressiveness": 4}, {"sample_rate": 44100},
+                {"min_utterance_s": 5, "max_utterance_s": 2}, {"hangover_ms": -1}):
+        with pytest.raises(ValueError):
+            SegmenterOptions(**bad)
