@@ -51,13 +51,20 @@ def main() -> None:
         with torch.no_grad():
             reference = {n: model.encode_audio(torch.from_numpy(f["waveform"]), torch.from_numpy(f["lengths"])).numpy()
                          for n, f in inputs.items()}
-        for variant in ("legacy", "dynamo", "int8"):
+        variants = ("legacy", "dynamo", "int8", "int8conv")
+        for variant in variants:
             dynamo = variant == "dynamo"
-            label = {"legacy": "legacy (TorchScript)", "dynamo": "dynamo", "int8": "legacy + int8"}[variant]
+            label = {"legacy": "legacy (TorchScript)", "dynamo": "dynamo", "int8": "legacy + int8 MatMul/Gemm",
+                     "int8conv": "legacy + int8 incl. Conv"}[variant]
             path = Path(tmp) / f"{variant}.onnx"
             t0 = time.perf_counter()
             if variant == "int8":
                 quantize_int8(Path(tmp) / "legacy.onnx", path)
+            elif variant == "int8conv":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(Path(tmp) / "legacy.onnx"), str(path),
+                                 op_types_to_quantize=["MatMul", "Gemm", "Conv"], weight_type=QuantType.QInt8)
             else:
                 export_audio(model, path, dynamo=dynamo)
             export_s = time.perf_counter() - t0
@@ -79,7 +86,7 @@ def main() -> None:
           f"median of {args.repeats} runs\n")
     print("| exporter | export s | " + " | ".join(f"{n} ms" for n in cases) + " | time vs legacy | min cosine vs torch |")
     print("|---|---|" + "---|" * len(cases) + "---|---|")
-    for (label, export_s, times), variant in zip(rows, ("legacy", "dynamo", "int8")):
+    for (label, export_s, times), variant in zip(rows, variants):
         rel = np.mean([times[n] / legacy[n] for n in cases])
         cos = min(float(np.min(np.sum(outputs[(variant, n)] * reference[n], 1))) for n in cases)
         print(f"| {label} | {export_s:.1f} | " + " | ".join(f"{1000 * times[n]:.0f}" for n in cases)

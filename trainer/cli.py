@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def _paraphrase(sub) -> None:
     p.add_argument("prompts", type=Path, nargs="+", help="prompt files or folders")
     p.add_argument("--language", default="ja", help="language of the paraphrases (default: ja)")
     p.add_argument("--n", type=int, default=10, help="paraphrases per description (default: 10)")
-    p.add_argument("--model", default=_env("EMOCLAP_LLM_MODEL", "gpt-4o"))
-    p.add_argument("--base-url", default=_env("EMOCLAP_LLM_BASE_URL"),
+    p.add_argument("--model", default=os.environ.get("EMOCLAP_LLM_MODEL", "gpt-4o"))
+    p.add_argument("--base-url", default=os.environ.get("EMOCLAP_LLM_BASE_URL"),
                    help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--cache", type=Path, default=Path("var/paraphrase-cache"))
     p.set_defaults(handler="trainer.paraphrase:run")
@@ -80,7 +81,7 @@ def _evaluate(sub) -> None:
                         "against it, e.g. prompts/alternatives/purchase_willing.toml")
     p.add_argument("--baseline", type=Path, help="run folder written by `baseline`")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and plots")
-    p.add_argument("--normalisation", default="annotator")
+    p.add_argument("--normalisation", choices=("pooled", "annotator"), default="pooled")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.set_defaults(handler="trainer.evaluate:run")
 
@@ -95,12 +96,6 @@ def _export(sub) -> None:
                    "(default: clips spoken by espeak-ng)")
     p.add_argument("--description", default="", help="free text for the manifest")
     p.set_defaults(handler="trainer.export:run")
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    import os
-
-    return os.environ.get(name, default)
 
 
 COMMANDS = [_synth, _folds, _paraphrase, _fit, _baseline, _evaluate, _export]

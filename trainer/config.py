@@ -58,7 +58,7 @@ class TrainOptions:
     prompts: str = "prompts"
     paraphrases: bool = True  # sample among all sentences of a pole, not only the canonical one
     loss: str = "ce"  # "ce" (label-equality targets) or "kl" (GEmo-CLAP)
-    normalisation: str = "annotator"
+    normalisation: str = "pooled"  # as `trainer.labels`; "annotator": per-annotator z-scores
     epochs: int = 300
     batch_size: int = 64
     grad_accum: int = 1

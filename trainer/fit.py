@@ -27,7 +27,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_corpus(manifest: Path, emotions: list[str], normalisation: str = "annotator") -> Corpus:
+def load_corpus(manifest: Path, emotions: list[str], normalisation: str = "pooled") -> Corpus:
     """Utterances of a manifest with binary labels per emotion (-1: excluded or unrated)."""
     from trainer.labels import binary_labels
     from trainer.manifest import load_manifest
