@@ -111,3 +111,19 @@ def test_real_minilm_text_tower_exports_with_its_own_tokenizer(tmp_path, monkeyp
         assert shipped.encode(text).ids == hf(text)["input_ids"]
     assert len(shipped.encode("I am interested. " * 30).ids) == cfg.model.max_tokens
     assert isinstance(cfg.model.text, TowerOptions) and not cfg.model.text.trainable
+
+
+def test_the_runtime_encoders_reproduce_the_torch_model(exported):
+    from daemon.encoder import AudioEncoder, TextEncoder
+    from trainer.model import tokenize
+
+    model, tok, out, _, real = exported
+    bundle = load_bundle(out)
+    got = AudioEncoder(bundle, provider="cpu").embed(real)
+    with torch.no_grad():
+        ref = torch.cat([model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])) for c in real]).numpy()
+    assert np.min(np.sum(got * ref, 1)) > 0.999  # the bundle's audio encoder is int8
+    got = TextEncoder(bundle).embed(TEXTS)
+    with torch.no_grad():
+        ref = model.encode_text(*tokenize(tok, TEXTS)).numpy()
+    assert np.min(np.sum(got * ref, 1)) > 0.9999
