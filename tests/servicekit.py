@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -77,3 +78,34 @@ async def receive(ws, kind: str, count: int, timeout: float = 30.0) -> list[dict
                 got.append(msg)
     await asyncio.wait_for(loop(), timeout)
     return got
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_replay_config(folder: Path, bundle: Path, wav: Path, port: int, *,
+                        prompts: Path = REPO / "prompts", sections: str = "",
+                        station: str = "") -> Path:
+    """config.toml for `emoclapd run` replaying a stereo dialogue as two stations:
+    `staff` (left channel) and `customer` (right). `sections` adds top-level tables,
+    `station` adds keys to both stations."""
+    path = folder / "config.toml"
+    stations = "".join(f"""
+[[stations]]
+name = "{name}"
+role = "{name}"
+file = "{wav}"
+channel = {channel}
+{station}""" for name, channel in (("staff", 0), ("customer", 1)))
+    path.write_text(f"""bundle = "{bundle}"
+prompts = "{prompts}"
+cache = "cache.sqlite3"
+[history]
+path = "history.sqlite3"
+[server]
+port = {port}
+{sections}{stations}""")
+    return path

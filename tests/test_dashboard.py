@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service import free_port
+from tests.servicekit import free_port, write_replay_config
 from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,32 +37,10 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
     shutil.copytree(REPO / "prompts", tmp_path / "prompts")
     dialogue = small_corpus / "dialogues" / "s1-car-d1.wav"
     port = free_port()
-    (tmp_path / "config.toml").write_text(f"""
-bundle = "{tiny_bundle}"
-prompts = "prompts"
-cache = "cache.sqlite3"
-[rolling]
-interval_s = 1.0
-[server]
-port = {port}
-token = "{TOKEN}"
-[history]
-path = "history.sqlite3"
-[[stations]]
-name = "counter-staff"
-role = "staff"
-file = "{dialogue}"
-channel = 0
-loop = true
-[[stations]]
-name = "counter-customer"
-role = "customer"
-file = "{dialogue}"
-channel = 1
-loop = true
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config",
-                             str(tmp_path / "config.toml")], cwd=REPO,
+    config = write_replay_config(
+        tmp_path, tiny_bundle, dialogue, port, prompts=tmp_path / "prompts",
+        sections=f'token = "{TOKEN}"\n[rolling]\ninterval_s = 1.0\n', station="loop = true\n")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -111,8 +89,8 @@ def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
     page.goto(f"{base}/?token={TOKEN}")
     page.wait_for_selector('#connection[data-state="live"]', timeout=15000)
 
-    customer = '.card[data-station="counter-customer"]'
-    staff = '.card[data-station="counter-staff"]'
+    customer = '.card[data-station="customer"]'
+    staff = '.card[data-station="staff"]'
     page.wait_for_selector(f'{customer} .bar[data-emotion="purchase_intention"][data-score]',
                            timeout=60000)
     # Purchase intention is scored on customers only: the staff card has no such bar.
@@ -123,7 +101,7 @@ def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
     assert 0.0 <= score <= 1.0
 
     # Scores update live: the customer's utterance count grows as the dialogue plays.
-    first = bar_count(page, "counter-customer", "purchase_intention")
+    first = bar_count(page, "customer", "purchase_intention")
     page.wait_for_function(
         """([sel, n]) => {
              const v = document.querySelector(sel);

@@ -18,6 +18,7 @@ import websockets
 
 from daemon.history import History
 from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+from tests.servicekit import free_port, write_replay_config
 from tests.stagekit import stereo_dialogue, write_stereo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,38 +30,14 @@ TURNS = [(STAFF, 1.5), (STAFF, "Good afternoon, can I help you?"), (STAFF, 1.0),
                     "another colour as well, maybe green or a darker blue?"), (CUSTOMER, 1.0)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_run_replays_dialogue_and_drains_on_sigterm(tmp_path, tiny_bundle):
     stereo, spans = stereo_dialogue(tmp_path, TURNS)
     wav = write_stereo(tmp_path / "dialogue.wav", stereo)
     port = free_port()
-    (tmp_path / "config.toml").write_text(f"""
-bundle = "{tiny_bundle}"
-prompts = "{REPO / 'prompts'}"
-cache = "cache.sqlite3"
-[history]
-path = "history.sqlite3"
-[server]
-port = {port}
-[stages]
+    write_replay_config(tmp_path, tiny_bundle, wav, port, sections="""[stages]
 utterances = "ipc://u.sock"
 embeddings = "ipc://e.sock"
-[[stations]]
-name = "staff"
-role = "staff"
-file = "{wav}"
-channel = 0
-[[stations]]
-name = "customer"
-role = "customer"
-file = "{wav}"
-channel = 1
 """)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
@@ -149,28 +126,10 @@ def test_stages_in_three_processes(tmp_path, tiny_bundle):
     stereo, spans = stereo_dialogue(tmp_path, TURNS[:6])
     wav = write_stereo(tmp_path / "dialogue.wav", stereo)
     port, link = free_port(), free_port()
-    (tmp_path / "config.toml").write_text(f"""
-bundle = "{tiny_bundle}"
-prompts = "{REPO / 'prompts'}"
-cache = "cache.sqlite3"
-[history]
-path = "history.sqlite3"
-[server]
-port = {port}
-[stages]
+    write_replay_config(tmp_path, tiny_bundle, wav, port, sections=f"""[stages]
 utterances = "ipc://u.sock"
 embeddings = "tcp://127.0.0.1:{link}"
-[[stations]]
-name = "staff"
-file = "{wav}"
-channel = 0
-realtime = false
-[[stations]]
-name = "customer"
-file = "{wav}"
-channel = 1
-realtime = false
-""")
+""", station="realtime = false\n")
     procs = {}
     try:
         for stage in ("capture", "encode", "serve"):  # capture first: it waits for the others
