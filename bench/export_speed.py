@@ -51,20 +51,16 @@ def main() -> None:
         with torch.no_grad():
             reference = {n: model.encode_audio(torch.from_numpy(f["waveform"]), torch.from_numpy(f["lengths"])).numpy()
                          for n, f in inputs.items()}
-        variants = ("legacy", "dynamo", "int8", "int8conv")
+        # Conv is not in the list: ONNX Runtime's quantiser refuses HuBERT's weight-normalised
+        # positional convolution ("Expected ... to be an initializer").
+        variants = ("legacy", "dynamo", "int8")
         for variant in variants:
             dynamo = variant == "dynamo"
-            label = {"legacy": "legacy (TorchScript)", "dynamo": "dynamo", "int8": "legacy + int8 MatMul/Gemm",
-                     "int8conv": "legacy + int8 incl. Conv"}[variant]
+            label = {"legacy": "legacy (TorchScript)", "dynamo": "dynamo", "int8": "legacy + int8 MatMul/Gemm"}[variant]
             path = Path(tmp) / f"{variant}.onnx"
             t0 = time.perf_counter()
             if variant == "int8":
                 quantize_int8(Path(tmp) / "legacy.onnx", path)
-            elif variant == "int8conv":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                quantize_dynamic(str(Path(tmp) / "legacy.onnx"), str(path),
-                                 op_types_to_quantize=["MatMul", "Gemm", "Conv"], weight_type=QuantType.QInt8)
             else:
                 export_audio(model, path, dynamo=dynamo)
             export_s = time.perf_counter() - t0
