@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.servicekit import free_port, write_replay_config
 from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
@@ -63,10 +64,9 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium missing: run ./bootstrap test, which installs it")
-    with sync_api.sync_playwright() as p:
+    with sync_playwright() as p:
         # No sandbox (root in CI) and no background networking: the box may be offline.
         b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
