@@ -11,6 +11,7 @@ from typing import Callable
 
 from daemon.audio import AudioError, read_channels
 from daemon.bundle import BundleError, load_bundle
+from daemon.config import ConfigError, load_config
 from daemon.encoder import AudioEncoder, EncoderError, EncoderOptions, TextEncoder
 from daemon.prompt_bank import PromptBank, PromptBankOptions
 from daemon.prompts import PromptError
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (BundleError, EncoderError, PromptError) as exc:
+    except (BundleError, EncoderError, PromptError, ConfigError) as exc:
         print(f"emoclapd {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -79,10 +80,22 @@ def open_model(args) -> tuple[AudioEncoder, PromptBank]:
     return encoder, bank
 
 
+def segmenter_options(config: str | None) -> SegmenterOptions:
+    """The daemon's voice-activity settings, so offline scores match live ones."""
+    if config is None:
+        if not Path("config.toml").is_file():
+            return SegmenterOptions()
+        config = "config.toml"
+    return load_config(config).segmenter
+
+
 @command("score", "score audio files offline: one line per utterance",
          arg("files", nargs="+", metavar="FILE", help="audio files; every channel is its own station"),
          *MODEL_ARGS,
          arg("--format", default="jsonl", choices=("jsonl", "csv"), help="output format"),
+         arg("--config", default=None,
+             help="segment with this configuration's [segmenter] settings, as the daemon "
+                  "does (default: config.toml when it exists, else the built-in defaults)"),
          arg("--role", default=None,
              help="role of every channel, or one per channel separated by commas "
                   "(e.g. staff,customer); emotions for other roles are left out"))
@@ -97,7 +110,7 @@ def score_command(args) -> int:
     if args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["file", "station", "role", "start", "end", "duration", *names])
-    options = SegmenterOptions()
+    options = segmenter_options(args.config)
     skipped = 0
     for path in args.files:
         try:
@@ -167,7 +180,6 @@ for _name, (_stages, _help) in STAGES.items():
          arg("--format", default="csv", choices=("csv", "jsonl"), help="output format (default: csv)"),
          arg("--output", "-o", help="file to write (default: standard output)"))
 def history_command(args) -> int:
-    from daemon.config import ConfigError, load_config
     from daemon.history import History, HistoryError, export, parse_time
 
     try:

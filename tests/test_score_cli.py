@@ -122,3 +122,24 @@ def test_daemon_never_imports_torch():
             "sys.exit(f'imported {bad}' if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_segments_with_the_daemons_configured_vad(recording, tiny_bundle, capsys, tmp_path):
+    """`--config` takes the [segmenter] settings the daemon runs with: without padding,
+    utterances start at the speech itself instead of 0.2 s before it."""
+    path, spans = recording
+    config = tmp_path / "config.toml"
+    config.write_text("[segmenter]\npre_padding_ms = 0\npost_padding_ms = 0\n")
+    code, out, err = run(capsys, "score", str(path), "--bundle", str(tiny_bundle),
+                         "--prompts", str(REPO / "prompts"), "--config", str(config))
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == sum(len(s) for s in spans.values())
+    for station, known in spans.items():
+        mine = [r for r in rows if r["station"] == station]
+        for row, (onset, offset) in zip(mine, known):
+            assert abs(row["start"] - onset) < 0.1 and abs(row["end"] - offset) < 0.15
+    config.write_text("[segmenter]\nmin_utterance_s = -1\n")
+    code, _, err = run(capsys, "score", str(path), "--bundle", str(tiny_bundle),
+                       "--config", str(config))
+    assert code == 2 and "config.toml: segmenter: need 0 <= min_utterance_s" in err
