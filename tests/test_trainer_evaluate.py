@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.test_trainer_fit import cfg, toy_corpus
@@ -45,3 +46,14 @@ def test_leave_one_session_out_report_with_baseline_and_plots(tmp_path):
     assert {p.name for p in pngs} == {"roc_pleasant.png", "roc_aroused.png", "confusion_pleasant.png",
                                       "confusion_aroused.png", "training_curves.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_baseline_scores_are_pooled_around_each_folds_threshold():
+    from trainer.evaluate import at_half
+
+    probs = np.array([0.1, 0.3, 0.31, 0.9])
+    shifted = at_half(probs, 0.3)
+    assert ((shifted >= 0.5) == (probs >= 0.3)).all()
+    assert shifted[1] == pytest.approx(0.5)
+    assert (np.diff(shifted) > 0).all()  # order within a fold is kept
+    np.testing.assert_allclose(at_half(probs, 0.5), probs, atol=1e-6)

@@ -57,6 +57,18 @@ def fold_dirs(run: Path) -> list[tuple[str, Path]]:
     return [(p.name[len("fold-"):], p) for p in folds]
 
 
+def at_half(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores shifted in logit space so that the fold's decision threshold sits at 0.5.
+
+    Each fold's baseline has its own Youden threshold; pooling raw probabilities across
+    folds would draw an ROC curve that disagrees with the decisions actually made."""
+    eps = 1e-7
+    p = np.clip(probs, eps, 1 - eps)
+    t = min(max(float(threshold), eps), 1 - eps)
+    margin = np.log(p / (1 - p)) - np.log(t / (1 - t))
+    return 1.0 / (1.0 + np.exp(-margin))
+
+
 def evaluate(corpus: Corpus, run: Path, prompts: list[Path], emotions: list[str], baseline: Path | None = None,
              device: str = "cpu") -> dict:
     """Predictions of every system on every held-out session, pooled; metrics per emotion."""
@@ -94,7 +106,8 @@ def evaluate(corpus: Corpus, run: Path, prompts: list[Path], emotions: list[str]
             for k, emotion in enumerate(corpus.emotions):
                 if emotion in bemotions:
                     j = bemotions.index(emotion)
-                    add("supervised baseline", emotion, test, probs[:, j], probs[:, j] >= thresholds[j])
+                    add("supervised baseline", emotion, test, at_half(probs[:, j], thresholds[j]),
+                        probs[:, j] >= thresholds[j])
     return _report(corpus, systems, curves)
 
 
