@@ -58,20 +58,17 @@ def test_relative_paths_follow_the_file(tmp_path):
     assert cfg.stages.utterances == f"ipc://{tmp_path}/run/u.sock"
 
 
-def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[[stations]]\nname = "a"\nfile = "x.wav"\nchannel = "left"\n')
-    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(bad)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert f"{bad}: stations[0].channel: expected integer" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_missing_replay_file_is_a_config_error(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ('[[stations]]\nname = "a"\nfile = "x.wav"\nchannel = "left"\n',
+     "stations[0].channel: expected integer"),
+    ('bundle = "no-bundle"\n[[stations]]\nname = "a"\nfile = "missing.wav"\n',
+     "stations[0].file: no such file: {folder}/missing.wav"),
+])
+def test_cli_exits_2_with_one_line_naming_the_key(tmp_path, text, message):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('bundle = "no-bundle"\n[[stations]]\nname = "a"\nfile = "missing.wav"\n')
+    cfg.write_text(text)
     proc = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert f"{cfg}: stations[0].file: no such file: {tmp_path / 'missing.wav'}" in proc.stderr
+    assert f"{cfg}: {message.format(folder=tmp_path)}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -51,6 +51,7 @@ def test_hello_utterances_history_metrics(tmp_path, tiny_bundle):
     assert all(0.0 <= v <= 1.0 for v in e["scores"].values())
     assert e["rolling"]["pleasant"]["count"] == 5
     assert rolling[0]["stations"]["s1"]["customer"]["pleasant"]["count"] == 5
+    assert rolling[0]["states"]["s1"] == "online"  # dashboards learn station states here
     assert metrics[0] == 200 and metrics[1].startswith("text/plain")
     assert 'emoclap_utterances_total{station="s1"} 5.0' in metrics[2]
     assert health["utterances"] == 5 and health["status"] == "ok"
@@ -103,7 +104,7 @@ def test_subscribe_filters_stations_and_bad_messages_get_errors(tmp_path, tiny_b
     err, got, rolling = with_service(cfg, body)
     assert err[0]["reason"] == "bad_message"
     assert [g["station"] for g in got] == ["b", "b"]
-    assert set(rolling[0]["stations"]) == {"b"}
+    assert set(rolling[0]["stations"]) == {"b"} and set(rolling[0]["states"]) == {"b"}
 
 
 def raw_client(port: int) -> socket.socket:
