@@ -3,8 +3,9 @@
     python bench/encoder.py            # full table (several minutes on 2 cores)
     python bench/encoder.py --quick    # a smaller grid, one repetition
 
-A HuBERT-base-sized audio tower (random weights; masked mean pooling, linear 512, L2
-norm) is exported to ONNX as a trained tower is, then timed through `AudioEncoder`
+A HuBERT-base-sized audio tower (configs/bench-hubert-base.toml: the trainer's model
+with random weights; masked mean pooling, linear 512, L2 norm) is exported to ONNX by
+the trainer's export, parity check included, then timed through `AudioEncoder`
 (fp32, and int8 with dynamic quantisation of MatMul/Gemm) at several batch sizes and
 utterance lengths. Baselines measured in the same run: a torch-eager loop over single
 utterances, and the floor = the tower's FLOPs / this machine's measured fp32 GEMM rate.
@@ -24,18 +25,17 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import HubertConfig, HubertModel  # noqa: E402
 
-from daemon.bundle import load_bundle, write_manifest  # noqa: E402
 from daemon.encoder import AudioEncoder, EncoderOptions  # noqa: E402
-from tests.tiny_bundle import build_tiny_bundle  # noqa: E402
-from tests.towers import AudioEmbedder, export_audio  # noqa: E402
+from emoclap.audio import SAMPLE_RATE as RATE  # noqa: E402
+from emoclap.bundle import load_bundle  # noqa: E402
+from tests.tiny_bundle import build_model, export_model  # noqa: E402
+from trainer.model import ClapModel  # noqa: E402
 
-RATE = 16000
-DIM = 512
+CONFIG = REPO / "configs" / "bench-hubert-base.toml"
 
 
-def tower_flops(cfg: HubertConfig, seconds: float, dim: int = DIM) -> float:
+def tower_flops(cfg, seconds: float, dim: int) -> float:
     """Multiply-adds ×2 of one utterance: conv feature extractor, projection, positional
     conv, transformer layers (attention's T² terms included), output projection."""
     n, c_in, flops = int(seconds * RATE), 1, 0.0
@@ -102,29 +102,18 @@ def timed(fn, min_time: float, max_reps: int) -> float:
     return min(times)
 
 
-def build(workdir: Path, threads: int) -> tuple[AudioEmbedder, HubertConfig, Path, Path]:
-    torch.manual_seed(0)
-    cfg = HubertConfig()  # HuBERT-base: 7 conv layers (512 ch), 12 × 768-d transformer layers
-    module = AudioEmbedder(HubertModel(cfg), DIM).eval()
-    fp32_dir, int8_dir = workdir / "fp32", workdir / "int8"
-    if not (fp32_dir / "manifest.json").exists():
-        print("exporting the HuBERT-base tower to ONNX (once; kept in", workdir, ")", flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        build_tiny_bundle(fp32_dir)  # for its text tower and tokenizer
-        cfg._attn_implementation = "eager"  # the exporter traces eager attention
-        export_audio(module, fp32_dir / "audio_encoder.onnx")
-        cfg._attn_implementation = "sdpa"
-        manifest = {"sample_rate": RATE, "embedding_dim": DIM, "logit_scale": 14.28, "languages": ["en"],
-                    "description": "benchmark: HuBERT-base-sized tower, random weights",
-                    "text_encoder": {"file": "text_encoder.onnx", "max_tokens": 24}}
-        write_manifest(fp32_dir, {**manifest, "audio_encoder": {"file": "audio_encoder.onnx", "precision": "fp32"}})
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        shutil.copytree(fp32_dir, int8_dir)
-        quantize_dynamic(str(fp32_dir / "audio_encoder.onnx"), str(int8_dir / "audio_encoder.onnx"),
-                         op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
-        write_manifest(int8_dir, {**manifest, "audio_encoder": {"file": "audio_encoder.onnx", "precision": "int8"}})
-    cfg._attn_implementation = "sdpa"
-    return module, cfg, fp32_dir, int8_dir
+def build(workdir: Path) -> tuple[ClapModel, object, Path, Path]:
+    """The tower as the trainer builds and exports it; bundles kept in `workdir` per config."""
+    cfg, model, tokenizer = build_model(CONFIG)
+    folder = workdir / CONFIG.stem
+    fp32_dir, int8_dir = folder / "fp32", folder / "int8"
+    if not (fp32_dir / "manifest.json").exists() or not (int8_dir / "manifest.json").exists():
+        print("exporting the HuBERT-base tower to ONNX (once; kept in", folder, ")", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        for out, int8 in ((fp32_dir, False), (int8_dir, True)):
+            export_model(cfg, model, tokenizer, out, description="benchmark: HuBERT-base-sized tower, random weights",
+                         int8=int8)
+    return model, model.audio.encoder.config, fp32_dir, int8_dir
 
 
 def main() -> None:
@@ -140,7 +129,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
-    module, cfg, fp32_dir, int8_dir = build(args.workdir, args.threads)
+    model, cfg, fp32_dir, int8_dir = build(args.workdir)
+    dim = model.opts.embedding_dim
     rng = np.random.default_rng(0)
     audio = {L: [(rng.standard_normal(int(L * RATE)) * 0.1).astype(np.float32) for _ in range(max(batches))]
              for L in lengths}
@@ -161,7 +151,7 @@ def main() -> None:
         wave = torch.from_numpy(audio[L][0])[None]
         n = torch.tensor([wave.shape[1]])
         with torch.inference_mode():
-            t = timed(lambda: module(wave, n), min_time, max_reps)
+            t = timed(lambda: model.encode_audio(wave, n), min_time, max_reps)
         eager[L] = min(eager.get(L, t), t)
 
     for L in lengths:
@@ -175,7 +165,7 @@ def main() -> None:
     rate, rate_how = best_rate, how[rates.index(best_rate)]
     rows = []
     for (precision, b, L), t in sorted(ort_time.items()):
-        floor = b * tower_flops(cfg, L) / rate
+        floor = b * tower_flops(cfg, L, dim) / rate
         rows.append((precision, b, L, t, b * L / t, b * eager[L] / t, t / floor, t / floor * max(ort_rates) / rate))
 
     invariance = {}
@@ -184,7 +174,7 @@ def main() -> None:
         single = np.stack([enc.embed([a])[0] for a in mixed])
         invariance[precision] = float(np.abs(enc.embed(mixed) - single).max())
     load_after = os.getloadavg()
-    flops_s = {L: tower_flops(cfg, L) / L / 1e9 for L in lengths}
+    flops_s = {L: tower_flops(cfg, L, dim) / L / 1e9 for L in lengths}
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"threads {args.threads}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")

@@ -1,6 +1,7 @@
 """ONNX Runtime speed of the audio encoder exported by the legacy TorchScript exporter vs
 the dynamo exporter, and of the legacy export quantised to int8 (MatMul/Gemm only), on a
-HuBERT-base-sized randomly initialised tower; cosine of each against torch.
+HuBERT-base-sized randomly initialised tower (configs/bench-hubert-base.toml); cosine of
+each against torch.
 
     python bench/export_speed.py [--threads 2] [--repeats 5]
 
@@ -17,18 +18,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from trainer.config import TowerOptions, load_config
+from trainer.config import load_config
 from trainer.export import export_audio, quantize_int8
 from trainer.model import ClapModel
 
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bench-hubert-base.toml"
+
 
 def hubert_base_model() -> ClapModel:
-    cfg = load_config("configs/tiny.toml")
-    # transformers' HubertConfig defaults are HuBERT-base: 12 layers, 768 wide, 7 conv layers.
-    cfg.model.audio = TowerOptions(config={"model_type": "hubert"})
-    cfg.model.embedding_dim = 512
     torch.manual_seed(0)
-    return ClapModel(cfg.model).eval()
+    return ClapModel(load_config(CONFIG).model).eval()
 
 
 def main() -> None:

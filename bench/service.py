@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import websockets  # noqa: E402
 
-from daemon.audio import write_wav  # noqa: E402
+from emoclap.audio import write_wav  # noqa: E402
 from tests.stagekit import stereo_dialogue  # noqa: E402
 
 TURNS = [(0, 0.8), (0, "Good afternoon, can I help you find anything today?"), (0, 0.9),
@@ -48,29 +48,19 @@ TURNS = [(0, 0.8), (0, "Good afternoon, can I help you find anything today?"), (
 
 
 def build_bundle(kind: str, workdir: Path) -> Path:
-    """`tiny`: the test bundle; `base`: the same with a HuBERT-base-sized audio tower."""
-    import torch
-    from transformers import HubertConfig, HubertModel
-
-    from daemon.bundle import write_manifest
-    from tests.tiny_bundle import DIM, build_tiny_bundle
-    from tests.towers import AudioEmbedder, export_audio
+    """`tiny`: the test bundle; `base`: a HuBERT-base-sized audio tower (random weights),
+    both built by the trainer's own model and export from their configs."""
+    from tests.tiny_bundle import build_bundle as build, build_tiny_bundle
 
     folder = workdir / f"bundle-{kind}"
     if (folder / "manifest.json").exists():
         return folder
     print(f"building the {kind} bundle in {folder} (once)", flush=True)
-    build_tiny_bundle(folder)
     if kind == "base":
-        torch.manual_seed(0)
-        cfg = HubertConfig()
-        cfg._attn_implementation = "eager"
-        export_audio(AudioEmbedder(HubertModel(cfg), DIM).eval(), folder / "audio_encoder.onnx")
-        manifest = json.loads((folder / "manifest.json").read_text())
-        for key in ("format", "format_version", "created", "files"):
-            manifest.pop(key, None)
-        manifest["description"] = "benchmark: HuBERT-base-sized audio tower, random weights"
-        write_manifest(folder, manifest)
+        build(folder, REPO / "configs" / "bench-hubert-base.toml", languages=("en", "ja"),
+              description="benchmark: HuBERT-base-sized audio tower, random weights")
+    else:
+        build_tiny_bundle(folder)
     return folder
 
 

@@ -47,10 +47,6 @@ class Batcher:
         self._queue.put((np.asarray(audio, np.float32).reshape(-1), station, future))
         return future
 
-    def embed_many(self, audios: list[np.ndarray], station: str = "") -> list[np.ndarray | None]:
-        """Submit several and wait for all (used by offline scoring)."""
-        return [f.result() for f in [self.submit(a, station) for a in audios]]
-
     def close(self, timeout: float = 5.0) -> None:
         """Finish what was submitted, then stop the worker."""
         self._closed = True

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from daemon.audio import AudioError, read_channels
-from daemon.bundle import BundleError, load_bundle
 from daemon.config import ConfigError, load_config
-from daemon.encoder import AudioEncoder, EncoderError, EncoderOptions, TextEncoder
+from daemon.encoder import AudioEncoder, EncoderError, TextEncoder, encoder_options
 from daemon.prompt_bank import PromptBank, PromptBankOptions
-from daemon.prompts import PromptError
-from daemon.scoring import score_utterance
-from daemon.segmenter import Segmenter, SegmenterOptions
+from emoclap.audio import AudioError, read_channels
+from emoclap.bundle import BundleError, load_bundle
+from emoclap.prompts import PromptError
+from emoclap.record import ROLES, csv_header, csv_row
+from emoclap.scorer import Scorer
+from emoclap.station import StationStream
 
 log = logging.getLogger("emoclapd")
 
@@ -70,23 +71,15 @@ MODEL_ARGS = (
 )
 
 
-def open_model(args) -> tuple[AudioEncoder, PromptBank]:
-    """Bundle, audio encoder and prompt bank from the shared model arguments."""
-    bundle = load_bundle(args.bundle)
-    encoder = AudioEncoder(bundle, options=EncoderOptions(provider=args.provider))
-    bank = PromptBank(args.prompts, TextEncoder(bundle, provider=args.provider),
-                      PromptBankOptions(cache=args.cache or None))
-    log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
-    return encoder, bank
+def score_config(path: str | None):
+    """The daemon's configuration, so offline scores match live ones (segmenter, encoder)."""
+    from daemon.config import Config
 
-
-def segmenter_options(config: str | None) -> SegmenterOptions:
-    """The daemon's voice-activity settings, so offline scores match live ones."""
-    if config is None:
+    if path is None:
         if not Path("config.toml").is_file():
-            return SegmenterOptions()
-        config = "config.toml"
-    return load_config(config).segmenter
+            return Config()
+        path = "config.toml"
+    return load_config(path)
 
 
 @command("score", "score audio files offline: one line per utterance",
@@ -94,52 +87,56 @@ def segmenter_options(config: str | None) -> SegmenterOptions:
          *MODEL_ARGS,
          arg("--format", default="jsonl", choices=("jsonl", "csv"), help="output format"),
          arg("--config", default=None,
-             help="segment with this configuration's [segmenter] settings, as the daemon "
-                  "does (default: config.toml when it exists, else the built-in defaults)"),
+             help="segment and encode with this configuration's [segmenter] and [encoder] settings, "
+                  "as the daemon does (default: config.toml when it exists, else the built-in defaults)"),
          arg("--role", default=None,
              help="role of every channel, or one per channel separated by commas "
                   "(e.g. staff,customer); emotions for other roles are left out"))
 def score_command(args) -> int:
-    encoder, bank = open_model(args)
-    failed = bool(bank.errors)
+    cfg = score_config(args.config)
+    roles = args.role.split(",") if args.role else ["auto"]
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"--role: expected {', '.join(ROLES)}, got {role!r}")
+    bundle = load_bundle(args.bundle)
+    encoder = AudioEncoder(bundle, options=encoder_options(cfg, args.provider))
+    bank = PromptBank(args.prompts, TextEncoder(bundle, provider=args.provider),
+                      PromptBankOptions(cache=args.cache or None))
+    log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
     for message in bank.errors.values():
         print(f"emoclapd score: {message}", file=sys.stderr)
-    roles = args.role.split(",") if args.role else [None]
-    names = bank.vectors.names
+    scorer = Scorer(bank, cfg.rolling.half_life_s)
+    names = list(bank.vectors.names)
     writer = None
     if args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["file", "station", "role", "start", "end", "duration", *names])
-    options = segmenter_options(args.config)
-    skipped = 0
+        writer.writerow(csv_header(["file", "station", "role"], names))
+    failed, skipped = bool(bank.errors), 0
     for path in args.files:
         try:
             if not Path(path).is_file():
                 raise AudioError(f"{path}: no such file")
-            channels = read_channels(path, encoder.bundle.sample_rate)
+            channels = read_channels(path, bundle.sample_rate)
         except (AudioError, OSError) as exc:
             print(f"emoclapd score: {exc}", file=sys.stderr)
             failed = True
             continue
         for index, samples in enumerate(channels):
-            station = f"channel{index}"
-            role = roles[index] if index < len(roles) else roles[-1]
-            segmenter = Segmenter(station, options)
-            segments = segmenter.push(samples) + segmenter.flush()
-            for segment, embedding in zip(segments, encoder.encode([s.audio for s in segments])):
+            stream = StationStream(f"channel{index}", roles[min(index, len(roles) - 1)], cfg.segmenter,
+                                   clock=lambda: 0.0)
+            utterances = stream.feed(samples) + stream.finish()
+            for utt, embedding in zip(utterances, encoder.encode([u.audio for u in utterances])):
                 if embedding is None:
                     skipped += 1
                     continue
-                scores = score_utterance(embedding, bank, role)
-                row = {"file": str(path), "station": station, "role": role,
-                       "start": round(segment.start, 3), "end": round(segment.end, 3),
-                       "duration": round(segment.duration, 3),
-                       "scores": {k: round(v, 4) for k, v in scores.items()}}
+                utt.embedding = embedding
+                event = scorer.score(utt).event()
                 if writer is None:
+                    row = {"file": str(path), **{k: event[k] for k in
+                                                  ("station", "role", "start", "end", "duration", "scores")}}
                     print(json.dumps(row, ensure_ascii=False))
                 else:
-                    writer.writerow([row["file"], station, role or "", row["start"], row["end"],
-                                     row["duration"], *(row["scores"].get(n, "") for n in names)])
+                    writer.writerow(csv_row([str(path), utt.station, utt.role], event, names))
         sys.stdout.flush()
     if skipped:
         log.warning("%d utterances shorter than the minimum were skipped", skipped)

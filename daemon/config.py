@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .segmenter import SegmenterOptions
+from emoclap.record import ROLES
+from emoclap.segmenter import SegmenterOptions
 
-ROLES = ("customer", "staff", "auto")
 SOURCES = ("replay", "device")
 PROVIDERS = ("auto", "cpu", "cuda")
 ENDPOINT_SCHEMES = ("inproc://", "ipc://", "tcp://")

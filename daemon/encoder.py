@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from daemon.bundle import Bundle
+from emoclap.audio import length_batches, pad_batch
+from emoclap.bundle import Bundle
 
 log = logging.getLogger("emoclapd.encoder")
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -39,6 +40,12 @@ class EncoderOptions:
             raise ValueError(f"long_utterances must be split or cap, got {self.long_utterances!r}")
         if self.max_batch < 1 or self.max_chunk_s <= 0 or self.intra_op_threads < 0:
             raise ValueError("max_batch and max_chunk_s must be positive, intra_op_threads >= 0")
+
+
+def encoder_options(cfg, provider: str | None = None) -> EncoderOptions:
+    """The audio encoder's options from the daemon's configuration (live and offline alike)."""
+    return EncoderOptions(provider=provider or cfg.provider, intra_op_threads=cfg.encoder.threads,
+                          max_batch=cfg.encoder.max_batch)
 
 
 def _gpu_present() -> bool:
@@ -121,8 +128,6 @@ class AudioEncoder:
             log.info("int8 audio encoder: one utterance per call, so batch mates cannot change scores")
         self._lock = threading.Lock()
         self.skipped_short = 0
-        self.rows_run = 0
-        self.calls = 0
 
     def too_short(self, audio: np.ndarray) -> bool:
         return np.asarray(audio).size < self.min_samples
@@ -141,17 +146,9 @@ class AudioEncoder:
     def _run(self, rows: list[np.ndarray]) -> np.ndarray:
         """Rows → embeddings, shortest first in padded batches of similar length."""
         out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
-        order = sorted(range(len(rows)), key=lambda i: rows[i].size)
-        step = self.rows_per_call
-        for b in range(0, len(order), step):
-            idx = order[b:b + step]
-            lengths = np.array([rows[i].size for i in idx], np.int64)
-            wave = np.zeros((len(idx), int(lengths.max())), np.float32)
-            for r, i in enumerate(idx):
-                wave[r, : lengths[r]] = rows[i]
+        for idx in length_batches([r.size for r in rows], self.rows_per_call):
+            wave, lengths = pad_batch([rows[i] for i in idx])
             out[idx] = self.session.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
-            self.calls += 1
-        self.rows_run += len(rows)
         return out
 
     def embed(self, audios: list[np.ndarray]) -> np.ndarray:

@@ -6,14 +6,16 @@ saw is always in the history. Raw audio is kept only when `history.store_audio`.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
 import numpy as np
+
+from emoclap.record import csv_header, csv_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS utterances (
@@ -64,17 +66,27 @@ class History:
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"{self.path}: cannot open history database: {exc}") from None
         self.written = 0
+        self._lock = threading.Lock()  # writes come from worker threads, reads from exports
 
     def write(self, event: dict, audio: np.ndarray | None = None) -> int:
-        blob = (np.asarray(audio, "<f4").tobytes()
-                if self.store_audio and audio is not None else None)
-        with self.db:
-            cur = self.db.execute(
-                "INSERT INTO utterances (time, station, role, event, audio) VALUES (?, ?, ?, ?, ?)",
-                (event["time"], event["station"], event["role"],
-                 json.dumps(event, separators=(",", ":")), blob))
-        self.written += 1
-        return cur.lastrowid
+        return self.write_many([(event, audio)])
+
+    def write_many(self, rows: list[tuple[dict, np.ndarray | None]]) -> int:
+        """Commit events (with their audio when it is kept) in one transaction; returns
+        the row id of the last."""
+        def row(event, audio):
+            blob = (np.asarray(audio, "<f4").tobytes()
+                    if self.store_audio and audio is not None and audio.size else None)
+            return (event["time"], event["station"], event["role"],
+                    json.dumps(event, separators=(",", ":"), allow_nan=False), blob)
+        last = 0
+        with self._lock, self.db:
+            for event, audio in rows:
+                last = self.db.execute(
+                    "INSERT INTO utterances (time, station, role, event, audio) VALUES (?, ?, ?, ?, ?)",
+                    row(event, audio)).lastrowid
+        self.written += len(rows)
+        return last
 
     def events(self, since: float | None = None, until: float | None = None,
                station: str | None = None) -> Iterator[dict]:
@@ -93,11 +105,12 @@ class History:
         return None if row is None or row[0] is None else np.frombuffer(row[0], "<f4")
 
     def close(self) -> None:
-        try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        self.db.close()
+        with self._lock:  # after a write still running in a worker thread
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.db.close()
 
 
 def export(events: Iterator[dict], out: TextIO, fmt: str) -> int:
@@ -111,20 +124,8 @@ def export(events: Iterator[dict], out: TextIO, fmt: str) -> int:
         raise HistoryError(f"--format: expected csv or jsonl, got {fmt!r}")
     rows = list(events)
     emotions = sorted({name for e in rows for name in e.get("scores", {})})
-    fixed = ["time", "station", "role", "start", "end", "duration"]
     writer = csv.writer(out)
-    writer.writerow(fixed + emotions)
+    writer.writerow(csv_header(["time", "station", "role"], emotions))
     for e in rows:
-        writer.writerow([iso(e["time"]), e["station"], e["role"], e["start"], e["end"],
-                         e["duration"]] + [_cell(e.get("scores", {}).get(k)) for k in emotions])
+        writer.writerow(csv_row([iso(e["time"]), e["station"], e["role"]], e, emotions))
     return len(rows)
-
-
-def _cell(value) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def export_text(events: Iterator[dict], fmt: str) -> str:
-    buf = io.StringIO()
-    export(events, buf, fmt)
-    return buf.getvalue()

@@ -1,70 +1,29 @@
 """Fan-out of score events to WebSocket clients, each with its own bounded queue.
 
-`ClientQueue` is the policy, free of I/O: a queued `rolling` snapshot is replaced by a
-newer one, a full queue sheds its oldest `rolling` snapshots first, and when only
-events remain the client is declared too slow. `Hub` pairs each queue with a writer
-task, so one stalled client never delays the others.
+The policy (`emoclap.scorestream.ClientQueue`) and the conversation
+(`emoclap.scorestream.ScoreSession`) are free of I/O; `Hub` pairs each client's queue
+with a writer task, so one stalled client never delays the others.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import deque
+
+from emoclap.scorestream import ClientQueue, ScoreSession, dumps
 
 log = logging.getLogger("emoclapd.hub")
 
 CLOSE_TOO_SLOW = 1013  # "try again later"
 
 
-class ClientQueue:
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.items: deque[tuple[str, str]] = deque()
-        self.shed = 0  # stale snapshots dropped
-        self.full = False
-
-    def put(self, kind: str, text: str) -> bool:
-        """Queue a message; False means the client cannot keep up and must go."""
-        if self.full:
-            return False
-        if kind == "rolling":
-            self._remove_rolling(1)
-        if len(self.items) >= self.limit and not self._remove_rolling(1):
-            self.full = True
-            return False
-        self.items.append((kind, text))
-        return True
-
-    def _remove_rolling(self, n: int) -> int:
-        removed = 0
-        for item in list(self.items):
-            if removed >= n:
-                break
-            if item[0] == "rolling":
-                self.items.remove(item)
-                removed += 1
-        self.shed += removed
-        return removed
-
-    def get(self) -> tuple[str, str] | None:
-        return self.items.popleft() if self.items else None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
 class Client:
-    def __init__(self, ws, limit: int, stations: set[str] | None = None):
+    def __init__(self, ws, limit: int):
         self.ws = ws
         self.queue = ClientQueue(limit)
-        self.stations = stations  # None: every station
+        self.session = ScoreSession()
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.closing = False
-
-    def wants(self, station: str | None) -> bool:
-        return station is None or self.stations is None or station in self.stations
 
 
 class Hub:
@@ -85,12 +44,12 @@ class Hub:
             client.task.cancel()
 
     def send(self, client: Client, message: dict) -> None:
-        self._put(client, message["type"], json.dumps(message, separators=(",", ":")))
+        self._put(client, message["type"], dumps(message))
 
     def broadcast(self, message: dict, station: str | None = None) -> None:
-        text = json.dumps(message, separators=(",", ":"))
+        text = dumps(message)
         for client in list(self.clients):
-            if client.wants(station):
+            if client.session.wants(station):
                 self._put(client, message["type"], text)
 
     def broadcast_each(self, build) -> None:

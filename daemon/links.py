@@ -15,7 +15,8 @@ from collections import Counter
 
 import zmq
 
-from . import wire
+from emoclap import wire
+from emoclap.record import Utterance
 
 log = logging.getLogger("emoclapd.links")
 
@@ -85,19 +86,23 @@ class Sender:
         self.gauges.update(status.get("gauges", {}))
         self.observations.extend(tuple(o) for o in status.get("batches", []))
 
-    def send(self, msg: wire.Message, block: bool | None = None) -> bool:
+    def send(self, frames: list[bytes], block: bool | None = None) -> bool:
         block = self.block if block is None else block
         try:
-            self.sock.send_multipart(wire.encode(msg), flags=0 if block else zmq.NOBLOCK)
+            self.sock.send_multipart(frames, flags=0 if block else zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
 
-    def send_segment(self, msg: wire.Message) -> bool:
-        if self.send(msg):
-            return True
-        self.drop(msg.header["station"], "queue_full")
-        return False
+    def send_utterances(self, utterances: list[Utterance]) -> int:
+        """Segments to the encode stage; one that finds the queue full is counted dropped."""
+        sent = 0
+        for utt in utterances:
+            if self.send(wire.segment(utt)):
+                sent += 1
+            else:
+                self.drop(utt.station, "queue_full")
+        return sent
 
     def tick(self, force: bool = False) -> None:
         """Send a status message when one is due; counts are kept until one gets through."""
@@ -113,7 +118,7 @@ class Sender:
             "gauges": dict(self.gauges),
             "batches": list(self.observations),
         }
-        if self.send(wire.Message("status", header)):
+        if self.send(wire.status(header)):
             self.dropped.clear()
             self.overflows.clear()
             self.observations.clear()
@@ -124,5 +129,5 @@ class Sender:
         self.block = True
         self.tick(force=True)
         if eos:
-            self.send(wire.Message("eos", {}))
+            self.send(wire.eos())
         self.sock.close()

@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from daemon.prompts import Emotion, PromptError, emotion_name, parse_prompt_paths, prompt_files
-from daemon.scoring import BankVectors
+from emoclap.prompts import Emotion, PromptError, emotion_name, parse_prompt_paths, prompt_files
+from emoclap.zeroshot import BankVectors, bank_vectors, emotion_poles
 
 log = logging.getLogger("emoclapd.prompts")
 
@@ -47,10 +47,6 @@ class EmbeddingCache:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -126,18 +122,16 @@ class PromptBank:
         return stamps
 
     def _embed_poles(self, emotion: Emotion) -> tuple[np.ndarray, np.ndarray]:
-        langs = self.bundle.languages
-        poles = [emotion.negative.texts(langs), emotion.positive.texts(langs)]
-        texts = [t for pole in poles for t in pole]
+        return emotion_poles(emotion, self.bundle.languages, self._embed_cached)
+
+    def _embed_cached(self, texts: list[str]) -> np.ndarray:
         known = self.cache.get(self.bundle.hash, texts)
         missing = sorted({t for t in texts if t not in known})
         if missing:
             fresh = dict(zip(missing, self.encoder.embed(missing)))
             self.cache.put(self.bundle.hash, fresh)
             known.update(fresh)
-        # open_clip's recipe: normalise each sentence, average, normalise the mean.
-        return tuple(_unit(np.mean([_unit(known[t]) for t in pole], axis=0)).astype(np.float32)
-                     for pole in poles)
+        return np.stack([known[t] for t in texts])
 
     def reload(self) -> PromptUpdate | None:
         """Re-read files whose stamp changed; returns the update when anything changed."""
@@ -209,17 +203,8 @@ class PromptBank:
                             tuple(changed), latency)
 
     def _build_vectors(self) -> BankVectors:
-        names = tuple(sorted(self._emotions))
-        if not names:
-            return BankVectors.empty(self.bundle.embedding_dim)
-        emotions = [self._emotions[n] for n in names]
-        return BankVectors(
-            names=names,
-            negative=np.stack([self._pole_vectors[n][0] for n in names]),
-            positive=np.stack([self._pole_vectors[n][1] for n in names]),
-            scale=np.array([e.temperature or self.bundle.logit_scale for e in emotions], np.float32),
-            bias=np.array([e.bias for e in emotions], np.float32),
-            roles=tuple(e.roles for e in emotions))
+        return bank_vectors([self._emotions[n] for n in sorted(self._emotions)], self._pole_vectors,
+                            self.bundle.logit_scale, self.bundle.embedding_dim)
 
     def start(self) -> "PromptBank":
         """Poll the folder in a background thread until `stop()`."""

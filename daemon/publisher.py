@@ -1,45 +1,52 @@
-"""The score stage: embeddings in, `utterance` events out (history first, then clients).
+"""The score/publish stage: embeddings in over ZeroMQ, `utterance` events out.
 
-It owns the per-station rolling scores and the station table, turns `status`
-messages into metrics, and builds every server -> client message except errors.
+Each utterance is scored on the event loop (a few dot products), committed to the
+history off the loop (disk), and only then broadcast, so what a client saw is always
+in the history. Messages that arrive together are committed in one transaction. The
+stage also keeps the station table, turns upstream `status` messages into metrics,
+and sends the periodic `rolling` snapshots.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
-from . import wire
+import zmq
+import zmq.asyncio
+
+from emoclap import scorestream, wire
+from emoclap.record import Scored
+from emoclap.scorer import Scorer
+
 from .config import Config
 from .history import History
+from .hub import Hub
+from .links import context
 from .metrics import Metrics
-from .rolling import RollingScores
-from .scoring import score_utterance
 
 log = logging.getLogger("emoclapd.publisher")
 
-PROTOCOL_VERSION = 1
-
-
-def emotions_list(emotions: dict) -> list[dict]:
-    return [{"name": e.name, "label": e.label,
-             "negative": e.negative.label, "positive": e.positive.label,
-             "roles": list(e.roles) if e.roles is not None else None}
-            for e in emotions.values()]
+BURST = 64  # messages taken from the link per history transaction
 
 
 class Publisher:
-    def __init__(self, cfg: Config, bank, metrics: Metrics, history: History | None):
+    def __init__(self, cfg: Config, bank, metrics: Metrics, history: History | None, hub: Hub):
         self.cfg = cfg
         self.bank = bank
         self.metrics = metrics
         self.history = history
-        self.rolling: dict[str, RollingScores] = {}
+        self.hub = hub
+        self.scorer = Scorer(bank, cfg.rolling.half_life_s)
         self.stations: dict[str, dict] = {}
         self.published = 0
-        self.eos = 0
+        self.eos = asyncio.Event()
+        self._pull: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task] = []
         for s in cfg.stations:
             self.register(s.name, s.role, s.source, "starting")
 
+    # ---- stations
     def register(self, name: str, role: str, source: str, state: str) -> None:
         entry = self.stations.setdefault(name, {"name": name, "role": role, "source": source})
         entry.update(role=role, source=source)
@@ -50,85 +57,109 @@ class Publisher:
         entry["state"] = state
         self.metrics.set_state(name, state)
 
-    def on_message(self, msg: wire.Message) -> dict | None:
-        """Handle one message from the encode stage; an `utterance` event when there is one."""
+    # ---- life cycle
+    def start(self) -> None:
+        st = self.cfg.stages
+        self._pull = zmq.asyncio.Context.shadow(context().underlying).socket(zmq.PULL)
+        self._pull.set_hwm(st.hwm)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.bind(st.embeddings)
+        self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._rolling_loop())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pull is not None:
+            self._pull.close()
+
+    # ---- messages from the encode stage
+    async def _pump(self) -> None:
+        while True:
+            burst = [await self._pull.recv_multipart()]
+            while len(burst) < BURST:
+                try:
+                    burst.append(self._pull.recv_multipart(zmq.NOBLOCK).result())
+                except zmq.Again:
+                    break
+            scored = [s for s in map(self._take, burst) if s is not None]
+            if scored:
+                events = await self._record(scored)
+                self._observe_latency(scored)
+                for event in events:
+                    self.hub.broadcast(event, station=event["station"])
+                    self.metrics.utterances.labels(event["station"]).inc()
+                    self.published += 1
+                    await asyncio.sleep(0)  # client writers run between events of a burst
+
+    def _take(self, frames: list[bytes]) -> Scored | None:
+        try:
+            msg = wire.decode(frames)
+        except wire.WireError as exc:
+            log.warning("serve: skipped a malformed message: %s", exc)
+            self.metrics.dropped.labels("?", "bad_message").inc()
+            return None
         if msg.kind == "status":
             for name, state in msg.get("states", {}).items():
                 self.set_state(name, state)
             self.metrics.record_status(msg.header)
             return None
         if msg.kind == "eos":
-            self.eos += 1
+            self.eos.set()
             return None
         if msg.kind != "embedding":
             return None
-        station = msg.get("station", "?")
+        utt = msg.utterance
         try:
-            return self._score(msg)
+            scored = self.scorer.score(utt)
         except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
-            log.warning("score: %s seq %s failed: %s", station, msg.get("seq"), exc)
-            self.metrics.dropped.labels(station, "score_error").inc()
+            log.warning("score: %s seq %s failed: %s", utt.station, utt.seq, exc)
+            self.metrics.dropped.labels(utt.station, "score_error").inc()
             return None
+        if utt.station not in self.stations:
+            self.register(utt.station, utt.role, "remote", "online")
+        return scored
 
-    def _score(self, msg: wire.Message) -> dict:
-        h = msg.header
-        dim = int(h["dim"])
-        embedding, audio = msg.payload[:dim], msg.payload[dim:]
-        station, role = h["station"], h.get("role", "auto")
-        scores = score_utterance(embedding, self.bank, None if role == "auto" else role)
-        end_wall = float(h["t0"]) + float(h["end"])
-        rolling = self.rolling.setdefault(station, RollingScores(self.cfg.rolling.half_life_s))
-        duration = float(h["end"]) - float(h["start"])
-        rolling.update(role, end_wall, duration, scores)
-        if station not in self.stations:
-            self.register(station, role, "remote", "online")
-        event = {
-            "type": "utterance", "station": station, "role": role, "seq": h.get("seq"),
-            "start": round(float(h["start"]), 3), "end": round(float(h["end"]), 3),
-            "duration": round(duration, 3), "time": round(end_wall, 3),
-            "scores": {k: round(v, 4) for k, v in scores.items()},
-            "rolling": _rounded(rolling.snapshot().get(role, {})),
-        }
+    async def _record(self, scored: list[Scored]) -> list[dict]:
+        events = [s.event() for s in scored]
         if self.history is not None:
+            rows = [(e, s.utterance.audio) for e, s in zip(events, scored)]
             try:
-                self.history.write(event, audio if audio.size else None)
+                await asyncio.to_thread(self.history.write_many, rows)
             except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
-                log.error("history: cannot write %s seq %s: %s", station, h.get("seq"), exc)
-        self.published += 1
-        self.metrics.utterances.labels(station).inc()
-        self.metrics.event_latency.observe(max(0.0, time.time() - float(h.get("emitted", time.time()))))
-        return event
+                log.error("history: cannot write %d utterances: %s", len(rows), exc)
+        return events
 
+    def _observe_latency(self, scored: list[Scored]) -> None:
+        now = time.time()
+        for s in scored:
+            self.metrics.event_latency.observe(max(0.0, now - s.utterance.emitted))
+
+    # ---- messages to clients
     def hello(self) -> dict:
-        return {"type": "hello", "version": PROTOCOL_VERSION,
-                "emotions": emotions_list(self.bank.emotions),
-                "stations": [dict(s) for s in self.stations.values()]}
-
-    def prompts_message(self) -> dict:
-        return {"type": "prompts", "emotions": emotions_list(self.bank.emotions)}
+        return scorestream.hello(self.bank.emotions.values(), [dict(s) for s in self.stations.values()])
 
     def rolling_message(self, stations: set[str] | None = None) -> dict:
-        """Rolling scores and station states; the states let an open dashboard see a
-        station go offline or end without waiting for an utterance."""
-        return {"type": "rolling", "time": round(time.time(), 3),
-                "stations": {name: _nested(r.snapshot()) for name, r in self.rolling.items()
-                             if stations is None or name in stations},
-                "states": {name: s["state"] for name, s in self.stations.items()
-                           if stations is None or name in stations}}
+        return scorestream.rolling(time.time(), self.scorer.snapshots(),
+                                   {n: s["state"] for n, s in self.stations.items()}, stations)
 
-    def forget_missing(self) -> None:
-        """After a prompt change: rolling scores of removed emotions go too."""
-        names = set(self.bank.emotions)
-        for r in self.rolling.values():
-            for per_role in r.snapshot().values():
-                for emotion in set(per_role) - names:
-                    r.forget(emotion)
+    def prompts_changed(self) -> None:
+        """Called on the loop when the prompt bank changed."""
+        self.scorer.keep_only(set(self.bank.emotions))
+        self.hub.broadcast(scorestream.prompts(self.bank.emotions.values()))
 
+    def set_half_life(self, half_life_s: float) -> None:
+        self.scorer.half_life_s = half_life_s
 
-def _rounded(per_emotion: dict) -> dict:
-    return {k: {"score": round(v["score"], 4), "count": v["count"],
-                "updated": round(v["updated"], 3)} for k, v in per_emotion.items()}
+    async def _rolling_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.rolling.interval_s)
+            built: dict = {}  # one snapshot per distinct subscription, not per client
 
-
-def _nested(snapshot: dict) -> dict:
-    return {role: _rounded(per) for role, per in snapshot.items()}
+            def snapshot(client):
+                key = None if client.session.stations is None else frozenset(client.session.stations)
+                if key not in built:
+                    built[key] = self.rolling_message(client.session.stations)
+                return built[key]
+            self.hub.broadcast_each(snapshot)
+            self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())

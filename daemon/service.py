@@ -19,7 +19,8 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .capture import SourceThread, build_sources
+from .capture import SourceThread
+from .sources import build_sources
 from .config import Config, ConfigError, load_config
 from .notify import notify, watchdog_interval
 
@@ -34,6 +35,7 @@ class Parts:
     sources: list[SourceThread] = field(default_factory=list)
     worker: object = None
     batcher: object = None
+    publisher: object = None
     server: object = None
     history: object = None
     bank: object = None
@@ -41,11 +43,10 @@ class Parts:
 
 def open_encoder(cfg: Config, bundle):
     from .batcher import Batcher, BatcherOptions
-    from .encoder import AudioEncoder, EncoderOptions
+    from .encoder import AudioEncoder, encoder_options
     from .worker import EncodeWorker, ObservedEncoder
 
-    options = EncoderOptions(provider=cfg.provider, intra_op_threads=cfg.encoder.threads)
-    observed = ObservedEncoder(AudioEncoder(bundle, options=options))
+    observed = ObservedEncoder(AudioEncoder(bundle, options=encoder_options(cfg)))
     batcher = Batcher(observed, BatcherOptions(cfg.encoder.max_batch, cfg.encoder.max_wait_ms))
     return EncodeWorker(cfg, batcher, observed), batcher
 
@@ -55,7 +56,7 @@ def open_bank(cfg: Config, bundle, on_change):
     from .prompt_bank import PromptBank, PromptBankOptions
 
     Path(cfg.cache).parent.mkdir(parents=True, exist_ok=True)
-    bank = PromptBank(Path(cfg.prompts), TextEncoder(bundle, provider=cfg.provider),
+    bank = PromptBank(Path(cfg.prompts), TextEncoder(bundle, cfg.provider, cfg.encoder.threads),
                       PromptBankOptions(cache=cfg.cache))
     bank.subscribe(on_change)
     return bank.start()
@@ -97,7 +98,7 @@ class Service:
         return 0
 
     async def start(self) -> None:
-        from .bundle import load_bundle
+        from emoclap.bundle import load_bundle
 
         cfg, p = self.cfg, self.parts
         # Built (and checked) first: a missing replay file stops start-up before anything runs.
@@ -112,6 +113,7 @@ class Service:
 
     async def _start_serve(self, bundle) -> None:
         from .history import History
+        from .hub import Hub
         from .metrics import Metrics
         from .publisher import Publisher
         from .server import Server
@@ -119,15 +121,19 @@ class Service:
         cfg, p = self.cfg, self.parts
         loop = asyncio.get_running_loop()
 
-        def changed(*_):  # the bank may call this from its watcher thread
-            if p.server is not None:
-                loop.call_soon_threadsafe(p.server.prompts_changed)
+        def changed(*_):  # the bank calls this from whichever thread reloaded it
+            if p.publisher is not None:
+                loop.call_soon_threadsafe(p.publisher.prompts_changed)
 
-        p.bank = open_bank(cfg, bundle, changed)
+        # The first load embeds every sentence not yet cached: seconds, off the loop.
+        p.bank = await asyncio.to_thread(open_bank, cfg, bundle, changed)
         if cfg.history.enabled:
             p.history = History(cfg.history.path, cfg.history.store_audio)
-        metrics = Metrics()
-        p.server = Server(cfg, Publisher(cfg, p.bank, metrics, p.history), metrics)
+        metrics, hub = Metrics(), Hub(cfg.server.client_queue)
+        hub.on_slow = metrics.clients_closed.inc
+        p.publisher = Publisher(cfg, p.bank, metrics, p.history, hub)
+        p.publisher.start()
+        p.server = Server(cfg, p.publisher, hub, metrics)
         await p.server.start()
 
     def _start_sources(self, sources: list[SourceThread]) -> None:
@@ -178,7 +184,7 @@ class Service:
         self._config_mtime = self._mtime()
         if self.parts.bank is not None:
             try:
-                self.parts.bank.reload()
+                await asyncio.to_thread(self.parts.bank.reload)  # embeds new sentences
             except Exception as exc:  # noqa: BLE001 - the bank keeps its last good state
                 log.error("prompts: %s", exc)
         if self.config_path:
@@ -197,6 +203,8 @@ class Service:
         if fixed:
             log.warning("changes to %s take effect after a restart", ", ".join(fixed))
         old.prompts, old.rolling = new.prompts, new.rolling
+        if self.parts.publisher is not None:
+            self.parts.publisher.set_half_life(new.rolling.half_life_s)
         if "capture" in self.stages and (new.stations != old.stations
                                          or new.segmenter != old.segmenter):
             try:
@@ -220,19 +228,29 @@ class Service:
         if p.worker is not None:
             p.worker.drain()
             await asyncio.to_thread(p.worker.join, self.drain_timeout_s)
-            if p.server is not None and not await p.server.wait_drained(self.drain_timeout_s):
+            if p.publisher is not None and not await _wait(p.publisher.eos, self.drain_timeout_s):
                 log.error("publisher did not see the end of the stream in time")
-        elif p.server is not None:
-            await p.server.wait_drained(1.0)  # the encode stage lives elsewhere
+        elif p.publisher is not None:
+            await _wait(p.publisher.eos, 1.0)  # the encode stage lives elsewhere
         if p.server is not None:
             await p.server.close()
+        if p.publisher is not None:
+            await p.publisher.close()
         if p.batcher is not None:
-            p.batcher.close()
-        if p.bank is not None and hasattr(p.bank, "close"):
-            p.bank.close()
+            await asyncio.to_thread(p.batcher.close)
+        if p.bank is not None:
+            await asyncio.to_thread(p.bank.close)
         if p.history is not None:
             p.history.close()
         log.info("stopped")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
 
 
 def run_service(config_path: str, stages=STAGES) -> int:
@@ -245,9 +263,9 @@ def run_service(config_path: str, stages=STAGES) -> int:
     if "capture" in stages and not cfg.stations and stages != STAGES:
         log.error("%s: stations: none configured, nothing to capture", config_path)
         return 2
-    from .bundle import BundleError
+    from emoclap.bundle import BundleError
     from .encoder import EncoderError
-    from .prompts import PromptError
+    from emoclap.prompts import PromptError
 
     try:
         return asyncio.run(Service(cfg, stages, config_path).run())

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
-from .audio import AudioError, read_channels
-from .capture import SAMPLE_RATE, SourceThread
-from .config import Config, StationConfig
+from emoclap.audio import SAMPLE_RATE, AudioError, read_channels
+
+from .capture import SourceThread
+from .config import Config, ConfigError, StationConfig
 
 log = logging.getLogger("emoclapd.sources")
 
@@ -36,10 +38,10 @@ class ReplaySource(SourceThread):
 
     def capture(self) -> None:
         # Full-speed replay waits for the encoder instead of dropping: nothing is live.
-        self.open_pipes(SAMPLE_RATE, block=not self.realtime)
+        self.open_streams(SAMPLE_RATE, block=not self.realtime)
         try:
             audio = read_channels(self.path).T  # [samples, channels]
-        except AudioError as exc:
+        except AudioError:
             self.set_state("failed")
             raise
         for s in self.stations:
@@ -63,8 +65,7 @@ class ReplaySource(SourceThread):
                         return
             if not self.loop:
                 break
-        for pipe in self.pipes.values():
-            pipe.finish()
+        self.finish_streams()
         self.set_state("ended")
         self.sender.tick(force=True)
         self.stop_event.wait()  # keep reporting `ended` until the daemon stops
@@ -135,7 +136,7 @@ class DeviceSource(SourceThread):
             self.overflows += 1
 
     def capture(self) -> None:
-        self.open_pipes(self.rate)
+        self.open_streams(self.rate)
         self.set_state("offline")
         backoff, last_error, reported = self.BACKOFF_MIN_S, None, 0
         while not self.stop_event.is_set():
@@ -164,12 +165,11 @@ class DeviceSource(SourceThread):
             if not self.stop_event.is_set():
                 log.warning("%s: stopped delivering audio; reopening", self.label)
                 self.set_state("offline")
-                for pipe in self.pipes.values():
-                    pipe.restart()
+                self.finish_streams(restart=True)
                 self._drain_queue()
 
     def _pump(self, stream: Stream, reported: int) -> int:
-        """Move blocks from the callback queue into the pipes until the stream dies."""
+        """Move blocks from the callback queue into the streams until the stream dies."""
         last_data = time.monotonic()
         while not self.stop_event.is_set():
             try:
@@ -198,3 +198,21 @@ class DeviceSource(SourceThread):
                 self.queue.get_nowait()
             except queue.Empty:
                 return
+
+
+def build_sources(cfg: Config, stream_factory=None) -> list[SourceThread]:
+    """One source thread per file or device; stations sharing one input share a thread."""
+    groups: dict[tuple, list[StationConfig]] = {}
+    for i, s in enumerate(cfg.stations):
+        if s.source == "replay" and not Path(s.file).is_file():
+            raise ConfigError(f"{cfg.source}: stations[{i}].file: no such file: {s.file}")
+        key = (s.source, s.file if s.source == "replay" else s.device,
+               s.realtime, s.loop, s.sample_rate, s.block_ms)
+        groups.setdefault(key, []).append(s)
+    sources: list[SourceThread] = []
+    for (kind, *_), stations in groups.items():
+        if kind == "replay":
+            sources.append(ReplaySource(cfg, stations))
+        else:
+            sources.append(DeviceSource(cfg, stations, stream_factory))
+    return sources

@@ -16,7 +16,8 @@ from collections import deque
 import numpy as np
 import zmq
 
-from . import wire
+from emoclap import wire
+from emoclap.record import Utterance
 from .config import Config
 from .links import Sender, pull_socket
 
@@ -61,10 +62,9 @@ class EncodeWorker(threading.Thread):
         # Bind here so a taken address fails at start-up, not in a thread.
         self.pull = pull_socket(st.utterances, st.hwm)
         self.sender = Sender(st.embeddings, st.hwm, st.status_interval_s)
-        self.pending: deque[tuple[wire.Message, object]] = deque()
+        self.pending: deque[tuple[Utterance, object]] = deque()
         self.stop_event = threading.Event()
         self.drain_event = threading.Event()
-        self.encoded = 0
 
     def drain(self) -> None:
         """Finish every utterance already sent here, then send `eos` and stop."""
@@ -116,38 +116,31 @@ class EncodeWorker(threading.Thread):
             if msg.kind == "status":
                 self.sender.absorb(msg.header)
             elif msg.kind == "segment":
-                audio = msg.payload if msg.payload is not None else np.zeros(0, np.float32)
+                utt = msg.utterance
                 try:
-                    future = self.batcher.submit(audio, msg.get("station", ""))
+                    future = self.batcher.submit(utt.audio, utt.station)
                 except Exception as exc:  # noqa: BLE001
-                    log.warning("encode: %s: cannot queue: %s", msg.get("station"), exc)
-                    self.sender.drop(msg.get("station", "?"), "encoder_error")
+                    log.warning("encode: %s: cannot queue: %s", utt.station, exc)
+                    self.sender.drop(utt.station, "encoder_error")
                     continue
-                self.pending.append((msg, future))
+                self.pending.append((utt, future))
         return got
 
     def _complete(self) -> None:
         while self.pending and self.pending[0][1].done():
-            msg, future = self.pending.popleft()
-            station = msg.get("station", "?")
+            utt, future = self.pending.popleft()
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
-                log.warning("encode: %s seq %s failed: %s", station, msg.get("seq"), exc)
-                self.sender.drop(station, "encoder_error")
+                log.warning("encode: %s seq %s failed: %s", utt.station, utt.seq, exc)
+                self.sender.drop(utt.station, "encoder_error")
                 continue
             if result is None:  # shorter than the encoder's minimum
-                self.sender.drop(station, "too_short")
+                self.sender.drop(utt.station, "too_short")
                 continue
-            embedding = np.asarray(result, np.float32).reshape(-1)
-            header = dict(msg.header, dim=int(embedding.shape[0]), encoded=time.time())
-            payload = embedding
-            if self.forward_audio and msg.payload is not None:
-                payload = np.concatenate([embedding, msg.payload])
-            if self.sender.send(wire.Message("embedding", header, payload)):
-                self.encoded += 1
-            else:
-                self.sender.drop(station, "queue_full")
+            utt.embedding, utt.encoded = np.asarray(result, np.float32).reshape(-1), time.time()
+            if not self.sender.send(wire.embedding(utt, with_audio=self.forward_audio)):
+                self.sender.drop(utt.station, "queue_full")
 
     def _report(self) -> None:
         if self.observed is not None:

@@ -1,10 +1,11 @@
-"""Shared fixtures: synthetic corpora are spoken once per test run."""
+"""Shared fixtures: synthetic corpora are spoken, and the tiny bundle built, once per test run."""
 from __future__ import annotations
 
 import shutil
 
 import pytest
 
+from tests.tiny_bundle import tiny_bundle  # noqa: F401 (a fixture for every test module)
 from trainer.synth.corpus import CorpusOptions, build_corpus
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon import wire
+from emoclap import wire
+from emoclap.record import Utterance
 from daemon.links import Sender
 from daemon.service import Service
 from tests.stagekit import config
@@ -55,9 +56,8 @@ def embedding_messages(n: int, dim: int, station: str = "s1", seed: int = 0):
     t0 = time.time()
     for i in range(n):
         v = rng.normal(size=dim).astype(np.float32)
-        header = {"station": station, "role": "customer", "start": i * 2.0, "end": i * 2.0 + 1.5,
-                  "t0": t0, "emitted": time.time(), "seq": i + 1, "dim": dim}
-        yield wire.Message("embedding", header, v / np.linalg.norm(v))
+        yield wire.embedding(Utterance(station, "customer", i + 1, i * 2.0, i * 2.0 + 1.5, t0, time.time(),
+                                       embedding=v / np.linalg.norm(v)))
 
 
 def push(cfg, messages) -> int:

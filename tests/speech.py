@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio import read_mono
+from emoclap.audio import read_mono
 
 RATE = 16000
 

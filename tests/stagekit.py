@@ -7,8 +7,8 @@ import time
 import numpy as np
 import zmq
 
-from daemon import wire
-from daemon.audio import write_wav
+from emoclap import wire
+from emoclap.audio import write_wav
 from daemon.config import parse_config
 from daemon.links import pull_socket
 from tests.speech import dialogue

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.audio import AudioError, read_channels, read_mono
+from emoclap.audio import AudioError, read_channels, read_mono
 
 
 def tone(rate, seconds, freq=440.0):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from daemon.bundle import BundleError, load_bundle, sha256_file, write_manifest
-from tests.tiny_bundle import DIM, copy_bundle, tiny_bundle  # noqa: F401 (tiny_bundle: fixture)
+from emoclap.bundle import BundleError, load_bundle, sha256_file, write_manifest
+from tests.tiny_bundle import DIM, copy_bundle
 
 
 @pytest.fixture

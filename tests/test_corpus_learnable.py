@@ -5,8 +5,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from daemon.audio import read_mono
-from trainer.acoustics import FEATURES, describe
+from emoclap.audio import read_mono
+from tests.acoustics import FEATURES, describe
 from trainer.folds import leave_one_session_out
 from trainer.labels import label_emotion
 from trainer.manifest import load_manifest
@@ -30,7 +30,7 @@ def features(corpus):
 def loso_unweighted_accuracy(utterances, x, emotion):
     y = label_emotion(utterances, emotion).labels
     predicted = np.full(len(y), -1)
-    for fold in leave_one_session_out(utterances):
+    for fold in leave_one_session_out([u.session for u in utterances]):
         train = fold.train[y[fold.train] >= 0]
         test = fold.test[y[fold.test] >= 0]
         model = LogisticRegression(max_iter=2000).fit(x[train], y[train])

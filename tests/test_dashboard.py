@@ -16,7 +16,6 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.servicekit import free_port, write_replay_config
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.history import History, HistoryError, export_text, parse_time
+from daemon.history import History, HistoryError, export, parse_time
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,9 @@ def test_audio_only_when_configured(tmp_path):
 
 def test_csv_has_one_column_per_emotion_and_blank_when_not_scored():
     events = [event(0.0), event(1.0, role="staff", scores={"pleasant": 0.25})]
-    rows = list(csv.reader(io.StringIO(export_text(iter(events), "csv"))))
+    buf = io.StringIO()
+    assert export(iter(events), buf, "csv") == 2
+    rows = list(csv.reader(io.StringIO(buf.getvalue())))
     assert rows[0] == ["time", "station", "role", "start", "end", "duration", "pleasant",
                        "purchase_intention"]
     assert rows[1][0] == "1970-01-01T00:00:00.000+00:00" and rows[1][-2:] == ["0.7000", "0.4000"]

@@ -7,8 +7,6 @@ import numpy as np
 import soxr
 import websockets
 
-from daemon.ingest import IngestLimits, IngestSession
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import receive, service_config, url, with_service
 from tests.speech import dialogue
 
@@ -74,28 +72,3 @@ def test_configured_station_names_are_refused(tmp_path, tiny_bundle):
 
     (reply,) = with_service(cfg, body)
     assert reply["reason"] == "station_in_use"
-
-
-class Pipe:
-    def __init__(self):
-        self.samples = 0
-
-    def feed(self, pcm):
-        self.samples += pcm.size
-
-    def finish(self):
-        pass
-
-
-def test_pacing_limit_refuses_frames_ahead_of_real_time():
-    now = [0.0]
-    pipe = Pipe()
-    session = IngestSession(IngestLimits(max_frame_bytes=32000, max_rate=1.0, burst_s=1.0),
-                            lambda *a: pipe, clock=lambda: now[0])
-    assert session.on_text(json.dumps({"type": "start", "station": "k"}))[0]["type"] == "started"
-    second = b"\x00\x00" * 16000
-    assert session.on_binary(second) == []  # within the burst
-    assert session.on_binary(second)[0]["reason"] == "rate_limited"
-    now[0] = 1.0
-    assert session.on_binary(second) == []  # a second later there is room again
-    assert pipe.samples == 32000

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from daemon.audio import write_wav
+from emoclap.audio import write_wav
 from trainer.manifest import ManifestError, load_manifest, write_manifest
 
 RATINGS = {"ann1": {"pleasant": 5, "purchase_intention": 6}, "ann2": {"pleasant": 3}}

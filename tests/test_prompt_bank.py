@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.bundle import load_bundle
+from emoclap.bundle import load_bundle
 from daemon.encoder import TextEncoder
 from daemon.prompt_bank import PromptBank, PromptBankOptions
-from daemon.scoring import score_utterance
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+from emoclap.zeroshot import score_utterance
 
 REPO = Path(__file__).resolve().parent.parent
 CALM = """\

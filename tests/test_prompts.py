@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.prompts import PromptError, load_prompt_dir, parse_prompt_file, parse_prompt_paths
+from emoclap.prompts import PromptError, add_sentences, load_prompt_dir, parse_prompt_file, parse_prompt_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,3 +135,30 @@ def test_directory_reports_duplicates_and_every_bad_file(tmp_path):
     assert "duplicate emotion name 'purchase_intention'" in str(errors[str(tmp_path / "purchase_intention.toml")])
     with pytest.raises(PromptError, match="broken.toml:1: invalid TOML.*duplicate"):
         load_prompt_dir(tmp_path)
+
+
+COMMENTED = GOOD.replace('en = ["My emotions are uncomfortable.", "I feel uneasy."]',
+                         'en = ["My emotions are uncomfortable.",  # canonical\n      "I feel uneasy."]  # [sic]')
+
+
+def test_add_sentences_appends_after_what_is_there_and_keeps_comments():
+    new = add_sentences(COMMENTED, "negative", "en", ["I am ill at ease.", ' He said "no" [twice] '])
+    e = parse_prompt_file(new, "pleasant")
+    assert e.negative.sentences["en"] == ["My emotions are uncomfortable.", "I feel uneasy.",
+                                          "I am ill at ease.", 'He said "no" [twice]']
+    assert e.negative.sentences["ja"] == ["私の気持ちは不快です。"] and e.positive == parse_prompt_file(GOOD, "x").positive
+    head, tail = COMMENTED.split("[negative]")
+    assert new.startswith(head + "[negative]") and new.endswith(tail[tail.index("ja = "):])
+    assert add_sentences(GOOD, "negative", "en", []) == GOOD
+
+
+def test_add_sentences_adds_a_new_language_at_the_end_of_its_pole():
+    new = add_sentences(GOOD, "positive", "de", ["Mir geht es gut.", "Alles ist schön."])
+    e = parse_prompt_file(new, "pleasant")
+    assert e.positive.sentences["de"] == ["Mir geht es gut.", "Alles ist schön."]
+    assert e.positive.sentences["en"] == ["My emotions are pleasant."]
+    assert new.startswith(GOOD.rstrip("\n")) and new.endswith("]\n")
+    with pytest.raises(PromptError, match="unknown language 'xx'"):
+        add_sentences(GOOD, "positive", "xx", ["?"], "dir/p.toml")
+    with pytest.raises(PromptError, match="invalid TOML"):
+        add_sentences("label = ", "positive", "en", ["?"])

@@ -9,7 +9,6 @@ import websockets
 from daemon.config import load_config
 from daemon.service import Service
 from tests.servicekit import REPO, receive, service_config, url
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 
 NEW = """label = "Calm – tense"
 [negative]

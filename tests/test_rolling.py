@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.rolling import RollingScores
+from emoclap.rolling import RollingScores
 
 
 def test_first_update_is_the_score():

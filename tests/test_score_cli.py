@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from daemon import cli
-from daemon.audio import write_wav
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
+from emoclap.audio import write_wav
 from tests.speech import RATE, dialogue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +116,7 @@ def test_console_entry_point_and_registration(recording, tiny_bundle, capsys):
 
 
 def test_daemon_never_imports_torch():
-    code = ("import sys, daemon.cli, daemon.batcher, daemon.prompt_bank, daemon.rolling; "
+    code = ("import sys, daemon.cli, daemon.batcher, daemon.prompt_bank, emoclap.rolling; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.scoring import BankVectors, bipolar_scores, score_utterance
+from emoclap.zeroshot import BankVectors, bipolar_scores, score_utterance
 
 
 def bank(scale=(10.0, 20.0), bias=(0.0, 0.5), roles=(None, ("customer",))):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from daemon.segmenter import Segmenter, SegmenterOptions
+from emoclap.segmenter import Segmenter, SegmenterOptions
 from tests.speech import RATE, dialogue, say
 
 

@@ -8,7 +8,6 @@ import urllib.request
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import (embedding_messages, http_url, push, receive, service_config,
                               url, with_service)
 
@@ -144,19 +143,6 @@ def test_slow_client_is_closed_without_stalling_others(tmp_path, tiny_bundle):
     got, closed, clients = with_service(cfg, body)
     assert [g["seq"] for g in got] == list(range(1, n + 1))  # the fast client lost nothing
     assert closed == 1 and clients == 1  # the slow one was closed and removed
-
-
-def test_client_queue_sheds_stale_snapshots_before_events():
-    from daemon.hub import ClientQueue
-
-    q = ClientQueue(limit=3)
-    assert q.put("rolling", "r1") and q.put("utterance", "u1") and q.put("rolling", "r2")
-    assert list(q.items) == [("utterance", "u1"), ("rolling", "r2")]  # r1 replaced by r2
-    assert q.put("utterance", "u2")
-    assert q.put("utterance", "u3")  # full: the stale snapshot goes, events stay
-    assert [t for _, t in q.items] == ["u1", "u2", "u3"] and q.shed == 2
-    assert not q.put("utterance", "u4") and q.full  # only events left: too slow
-    assert not q.put("rolling", "r3")
 
 
 def test_client_limit_answers_503(tmp_path, tiny_bundle):

@@ -17,7 +17,6 @@ import pytest
 import websockets
 
 from daemon.history import History
-from tests.tiny_bundle import tiny_bundle  # noqa: F401 (fixture)
 from tests.servicekit import free_port, write_replay_config
 from tests.stagekit import stereo_dialogue, write_stereo
 

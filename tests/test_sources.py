@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.capture import build_sources
+from daemon.sources import build_sources
 from daemon.sources import DeviceError, DeviceSource, sounddevice_stream
 from tests.stagekit import Watch, config, stereo_dialogue, write_stereo
 
@@ -106,7 +106,7 @@ def test_device_loss_and_return(tmp_path):
         source.join(5)
         watch.poll(0.5)
         watch.close()
-    assert all(seg.payload.size > 0 for seg in watch.segments())
+    assert all(seg.utterance.audio.size > 0 for seg in watch.segments())
     assert all(m.get("role") == "customer" for m in watch.segments("desk-customer"))
 
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.audio import read_channels, read_mono
+from emoclap.audio import read_channels, read_mono
 from trainer.labels import label_emotion
 from trainer.manifest import load_manifest
 from trainer.synth.affect import CONTROLS, EMOTIONS, MIXING, PURCHASE

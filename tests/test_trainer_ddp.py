@@ -39,7 +39,7 @@ def test_two_gloo_processes_keep_parameters_in_sync(tmp_path):
     mp.spawn(_worker_params, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
-    from trainer.fit import seed_everything
+    from trainer.runs import seed_everything
     from trainer.model import ClapModel
 
     seed_everything(0)  # what fit_clap does before building the model

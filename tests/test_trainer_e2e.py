@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.bundle import load_bundle
+from emoclap.bundle import load_bundle
 from trainer.cli import main
 
 EMOTIONS = ["pleasant", "aroused", "dominant", "credible", "interested", "positive"]

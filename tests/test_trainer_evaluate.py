@@ -8,8 +8,9 @@ import torch
 from tests.test_trainer_fit import cfg, toy_corpus
 from trainer.baseline import fit_baseline
 from trainer.evaluate import evaluate, markdown
-from trainer.fit import fit_clap, fold_plan
+from trainer.fit import fit_clap
 from trainer.plots import write_plots
+from trainer.runs import RunError, fold_plan
 
 torch.set_num_threads(1)
 
@@ -46,6 +47,11 @@ def test_leave_one_session_out_report_with_baseline_and_plots(tmp_path):
     assert {p.name for p in pngs} == {"roc_pleasant.png", "roc_aroused.png", "confusion_pleasant.png",
                                       "confusion_aroused.png", "training_curves.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+    with pytest.raises(RunError, match="no fold-\\*/best.pt"):
+        evaluate(corpus, tmp_path / "base" / "nothing", [Path("prompts")], ["pleasant"])
+    with pytest.raises(RunError, match="no prompt file for emotion 'aroused'"):
+        evaluate(corpus, tmp_path / "run", [alt], ["pleasant", "aroused"])
 
 
 def test_baseline_scores_are_pooled_around_each_folds_threshold():

@@ -4,8 +4,9 @@ import torch
 
 from trainer.checkpoint import load_for_inference
 from trainer.config import load_config
-from trainer.fit import fit_clap, fold_plan, split_validation
+from trainer.fit import fit_clap
 from trainer.loop import Corpus
+from trainer.runs import RunError, parse_overrides, split_validation
 
 torch.set_num_threads(1)
 
@@ -61,16 +62,14 @@ def test_early_stopping(tmp_path):
     assert summary["epochs_run"] == 3
 
 
-def test_fold_plan_and_validation_split():
-    plan = fold_plan(["a", "b", "a", "c"], "all")
-    assert [s for s, _ in plan] == ["a", "b", "c"]
-    assert plan[0][1].tolist() == [1, 3]
-    assert fold_plan(["a", "b"], "none")[0][1].tolist() == [0, 1]
-    with pytest.raises(SystemExit, match="no such session"):
-        fold_plan(["a"], "z")
+def test_validation_split_and_overrides():
     tr, va = split_validation(40, 0.25, 0)
     assert len(va) == 10 and not set(tr) & set(va) and len(tr) + len(va) == 40
     assert len(split_validation(8, 0.25, 0)[1]) == 0
+    assert parse_overrides(["train.epochs=5", "train.language=ja", "x=[1, 2]"]) == {
+        "train.epochs": 5, "train.language": "ja", "x": [1, 2]}
+    with pytest.raises(RunError, match="--set 'train.epochs': expected KEY=VALUE"):
+        parse_overrides(["train.epochs"])
 
 
 def test_cli_names_the_bad_config_field(tmp_path, capsys):
@@ -80,3 +79,6 @@ def test_cli_names_the_bad_config_field(tmp_path, capsys):
     bad.write_text('[train]\nloss = "hinge"\n')
     assert main(["fit", str(tmp_path / "m.jsonl"), "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "bad.toml: train.loss = 'hinge'" in capsys.readouterr().err
+    for command in ("fit", "baseline"):
+        assert main([command, str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--set", "epochs"]) == 2
+        assert f"emoclap-train {command}: --set 'epochs': expected KEY=VALUE" in capsys.readouterr().err

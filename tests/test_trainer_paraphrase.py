@@ -2,13 +2,12 @@ import dataclasses
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from daemon.prompts import parse_prompt_file
+from emoclap.prompts import parse_prompt_file
 from trainer.paraphrase import (ParaphraseError, ParaphraseOptions, Paraphraser, augment_file,
-                                contains_word, normalise, parse_answer, set_sentences)
+                                contains_word, normalise, parse_answer)
 
 PROMPT = '''# Bipolar emotion "pleasant".
 label = "Pleasant – unpleasant"
@@ -152,11 +151,3 @@ def test_text_helpers():
     for bad in ("", "no list", '["a", 3]', "[unclosed"):
         with pytest.raises(ValueError):
             parse_answer(bad)
-
-
-def test_set_sentences_adds_a_new_language_and_keeps_the_rest(tmp_path):
-    new = set_sentences(PROMPT, "pleasant", "p.toml", "positive", "de", ["Mir geht es gut.", 'Er sagt "ja" [so]'])
-    emo = parse_prompt_file(new, "pleasant")
-    assert emo.positive.sentences["de"] == ["Mir geht es gut.", 'Er sagt "ja" [so]']
-    assert emo.positive.sentences["en"] == ["My emotions are pleasant."]
-    assert new.startswith(PROMPT.rstrip("\n")) and new.endswith("]\n")

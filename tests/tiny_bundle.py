@@ -1,80 +1,73 @@
-"""A tiny but real model bundle: HuBERT- and BERT-shaped towers with random weights,
-exported to ONNX, a WordPiece tokenizer trained on the shipped prompts, and a manifest."""
+"""Model bundles for tests and benchmarks, built as the product builds them: the trainer's
+model from a configuration in `configs/`, random weights, and the trainer's export
+(ONNX towers, tokenizer.json, manifest, parity check)."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, HubertConfig, HubertModel
+from tokenizers import Tokenizer
 
-from daemon.bundle import write_manifest
-from daemon.prompts import load_prompt_dir
-from tests.towers import AudioEmbedder, TextEmbedder, export_audio, export_text
+from emoclap.audio import SAMPLE_RATE
+from emoclap.prompts import load_prompt_dir
+from trainer.config import Config, load_config
+from trainer.export import export_bundle, tower_sources
+from trainer.model import ClapModel, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
-DIM = 16
-MAX_TOKENS = 24
-EXTRA_TEXT = ["I feel calm and happy today.", "This is far too expensive for me.",
-              "I am so tired.", "Tell me more about it."]
+TINY_CONFIG = REPO / "configs" / "test-bundle.toml"
+DIM = 16  # the embedding size of configs/test-bundle.toml
 
 
-def tiny_tokenizer(texts: list[str], max_tokens: int = MAX_TOKENS) -> Tokenizer:
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    tok.train_from_iterator(texts, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tok.enable_truncation(max_length=max_tokens)
-    return tok
+def build_model(config: str | Path, seed: int = 0) -> tuple[Config, ClapModel, Tokenizer]:
+    """A configuration's model, randomly initialised from `seed`, and its tokenizer."""
+    cfg = load_config(config)
+    torch.manual_seed(seed)
+    return cfg, ClapModel(cfg.model).eval(), load_tokenizer(cfg.model.text, cfg.model.max_tokens)
 
 
-def audio_config(**overrides) -> HubertConfig:
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-               conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-               feat_extract_norm="group")
-    cfg.update(overrides)
-    config = HubertConfig(**cfg)
-    config._attn_implementation = "eager"
-    return config
+def parity_clips(seed: int = 0) -> list[np.ndarray]:
+    """Voice-like clips for the export's parity check, without a speech synthesiser:
+    a harmonic tone with a falling pitch and amplitude-modulated noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.8 * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 180.0 - 40.0 * t
+    tone = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SAMPLE_RATE) / k for k in (1, 2, 3)) * 0.2
+    n = int(1.3 * SAMPLE_RATE)
+    noise = rng.standard_normal(n) * 0.1 * (0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * np.arange(n) / SAMPLE_RATE))
+    return [tone.astype(np.float32), noise.astype(np.float32)]
+
+
+def shipped_sentences() -> list[str]:
+    emotions = load_prompt_dir(REPO / "prompts")
+    return [s for e in emotions.values() for p in (e.negative, e.positive) for s in p.texts()]
+
+
+def export_model(cfg: Config, model: ClapModel, tokenizer: Tokenizer, folder: Path, languages=("en",), *,
+                 description: str, int8: bool = False) -> Path:
+    export_bundle(model, tokenizer, folder, languages=list(languages),
+                  sources=tower_sources(cfg.model), texts=shipped_sentences(),
+                  real_audio=parity_clips(), description=description, int8=int8)
+    return Path(folder)
+
+
+def build_bundle(folder: Path, config: str | Path, seed: int = 0, languages=("en",), *,
+                 description: str, int8: bool = False) -> Path:
+    return export_model(*build_model(config, seed), folder, languages, description=description, int8=int8)
 
 
 def build_tiny_bundle(folder: Path, seed: int = 0, languages=("en", "ja")) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    """configs/test-bundle.toml: embedding size 16, logit scale 20, 400 samples minimum."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other
     try:
-        emotions = load_prompt_dir(REPO / "prompts")
-        texts = [s for e in emotions.values() for p in (e.negative, e.positive) for s in p.texts()]
-        tok = tiny_tokenizer(texts + EXTRA_TEXT)
-        tok.save(str(folder / "tokenizer.json"))
-        export_audio(AudioEmbedder(HubertModel(audio_config()), DIM), folder / "audio_encoder.onnx")
-        bert = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=64,
-                          max_position_embeddings=MAX_TOKENS + 8)
-        bert._attn_implementation = "eager"
-        export_text(TextEmbedder(BertModel(bert, add_pooling_layer=False), DIM), folder / "text_encoder.onnx")
+        return build_bundle(folder, TINY_CONFIG, seed, languages,
+                            description="Tiny test model with random weights")
     finally:
         torch.set_num_threads(threads)
-    write_manifest(folder, {
-        "description": "Tiny test model with random weights",
-        "sample_rate": 16000, "embedding_dim": DIM, "logit_scale": 20.0,
-        "languages": list(languages),
-        "audio_encoder": {"file": "audio_encoder.onnx", "precision": "fp32", "min_samples": 400},
-        "text_encoder": {"file": "text_encoder.onnx", "max_tokens": MAX_TOKENS},
-        "tokenizer": {"file": "tokenizer.json"},
-        "sources": {"audio": "tiny-hubert (random)", "text": "tiny-bert (random)"},
-        "training": {}, "metrics": {},
-    })
-    return folder
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:

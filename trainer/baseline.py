@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import Config, load_config
-from trainer.inference import pad_batch
+from trainer.inference import run_batched
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
 from trainer.model import AudioTower, load_tower
+from trainer.runs import load_corpus, parse_overrides, seed_everything, split_validation, train_folds
 
 
 class BaselineModel(nn.Module):
@@ -37,24 +37,16 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
 
 
-@torch.no_grad()
 def predict_probs(model: BaselineModel, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> np.ndarray:
     model.eval()
-    order = np.argsort([len(c) for c in clips])
-    out = np.zeros((len(clips), model.fc.out_features), np.float32)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        wave, lengths = pad_batch([clips[i] for i in idx])
-        out[idx] = torch.sigmoid(model(wave.to(device), lengths.to(device)).float()).cpu().numpy()
-    return out
+    return run_batched(lambda wave, lengths: torch.sigmoid(model(wave, lengths).float()), clips,
+                       model.fc.out_features, batch_size, device)
 
 
 def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, device: str = "cpu",
                  held_out: str | None = None) -> dict:
     """Train on every emotion of `corpus` at once; thresholds chosen on the validation split
     (on the training set when there is none)."""
-    from trainer.fit import seed_everything, split_validation
-
     opts = cfg.train
     seed_everything(opts.seed)
     corpus = corpus.labelled()
@@ -95,16 +87,10 @@ def load_baseline(path: Path) -> tuple[BaselineModel, list[str], list[float], di
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.fit import fold_plan, load_corpus, parse_overrides
-
     cfg = load_config(args.config, parse_overrides(args.set))
+    device = resolve_device(args.device)
     corpus = load_corpus(args.manifest, args.emotion or ["purchase_intention"], cfg.train.normalisation)
-    results = {}
-    for session, idx in fold_plan(corpus.sessions, args.fold):
-        name = f"fold-{session}" if session else "all"
-        print(f"{name}: training the baseline on {len(idx)} utterances", file=sys.stderr)
-        summary = fit_baseline(corpus.subset(idx), cfg, args.out / name, resume=args.resume, device=resolve_device(args.device),
-                               held_out=session)
-        results[name] = {k: summary[k] for k in ("epochs_run", "best_epoch", "best_val_ua", "wall_s")}
+    results = train_folds(corpus, args.fold, args.out, "the baseline", lambda part, out, held_out: fit_baseline(
+        part, cfg, out, resume=args.resume, device=device, held_out=held_out))
     print(json.dumps(results, indent=2))
     return 0

@@ -137,7 +137,7 @@ def report(manifest: Path, normalisation: str) -> str:
         lines.append(f"| {labels.emotion} | {labels.negatives} | {labels.positives} | "
                      f"{share:.2f} | {labels.at_threshold} | {labels.unrated} | "
                      f"{labels.threshold:+.3f} |")
-    lines += ["", fold_table(leave_one_session_out(utterances),
+    lines += ["", fold_table(leave_one_session_out([u.session for u in utterances]),
                              {lab.emotion: lab.labels for lab in per_emotion})]
     return "\n".join(lines)
 
@@ -154,15 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         register(sub)
     args = parser.parse_args(argv)
     module, function = args.handler.split(":")
-    from daemon.bundle import BundleError
-    from daemon.prompts import PromptError
+    from emoclap.bundle import BundleError
+    from emoclap.prompts import PromptError
     from trainer.config import ConfigError
     from trainer.labels import LabelError
     from trainer.manifest import ManifestError
     from trainer.paraphrase import ParaphraseError
+    from trainer.runs import RunError
     try:
         return getattr(importlib.import_module(module), function)(args)
-    except (ManifestError, LabelError, ConfigError, PromptError, BundleError, ParaphraseError) as exc:
+    except (ManifestError, LabelError, ConfigError, PromptError, BundleError, ParaphraseError, RunError) as exc:
         print(f"emoclap-train {args.command}: {exc}", file=sys.stderr)
         return 2
 

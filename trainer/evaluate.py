@@ -1,4 +1,5 @@
-"""Leave-one-session-out evaluation: zero-shot for any prompt file, the baseline, random guessing."""
+"""Leave-one-session-out evaluation: zero-shot for any prompt file (scored as the runtime
+scores, with the file's temperature and bias), the baseline, random guessing."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daemon.prompts import emotion_name, parse_prompt_file
+from emoclap.prompts import emotion_name, parse_prompt_file
 from trainer.descriptions import Descriptions, descriptions_from
 from trainer.inference import embed_clips, zero_shot_probs
 from trainer.loop import Corpus, resolve_device
 from trainer.metrics import random_guess, sign_test, summary
+from trainer.runs import RunError, load_corpus
 
 
 @dataclass
@@ -40,20 +42,19 @@ def prompt_variants(sources: list[Path], emotion: str, single: bool, language: s
     for f in files:
         emo = parse_prompt_file(f.read_text(encoding="utf-8"), emotion_name(f), str(f))
         full = descriptions_from({emo.name: emo}, [emo.name], language, str(f))
-        canon = Descriptions(full.emotions, tuple(tuple(p[:1] for p in poles) for poles in full.sentences), language)
         name = f"zero-shot {f.parent.name}/{f.stem}"
-        out.append((name, canon))
+        out.append((name, full.canonical()))
         if any(len(p) > 1 for poles in full.sentences for p in poles):
             out.append((f"{name} + paraphrases", full))
     if not out:
-        raise SystemExit(f"no prompt file for emotion {emotion!r} in {', '.join(map(str, sources))}")
+        raise RunError(f"no prompt file for emotion {emotion!r} in {', '.join(map(str, sources))}")
     return out
 
 
 def fold_dirs(run: Path) -> list[tuple[str, Path]]:
     folds = sorted(p for p in Path(run).glob("fold-*") if (p / "best.pt").is_file())
     if not folds:
-        raise SystemExit(f"{run}: no fold-*/best.pt (train with `emoclap-train fit --fold ...` first)")
+        raise RunError(f"{run}: no fold-*/best.pt (train with `emoclap-train fit --fold ...` first)")
     return [(p.name[len("fold-"):], p) for p in folds]
 
 
@@ -88,7 +89,7 @@ def evaluate(corpus: Corpus, run: Path, prompts: list[Path], emotions: list[str]
     for session, folder in fold_dirs(run):
         test = np.flatnonzero(sessions == session)
         if len(test) == 0:
-            raise SystemExit(f"{folder}: held-out session {session!r} is not in the corpus")
+            raise RunError(f"{folder}: held-out session {session!r} is not in the corpus")
         loaded = load_for_inference(folder / "best.pt")
         model = loaded.model.to(device)
         clips = [corpus.clip(i) for i in test]
@@ -154,7 +155,6 @@ def markdown(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.fit import load_corpus
     from trainer.plots import write_plots
 
     emotions = args.emotion or ["purchase_intention"]

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from daemon.audio import SAMPLE_RATE, read_mono
-from daemon.bundle import write_manifest
+from emoclap.audio import SAMPLE_RATE, pad_batch, read_mono
+from emoclap.bundle import write_manifest
+from trainer.config import ModelOptions, TowerOptions
 
 FP32_MIN_COSINE = 0.9999
 OPSET = 18
@@ -105,14 +106,6 @@ def espeak_clips(texts: list[str], voice: str = "en") -> list[np.ndarray]:
     return clips
 
 
-def _pad(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(c) for c in clips], dtype=np.int64)
-    batch = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
-    for i, c in enumerate(clips):
-        batch[i, : len(c)] = c
-    return batch, lengths
-
-
 def parity_batches(model, real: list[np.ndarray], seed: int = 0) -> list[list[np.ndarray]]:
     """Real clips and random noise of several lengths, alone and in mixed batches."""
     rng = np.random.default_rng(seed)
@@ -145,7 +138,7 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
     model.eval()
     with torch.no_grad():
         for clips in batches:
-            wave, lengths = _pad(clips)
+            wave, lengths = pad_batch(clips)
             got = audio.run(None, {"waveform": wave, "lengths": lengths})[0]
             for i, c in enumerate(clips):
                 ref = model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])).numpy()[0]
@@ -188,7 +181,7 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         "description": description,
         "sample_rate": SAMPLE_RATE,
         "embedding_dim": int(model.opts.embedding_dim),
-        "logit_scale": round(float(model.scale().item()), 6),
+        "logit_scale": model.zero_shot_scale(),
         "languages": list(languages),
         "audio_encoder": {"file": audio_path.name, "precision": precision,
                           "min_samples": int(model.audio.min_samples)},
@@ -199,6 +192,14 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         "metrics": {**(metrics or {}), "export_parity": parity},
     }
     return write_manifest(out, fields)
+
+
+def tower_sources(opts: ModelOptions) -> dict[str, str]:
+    """The manifest's `sources`: each tower's pretrained id or folder, or its random init."""
+    def name(tower: TowerOptions) -> str:
+        return tower.pretrained or f"random init ({tower.config.get('model_type')})"
+
+    return {"audio": name(opts.audio), "text": name(opts.text)}
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo: bool = False,
@@ -213,10 +214,8 @@ def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo
                                "No, thank you. That is far too expensive for me."],
                               voice={"ja": "ja"}.get(lang, "en")))
     texts = [s for _, _, s in loaded.descriptions.all_sentences()][:16]
-    tower = lambda t: t.pretrained or f"random init ({t.config.get('model_type')})"  # noqa: E731
     return export_bundle(
-        loaded.model, loaded.tokenizer, out, languages=[lang],
-        sources={"audio": tower(cfg.model.audio), "text": tower(cfg.model.text)},
+        loaded.model, loaded.tokenizer, out, languages=[lang], sources=tower_sources(cfg.model),
         texts=texts, real_audio=real, description=description or f"emoclap model from {checkpoint}",
         training=loaded.training_summary, metrics=loaded.metrics, int8=int8, dynamo=dynamo)
 

@@ -6,8 +6,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from trainer.manifest import Utterance
-
 
 @dataclass(frozen=True)
 class Fold:
@@ -16,20 +14,14 @@ class Fold:
     test: np.ndarray
 
 
-def leave_one_session_out(utterances: Sequence[Utterance]) -> list[Fold]:
-    sessions = np.array([u.session for u in utterances])
+def leave_one_session_out(sessions: Sequence[str]) -> list[Fold]:
+    """One fold per session (sorted by name), given each utterance's session."""
+    sessions = np.asarray(sessions)
     names = sorted(set(sessions.tolist()))
     if len(names) < 2:
         raise ValueError(f"leave-one-session-out needs at least 2 sessions, found {names}")
     return [Fold(session=s, train=np.flatnonzero(sessions != s),
                  test=np.flatnonzero(sessions == s)) for s in names]
-
-
-def select_fold(folds: Sequence[Fold], session: str) -> Fold:
-    for fold in folds:
-        if fold.session == session:
-            return fold
-    raise ValueError(f"no session {session!r}; sessions: {', '.join(f.session for f in folds)}")
 
 
 def class_counts(labels: np.ndarray, indices: np.ndarray) -> tuple[int, int]:

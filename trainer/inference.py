@@ -1,43 +1,55 @@
-"""Embedding many clips with a torch model, and zero-shot bipolar scores from them."""
+"""Embedding many clips and sentences with a torch model, and zero-shot bipolar scores
+from them through `emoclap.zeroshot`: the recipe the runtime scores with."""
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 
-from trainer.descriptions import Descriptions, pole_vectors
+from emoclap.audio import length_batches, pad_batch
+from emoclap.zeroshot import BankVectors, bank_vectors, bipolar_scores, emotion_poles
+from trainer.descriptions import Descriptions
 from trainer.model import tokenize
 
 
-def pad_batch(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    wave = torch.zeros(len(clips), int(lengths.max()))
-    for i, c in enumerate(clips):
-        wave[i, : len(c)] = torch.as_tensor(c)
-    return wave, lengths
-
-
 @torch.no_grad()
-def embed_clips(model, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> torch.Tensor:
-    """[N, D]; clips sorted by length so little is spent on padding."""
-    model.eval()
-    order = np.argsort([len(c) for c in clips])
-    out = torch.zeros(len(clips), model.opts.embedding_dim)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+def run_batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], clips: list[np.ndarray], width: int,
+                batch_size: int = 16, device="cpu") -> np.ndarray:
+    """[N, width]: `fn(waveform, lengths)` over clips batched by length, so little is
+    spent on padding; rows in the order of `clips`."""
+    out = np.zeros((len(clips), width), np.float32)
+    for idx in length_batches([len(c) for c in clips], batch_size):
         wave, lengths = pad_batch([clips[i] for i in idx])
-        out[torch.as_tensor(idx)] = model.encode_audio(wave.to(device), lengths.to(device)).float().cpu()
+        out[idx] = fn(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device)).float().cpu().numpy()
     return out
 
 
+def embed_clips(model, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> np.ndarray:
+    """[N, D] unit audio embeddings."""
+    model.eval()
+    return run_batched(model.encode_audio, clips, model.opts.embedding_dim, batch_size, device)
+
+
 @torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], device="cpu") -> torch.Tensor:
+def embed_texts(model, tokenizer, texts: list[str], device="cpu") -> np.ndarray:
+    """[N, D] unit text embeddings."""
     model.eval()
     ids, mask = tokenize(tokenizer, texts)
-    return model.encode_text(ids.to(device), mask.to(device)).float().cpu()
+    return model.encode_text(ids.to(device), mask.to(device)).float().cpu().numpy()
 
 
-def zero_shot_probs(model, tokenizer, desc: Descriptions, audio_emb: torch.Tensor, device="cpu") -> np.ndarray:
-    """[N, K] probability of the positive pole: softmax(scale·[a·n, a·p])[1], as the runtime scores."""
-    poles = pole_vectors(lambda t: embed_texts(model, tokenizer, t, device), desc)
-    logits = float(model.scale().detach()) * torch.einsum("nd,kpd->nkp", audio_emb, poles)
-    return torch.softmax(logits, dim=-1)[..., 1].numpy()
+def zero_shot_bank(desc: Descriptions, embed: Callable[[list[str]], np.ndarray], logit_scale: float,
+                   dim: int) -> BankVectors:
+    """Pole vectors of every described emotion (in order) with its temperature and bias;
+    `embed(sentences)` → [n, D] embeddings."""
+    emotions = desc.as_emotions()
+    poles = {e.name: emotion_poles(e, [desc.language], embed) for e in emotions}
+    return bank_vectors(emotions, poles, logit_scale, dim)
+
+
+def zero_shot_probs(model, tokenizer, desc: Descriptions, audio_emb: np.ndarray, device="cpu") -> np.ndarray:
+    """[N, K] probability of each emotion's positive pole, scored as the runtime scores."""
+    bank = zero_shot_bank(desc, lambda texts: embed_texts(model, tokenizer, texts, device),
+                          model.zero_shot_scale(), model.opts.embedding_dim)
+    return bipolar_scores(audio_emb, bank)

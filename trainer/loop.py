@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from daemon.audio import SAMPLE_RATE, read_mono
+from emoclap.audio import SAMPLE_RATE, pad_batch, read_mono
 from trainer.config import TrainOptions
 
 
@@ -72,10 +72,9 @@ class UtteranceDataset(Dataset):
 
 
 def collate(items):
-    from trainer.inference import pad_batch
-
     wave, lengths = pad_batch([c for c, _ in items])
-    return wave, lengths, torch.as_tensor(np.stack([y for _, y in items]), dtype=torch.long)
+    return (torch.from_numpy(wave), torch.from_numpy(lengths),
+            torch.as_tensor(np.stack([y for _, y in items]), dtype=torch.long))
 
 
 @dataclass

@@ -231,6 +231,10 @@ class ClapModel(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=self.opts.max_logit_scale)
 
+    def zero_shot_scale(self) -> float:
+        """The logit scale a bundle's manifest carries, which the runtime scores with."""
+        return round(float(self.scale().detach()), 6)
+
     def clamp_logit_scale(self) -> None:
         """After each optimiser step, as open_clip does: keep exp(scale) within [1, max]."""
         with torch.no_grad():

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.prompts import POLES, emotion_name, parse_prompt_file, prompt_files
+from emoclap.prompts import POLES, add_sentences, emotion_name, parse_prompt_file, prompt_files
 
 LANGUAGE_NAMES = {"en": "English", "ja": "Japanese", "de": "German", "fr": "French", "es": "Spanish",
                   "zh": "Chinese", "ko": "Korean", "it": "Italian", "pt": "Portuguese", "nl": "Dutch"}
@@ -178,53 +178,6 @@ class Paraphraser:
         return accepted
 
 
-def _array_span(text: str, start: int) -> int:
-    """Index just past the TOML array that opens at text[start] == '['."""
-    depth, i, quote = 0, start, None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\" and quote == '"':
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            i = text.index("\n", i) if "\n" in text[i:] else len(text)
-            continue
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError("unterminated array")
-
-
-def set_sentences(text: str, name: str, source: str, pole: str, language: str, sentences: list[str]) -> str:
-    """`text` with `[pole] language = [...]` replaced; everything else byte for byte the same."""
-    header = re.search(rf"^\s*\[\s*{pole}\s*\]\s*(#.*)?$", text, re.M)
-    if header is None:
-        raise ValueError(f"{source}: no [{pole}] table")
-    next_header = re.search(r"^\s*\[", text[header.end():], re.M)
-    end = header.end() + next_header.start() if next_header else len(text)
-    key = re.search(rf"^[ \t]*{language}[ \t]*=[ \t]*\[", text[header.end():end], re.M)
-    items = ",\n".join(f"    {json.dumps(s, ensure_ascii=False)}" for s in sentences)
-    array = f"[\n{items},\n]" if len(sentences) > 1 else f"[{json.dumps(sentences[0], ensure_ascii=False)}]"
-    if key is None:  # language not there yet: add it after the table's last line
-        insert_at = header.end() + len(text[header.end():end].rstrip())
-        new = text[:insert_at] + f"\n{language} = {array}" + text[insert_at:]
-    else:
-        open_at = header.end() + key.end() - 1
-        new = text[:open_at] + array + text[_array_span(text, open_at):]
-    parsed = parse_prompt_file(new, name, source)
-    if getattr(parsed, pole).sentences.get(language) != [s.strip() for s in sentences]:
-        raise ValueError(f"{source}: rewriting [{pole}] {language} did not round-trip")
-    return new
-
-
 def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
     """Give each pole of one prompt file n paraphrases in `language`; returns how many were added."""
     text = path.read_text(encoding="utf-8")
@@ -239,7 +192,7 @@ def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
         if need <= 0:
             continue
         new = para.paraphrase(sents[0], language, emotion.key_word, need, sents[1:])
-        text = set_sentences(text, name, str(path), pole, language, sents + new)
+        text = add_sentences(text, pole, language, new, str(path))
         added += len(new)
     if added:
         tmp = path.with_suffix(".toml.tmp")

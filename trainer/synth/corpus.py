@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio import write_wav
+from emoclap.audio import SAMPLE_RATE, write_wav
 from trainer.manifest import Utterance, write_manifest
 from trainer.synth.affect import vocal_controls
 from trainer.synth.annotators import rate_utterance
 from trainer.synth.script import SCENARIOS, SPEAKERS, Turn, write_dialogue
-from trainer.synth.voice import SAMPLE_RATE, check_tools, speak
+from trainer.synth.voice import check_tools, speak
 
 ROLE_CHANNEL = {"staff": 0, "customer": 1}
 

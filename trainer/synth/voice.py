@@ -16,9 +16,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 import soundfile as sf
 
+from emoclap.audio import SAMPLE_RATE
 from trainer.synth.script import VOICE_LANGUAGE, Speaker
 
-SAMPLE_RATE = 16_000
 _SENTENCE_END = re.compile(r"(?<=[.?!。])\s*")
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from emoclap.audio import SAMPLE_RATE
+
 FRAME = 640      # 40 ms: two periods of an 50 Hz voice
 HOP = 160        # 10 ms
 F0_RANGE = (60.0, 400.0)

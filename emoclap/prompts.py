@@ -1,6 +1,8 @@
-"""Prompt files: one bipolar emotion per `prompts/NAME.toml` (pure parsing, no watching)."""
+"""Prompt files: one bipolar emotion per `prompts/NAME.toml`: parsing, and adding sentences
+to a file's text (pure: text in, text out; no watching)."""
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -195,3 +197,61 @@ def load_prompt_dir(folder: str | Path, languages: Iterable[str] | None = None) 
             raise PromptError("; ".join(str(e) for e in errors.values()), first.source, None)
         raise first
     return emotions
+
+
+def _array_end(text: str, start: int) -> int:
+    """Index just past the TOML array that opens at text[start] == '['."""
+    depth, i, quote = 0, start, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            i = text.index("\n", i) if "\n" in text[i:] else len(text)
+            continue
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unterminated array")
+
+
+def add_sentences(text: str, pole: str, language: str, sentences: list[str],
+                  source: str = "<prompt>") -> str:
+    """A prompt file's text with `sentences` appended to `[pole] language = [...]` (the
+    list is created when the language is new), after the canonical sentence and any
+    paraphrases already there. Comments and every other line stay byte for byte, so a
+    review of the change is a plain diff. Raises PromptError for a text that is not a
+    prompt file, or a rewrite that would not read back as these sentences."""
+    if pole not in POLES:
+        raise ValueError(f"pole must be one of {POLES}, not {pole!r}")
+    # The name only has to be valid: a file's name does not change what it says.
+    before = getattr(parse_prompt_file(text, "prompt", source), pole).sentences.get(language, [])
+    wanted = before + [s.strip() for s in sentences]
+    if wanted == before:
+        return text
+    header = re.search(rf"^\s*\[\s*{pole}\s*\]\s*(#.*)?$", text, re.M)
+    if header is None:  # parsed, yet no plain header: a dotted or inline table
+        raise PromptError(f"[{pole}] is not written as a table header; cannot add sentences", source)
+    next_header = re.search(r"^\s*\[", text[header.end():], re.M)
+    end = header.end() + next_header.start() if next_header else len(text)
+    key = re.search(rf"^[ \t]*{re.escape(language)}[ \t]*=[ \t]*\[", text[header.end():end], re.M)
+    quoted = [json.dumps(s, ensure_ascii=False) for s in wanted]
+    array = "[\n" + "".join(f"    {q},\n" for q in quoted) + "]" if len(quoted) > 1 else f"[{quoted[0]}]"
+    if key is None:
+        insert_at = header.end() + len(text[header.end():end].rstrip())
+        new = text[:insert_at] + f"\n{language} = {array}" + text[insert_at:]
+    else:
+        open_at = header.end() + key.end() - 1
+        new = text[:open_at] + array + text[_array_end(text, open_at):]
+    if getattr(parse_prompt_file(new, "prompt", source), pole).sentences.get(language) != wanted:
+        raise PromptError(f"adding sentences to [{pole}] {language} did not read back as written", source)
+    return new

@@ -5,6 +5,10 @@ A client sends one JSON text message `{"type": "start", "station": ..., "role": 
 Each bad message gets an `error` reply and the session goes on; frames beyond the
 size limit or ahead of the allowed pace are refused one by one. On close the
 station's segmenter is flushed, so the last utterance is not lost.
+
+Free of I/O: the host reads messages, passes them in, sends the replies back and the
+finished utterances on to the encoder. `on_binary` touches only its own session, so a
+host may run it off its event loop.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from emoclap.record import ROLES, Utterance
+from emoclap.station import StationStream
+
 RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-ROLES = ("customer", "staff", "auto")
 STATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
@@ -41,15 +47,15 @@ def error(reason: str, message: str) -> dict:
 
 
 class IngestSession:
-    """`open_station(name, role, rate)` returns a pipe with `feed(int16)` and `finish()`;
-    it raises `IngestRefused` for a station already in use."""
+    """`open_station(name, role, rate)` returns the station's `StationStream`, or raises
+    `IngestRefused` (a station already in use, a server shutting down)."""
 
-    def __init__(self, limits: IngestLimits, open_station: Callable,
+    def __init__(self, limits: IngestLimits, open_station: Callable[[str, str, int], StationStream],
                  clock: Callable[[], float] = time.monotonic):
         self.limits = limits
         self.open_station = open_station
         self.clock = clock
-        self.pipe = None
+        self.stream: StationStream | None = None
         self.station: str | None = None
         self.rate = 16000
         self.started_at = 0.0
@@ -67,7 +73,7 @@ class IngestSession:
             return self._fail("bad_json", f"not JSON: {exc}")
         if not isinstance(msg, dict) or msg.get("type") != "start":
             return self._fail("bad_message", "expected {\"type\": \"start\", ...}")
-        if self.pipe is not None:
+        if self.stream is not None:
             return self._fail("already_started", f"station {self.station} already started")
         station, role = msg.get("station"), msg.get("role", "auto")
         rate = msg.get("sample_rate", 16000)
@@ -78,30 +84,30 @@ class IngestSession:
         if rate not in RATES or isinstance(rate, bool):
             return self._fail("bad_start", f"sample_rate: expected one of {RATES}")
         try:
-            self.pipe = self.open_station(station, role, rate)
+            self.stream = self.open_station(station, role, rate)
         except IngestRefused as exc:
             return self._fail(exc.reason, str(exc))
         self.station, self.rate = station, rate
         self.started_at = self.clock()
         return [{"type": "started", "station": station, "role": role, "sample_rate": rate}]
 
-    def on_binary(self, data: bytes) -> list[dict]:
-        if self.pipe is None:
-            return self._fail("not_started", "send a start message before audio")
+    def on_binary(self, data: bytes) -> tuple[list[dict], list[Utterance]]:
+        """(replies, utterances the frame finished)."""
+        if self.stream is None:
+            return self._fail("not_started", "send a start message before audio"), []
         if len(data) > self.limits.max_frame_bytes:
             return self._fail("frame_too_large", f"frame of {len(data)} bytes; the limit is "
-                              f"{self.limits.max_frame_bytes}")
+                              f"{self.limits.max_frame_bytes}"), []
         if not data or len(data) % 2:
-            return self._fail("bad_frame", f"frame of {len(data)} bytes is not whole 16-bit samples")
+            return self._fail("bad_frame", f"frame of {len(data)} bytes is not whole 16-bit samples"), []
         seconds = len(data) / 2 / self.rate
         allowed = self.limits.burst_s + self.limits.max_rate * (self.clock() - self.started_at)
         if self.audio_s + seconds > allowed:
             return self._fail("rate_limited", f"audio is arriving faster than "
-                              f"{self.limits.max_rate}x real time; frame dropped")
+                              f"{self.limits.max_rate}x real time; frame dropped"), []
         self.audio_s += seconds
-        self.pipe.feed(np.frombuffer(data, "<i2"))
-        return []
+        return [], self.stream.feed(np.frombuffer(data, "<i2"))
 
-    def close(self) -> None:
-        if self.pipe is not None:
-            self.pipe.finish()
+    def close(self) -> list[Utterance]:
+        """End of the session: the utterance in progress, flushed."""
+        return self.stream.finish() if self.stream is not None else []

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from emoclap.audio import SAMPLE_RATE, to_float
+
 VAD_RATES = (8000, 16000, 32000, 48000)
 
 
 @dataclass
 class SegmenterOptions:
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     frame_ms: int = 30           # webrtcvad reads 10, 20 or 30 ms frames
     aggressiveness: int = 2      # 0 (keeps most) .. 3 (drops most non-speech)
     pre_padding_ms: int = 200    # audio kept before the detected onset
@@ -48,13 +50,6 @@ class Segment:
         return self.end - self.start
 
 
-def _to_float(samples: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        return samples.astype(np.float32) / 32768.0
-    return samples.astype(np.float32, copy=False)
-
-
 class Segmenter:
     """Feeds frames to webrtcvad and cuts utterances; one instance per station."""
 
@@ -85,7 +80,7 @@ class Segmenter:
 
     def push(self, samples: np.ndarray) -> list[Segment]:
         """Feed samples (float32 in [-1, 1] or int16, any length); returns finished utterances."""
-        audio = _to_float(samples).reshape(-1)
+        audio = to_float(samples).reshape(-1)
         if self._pending.size:
             audio = np.concatenate([self._pending, audio])
         whole = audio.size // self._frame * self._frame
@@ -112,7 +107,6 @@ class Segmenter:
     def _step(self, frame: np.ndarray) -> Segment | None:
         pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         voiced = self._vad.is_speech(pcm, self.options.sample_rate)
-        index = self._index
         self._index += 1
         if self._active is None:
             self._history.append(frame)

@@ -1,0 +1,110 @@
+"""The utterance record: what the segmenter cut, then its embedding, then its scores.
+
+One typed record travels from a station's stream through the encoder to the scorer;
+the published `utterance` event, the history row and the CSV row are all made from it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROLES = ("customer", "staff", "auto")  # auto: role unknown, every emotion scored
+
+
+@dataclass
+class Utterance:
+    station: str
+    role: str
+    seq: int          # per station, from 1, in the order the segmenter emitted them
+    start: float      # seconds since the station's stream began, padding included
+    end: float
+    t0: float         # wall-clock time (Unix s) of stream position 0
+    emitted: float    # wall-clock time the segmenter emitted it
+    audio: np.ndarray | None = None      # 16 kHz mono float32
+    embedding: np.ndarray | None = None  # unit vector from the audio encoder
+    encoded: float | None = None         # wall-clock time the encoder finished it
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def time(self) -> float:
+        """Wall-clock time of its end."""
+        return self.t0 + self.end
+
+    @property
+    def scoring_role(self) -> str | None:
+        """The role emotions are filtered by; None scores every emotion."""
+        return None if self.role == "auto" else self.role
+
+
+HEADER_FIELDS = {"station": str, "role": str, "seq": int, "start": float, "end": float,
+                 "t0": float, "emitted": float}
+
+
+def header(utt: Utterance) -> dict:
+    out = {"station": utt.station, "role": utt.role, "seq": utt.seq, "start": round(utt.start, 4),
+           "end": round(utt.end, 4), "t0": utt.t0, "emitted": utt.emitted}
+    if utt.encoded is not None:
+        out["encoded"] = utt.encoded
+    return out
+
+
+def from_header(fields: dict) -> Utterance:
+    """An utterance from a header; ValueError names the first bad field."""
+    values = {}
+    for key, kind in HEADER_FIELDS.items():
+        value = fields.get(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"field {key!r}: expected {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"field {key!r}: not a finite number")
+        values[key] = value
+    if values["role"] not in ROLES:
+        raise ValueError(f"field 'role': expected one of {', '.join(ROLES)}, got {values['role']!r}")
+    if not values["station"]:
+        raise ValueError("field 'station': empty")
+    if values["end"] < values["start"]:
+        raise ValueError("field 'end': before 'start'")
+    encoded = fields.get("encoded")
+    if encoded is not None and not (isinstance(encoded, (int, float)) and math.isfinite(encoded)):
+        raise ValueError("field 'encoded': not a finite number")
+    return Utterance(**values, encoded=None if encoded is None else float(encoded))
+
+
+@dataclass
+class Scored:
+    """An utterance with its scores and its station's rolling scores after it."""
+    utterance: Utterance
+    scores: dict[str, float]
+    rolling: dict[str, dict[str, float]] = field(default_factory=dict)  # emotion → score/count/updated
+
+    def event(self) -> dict:
+        """The `utterance` message published on /ws and committed to the history."""
+        u = self.utterance
+        return {"type": "utterance", "station": u.station, "role": u.role, "seq": u.seq,
+                "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
+                "time": round(u.time, 3), "scores": {k: round(v, 4) for k, v in self.scores.items()},
+                "rolling": rounded(self.rolling)}
+
+
+def rounded(per_emotion: dict) -> dict:
+    return {k: {"score": round(v["score"], 4), "count": v["count"], "updated": round(v["updated"], 3)}
+            for k, v in per_emotion.items()}
+
+
+def csv_header(lead: list[str], emotions: list[str]) -> list[str]:
+    return [*lead, "start", "end", "duration", *emotions]
+
+
+def csv_row(lead: list, event: dict, emotions: list[str]) -> list:
+    """One CSV row of an event: the lead columns, times, one score column per emotion
+    (empty where the emotion does not apply to the role)."""
+    scores = event.get("scores", {})
+    return [*lead, event["start"], event["end"], event["duration"],
+            *("" if scores.get(k) is None else f"{scores[k]:.4f}" for k in emotions)]

@@ -1,0 +1,75 @@
+"""One station's stream: raw chunks at the input rate → numbered utterances.
+
+Everything per station lives here (resampler, segmenter, stream clock, sequence
+numbers), so two stations' voice activity never mixes even when one sound card, one
+file or one server feeds both. Pure computation: whoever owns the stream sends the
+utterances it returns.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import soxr
+
+from emoclap.audio import SAMPLE_RATE, to_float
+from emoclap.record import Utterance
+from emoclap.segmenter import Segmenter, SegmenterOptions
+
+
+class StationStream:
+    def __init__(self, name: str, role: str, options: SegmenterOptions,
+                 input_rate: int = SAMPLE_RATE, clock: Callable[[], float] = time.time):
+        if options.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"the segmenter must run at {SAMPLE_RATE} Hz")
+        self.name, self.role = name, role
+        self.options = options
+        self.input_rate = input_rate
+        self.clock = clock
+        self.seq = 0
+        self.segmenter: Segmenter | None = None
+        self._unreported_short = 0  # from segmenters replaced by a restart
+        self._restart()
+
+    def _restart(self) -> None:
+        if self.segmenter is not None:
+            self._unreported_short += self.segmenter.dropped_short - self._reported_short
+        self.segmenter = Segmenter(self.name, self.options)
+        self._reported_short = 0
+        self.t0 = self.clock()  # wall-clock time of stream position 0
+        self._resampler = (None if self.input_rate == SAMPLE_RATE else
+                           soxr.ResampleStream(self.input_rate, SAMPLE_RATE, 1, dtype="float32"))
+
+    def feed(self, samples: np.ndarray, last: bool = False) -> list[Utterance]:
+        """A chunk (float32 or int16 at the input rate) → the utterances it finished."""
+        samples = to_float(samples).reshape(-1)
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        segments = self.segmenter.push(samples)
+        if last:
+            segments += self.segmenter.flush()
+        now = self.clock()
+        out = []
+        for seg in segments:
+            self.seq += 1
+            out.append(Utterance(self.name, self.role, self.seq, seg.start, seg.end, self.t0, now,
+                                 audio=seg.audio))
+        return out
+
+    def finish(self) -> list[Utterance]:
+        """End of stream: the utterance in progress is cut and returned, not lost."""
+        return self.feed(np.zeros(0, np.float32), last=True)
+
+    def restart(self) -> list[Utterance]:
+        """After a gap (a device came back): finish, then start a new stream clock."""
+        out = self.finish()
+        self._restart()
+        return out
+
+    def take_too_short(self) -> int:
+        """Voiced spans dropped as too short since the last call."""
+        now = self.segmenter.dropped_short
+        n = now - self._reported_short + self._unreported_short
+        self._reported_short, self._unreported_short = now, 0
+        return n

@@ -1,0 +1,102 @@
+"""The framed messages that travel between stages (over ZeroMQ).
+
+A message is two frames: a UTF-8 JSON header and a raw little-endian float32 payload.
+The header carries `v` (format version) and `kind`:
+
+- `segment`   capture/ingest → encode: the utterance's header fields
+              (`record.HEADER_FIELDS`); payload: its 16 kHz audio
+- `embedding` encode → score: the segment header plus `dim` and `encoded`; payload: the
+              embedding (`dim` values), followed by the audio when it is to be stored
+- `status`    any stage → downstream: station states, drop counts by reason since the
+              last status that got through, encoder batch observations; no payload
+- `eos`       end of stream: the sender has drained everything it accepted
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emoclap.record import Utterance, from_header, header
+
+VERSION = 1
+KINDS = ("segment", "embedding", "status", "eos")
+
+
+class WireError(ValueError):
+    """A message that does not follow the format; the stage counts and skips it."""
+
+
+@dataclass
+class Message:
+    kind: str
+    header: dict = field(default_factory=dict)
+    utterance: Utterance | None = None  # segment and embedding messages
+
+    def get(self, key, default=None):
+        return self.header.get(key, default)
+
+
+def _frames(kind: str, fields: dict, payload: np.ndarray | None = None) -> list[bytes]:
+    head = dict(fields, v=VERSION, kind=kind)
+    data = b"" if payload is None else np.ascontiguousarray(payload, dtype="<f4").tobytes()
+    return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), data]
+
+
+def segment(utt: Utterance) -> list[bytes]:
+    audio = utt.audio if utt.audio is not None else np.zeros(0, np.float32)
+    return _frames("segment", header(utt), audio)
+
+
+def embedding(utt: Utterance, with_audio: bool = False) -> list[bytes]:
+    emb = np.asarray(utt.embedding, np.float32).reshape(-1)
+    payload = emb
+    if with_audio and utt.audio is not None:
+        payload = np.concatenate([emb, np.asarray(utt.audio, np.float32).reshape(-1)])
+    return _frames("embedding", dict(header(utt), dim=int(emb.size)), payload)
+
+
+def status(fields: dict) -> list[bytes]:
+    return _frames("status", fields)
+
+
+def eos() -> list[bytes]:
+    return _frames("eos", {})
+
+
+def decode(frames: list[bytes]) -> Message:
+    if len(frames) != 2:
+        raise WireError(f"expected 2 frames, got {len(frames)}")
+    try:
+        head = json.loads(frames[0])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"bad header: {exc}") from None
+    if not isinstance(head, dict) or head.get("v") != VERSION:
+        raise WireError(f"unsupported header version {head.get('v') if isinstance(head, dict) else head!r}")
+    kind = head.pop("kind", None)
+    head.pop("v")
+    if kind not in KINDS:
+        raise WireError(f"unknown kind {kind!r}")
+    if len(frames[1]) % 4:
+        raise WireError("payload is not whole float32 values")
+    payload = np.frombuffer(frames[1], dtype="<f4")
+    if kind in ("status", "eos"):
+        if payload.size:
+            raise WireError(f"a {kind} message has no payload")
+        return Message(kind, head)
+    try:
+        utt = from_header(head)
+    except ValueError as exc:
+        raise WireError(f"{kind}: {exc}") from None
+    if not np.isfinite(payload).all():
+        raise WireError(f"{kind}: payload has non-finite values")
+    if kind == "segment":
+        utt.audio = payload
+    else:
+        dim = head.get("dim")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= payload.size:
+            raise WireError(f"embedding: field 'dim' is {dim!r} for a payload of {payload.size} values")
+        utt.embedding = payload[:dim]
+        utt.audio = payload[dim:] if payload.size > dim else None
+    return Message(kind, head, utt)

@@ -1,0 +1,62 @@
+"""The /ingest protocol without sockets: sessions against hostile input, pacing."""
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emoclap.ingest import IngestLimits, IngestSession
+
+
+class Stream:
+    def __init__(self):
+        self.samples = 0
+
+    def feed(self, pcm):
+        self.samples += pcm.size
+        return []
+
+    def finish(self):
+        return []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=80), st.binary(max_size=400),
+                          st.fixed_dictionaries({"type": st.just("start")},
+                                                optional={"station": st.text(max_size=70),
+                                                          "role": st.text(max_size=10),
+                                                          "sample_rate": st.integers() | st.floats()
+                                                          | st.booleans()}).map(json.dumps)),
+                max_size=12))
+def test_ingest_session_answers_every_message(messages):
+    """Whatever a client sends, each message gets replies that are valid protocol
+    messages, and only whole 16-bit frames after a valid start reach the stream."""
+    stream = Stream()
+    session = IngestSession(IngestLimits(max_frame_bytes=256), lambda *a: stream, clock=lambda: 0.0)
+    fed = 0
+    for message in messages:
+        if isinstance(message, str):
+            replies = session.on_text(message)
+        else:
+            replies, utterances = session.on_binary(message)
+            assert utterances == []
+            if not replies:
+                fed += len(message) // 2
+                assert session.stream is not None and 0 < len(message) <= 256 and len(message) % 2 == 0
+        for reply in replies:
+            assert reply["type"] in ("started", "error")
+            json.dumps(reply, allow_nan=False)
+    assert stream.samples == fed
+
+
+def test_pacing_limit_refuses_frames_ahead_of_real_time():
+    now = [0.0]
+    stream = Stream()
+    session = IngestSession(IngestLimits(max_frame_bytes=32000, max_rate=1.0, burst_s=1.0),
+                            lambda *a: stream, clock=lambda: now[0])
+    assert session.on_text(json.dumps({"type": "start", "station": "k"}))[0]["type"] == "started"
+    second = b"\x00\x00" * 16000
+    assert session.on_binary(second) == ([], [])  # within the burst
+    assert session.on_binary(second)[0][0]["reason"] == "rate_limited"
+    now[0] = 1.0
+    assert session.on_binary(second) == ([], [])  # a second later there is room again
+    assert stream.samples == 32000

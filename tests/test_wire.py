@@ -1,0 +1,72 @@
+"""Stage messages (ZeroMQ frames) against hostile input, socket-free."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emoclap import wire
+from emoclap.record import Utterance
+
+
+def utterance(**kw):
+    fields = dict(station="s", role="customer", seq=3, start=1.0, end=2.5, t0=1000.0, emitted=1003.0)
+    fields.update(kw)
+    return Utterance(**fields)
+
+
+def test_segment_and_embedding_round_trip():
+    audio = np.linspace(-1, 1, 480, dtype=np.float32)
+    msg = wire.decode(wire.segment(utterance(audio=audio)))
+    assert msg.kind == "segment" and (msg.utterance.station, msg.utterance.seq) == ("s", 3)
+    np.testing.assert_array_equal(msg.utterance.audio, audio)
+    emb = (np.ones(8) / np.sqrt(8)).astype(np.float32)
+    for with_audio in (False, True):
+        got = wire.decode(wire.embedding(utterance(audio=audio, embedding=emb, encoded=1004.0),
+                                         with_audio)).utterance
+        np.testing.assert_array_equal(got.embedding, emb)
+        assert got.encoded == 1004.0 and got.time == 1002.5
+        if with_audio:
+            np.testing.assert_array_equal(got.audio, audio)
+        else:
+            assert got.audio is None
+    status = wire.decode(wire.status({"states": {"s": "online"}}))
+    assert status.kind == "status" and status.get("states") == {"s": "online"}
+
+
+def test_refusals_name_the_problem():
+    good = wire.segment(utterance(audio=np.zeros(16, np.float32)))
+    head = json.loads(good[0])
+    for bad, why in [([good[0]], "expected 2 frames"), ([b"{", b""], "bad header"),
+                     ([b'{"v": 9, "kind": "segment"}', b""], "unsupported header version"),
+                     ([b'{"v": 1, "kind": "noise"}', b""], "unknown kind"),
+                     ([good[0], b"\x00\x00\x00"], "whole float32"),
+                     ([json.dumps(dict(head, role="custmer")).encode(), b""], "role"),
+                     ([json.dumps(dict(head, end=0.5)).encode(), b""], "before 'start'"),
+                     ([json.dumps(dict(head, seq="3")).encode(), b""], "'seq'"),
+                     ([good[0].replace(b'"t0":1000.0', b'"t0":1e999'), b""], "'t0'"),
+                     ([good[0], np.array([np.nan], "<f4").tobytes()], "non-finite"),
+                     ([json.dumps(dict(head, kind="embedding", dim=99)).encode(), good[1]], "'dim'"),
+                     ([b'{"v": 1, "kind": "status"}', b"\x00" * 4], "no payload")]:
+        with pytest.raises(wire.WireError, match=why):
+            wire.decode(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=3),
+       st.dictionaries(st.sampled_from(["v", "kind", "station", "role", "seq", "start", "end", "t0",
+                                        "emitted", "dim"]),
+                       st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)),
+       st.binary(max_size=64))
+def test_any_frames_decode_or_raise_wire_error(frames, header, payload):
+    for candidate in (frames, [json.dumps(header).encode(), payload],
+                      [json.dumps(dict(header, v=1)).encode(), payload]):
+        try:
+            msg = wire.decode(candidate)
+        except wire.WireError:
+            continue
+        assert msg.kind in wire.KINDS
+        if msg.utterance is not None:
+            u = msg.utterance
+            assert u.end >= u.start and np.isfinite([u.start, u.end, u.t0]).all()
