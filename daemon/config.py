@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -21,6 +23,7 @@ SOURCES = ("replay", "device")
 PROVIDERS = ("auto", "cpu", "cuda")
 ENDPOINT_SCHEMES = ("inproc://", "ipc://", "tcp://")
 TOKEN_ENV = "EMOCLAP_TOKEN"
+TOKEN_RE = re.compile(r"[!-~]{1,256}")
 
 
 class ConfigError(ValueError):
@@ -54,6 +57,8 @@ class ServerConfig:
     ingest_max_frame_bytes: int = 32000  # one binary frame: 1 s of 16 kHz s16le
     ingest_max_rate: float = 1.5  # audio seconds per wall-clock second, sustained
     ingest_burst_s: float = 5.0  # audio seconds a client may send ahead of real time
+    ingest_start_timeout_s: float = 10.0  # a connection must send `start` within this
+    ended_station_ttl_s: float = 300.0  # ended ingest/remote stations leave snapshots and metrics
 
 
 @dataclass
@@ -149,7 +154,9 @@ def _convert(value, tp, key: str):
             raise ConfigError(f"{key}: expected a table")
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_describe(tp)}")
     return value
@@ -203,10 +210,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.port: expected 0 to 65535")
     _check_positive(srv, "server", ("max_clients", "max_message_bytes", "client_queue",
                                     "ingest_max_sessions", "ingest_max_frame_bytes",
-                                    "ingest_max_rate", "ingest_burst_s"))
+                                    "ingest_max_rate", "ingest_burst_s", "ingest_start_timeout_s",
+                                    "ended_station_ttl_s"))
     if srv.ingest_max_frame_bytes > srv.max_message_bytes:
         raise ConfigError("server.ingest_max_frame_bytes: must not exceed server.max_message_bytes")
-    srv.token = os.environ.get(TOKEN_ENV, srv.token)
+    # An empty variable (a unit's `Environment=EMOCLAP_TOKEN=`) must not erase the file's token.
+    srv.token = os.environ.get(TOKEN_ENV) or srv.token
+    if srv.token and not TOKEN_RE.fullmatch(srv.token):
+        where = TOKEN_ENV if os.environ.get(TOKEN_ENV) else "server.token"
+        raise ConfigError(f"{where}: a token is up to 256 printable ASCII characters without spaces "
+                          "(clients send it in an HTTP header)")
     if not is_loopback(srv.host) and not srv.token:
         raise ConfigError(f"server.token: required when server.host ({srv.host}) is not a "
                           f"loopback address (or set {TOKEN_ENV})")

@@ -122,6 +122,9 @@ class Sender:
             self.dropped.clear()
             self.overflows.clear()
             self.observations.clear()
+            # An ended station has been reported; keeping it would grow without bound.
+            for station in [s for s, state in self.state.items() if state == "ended"]:
+                del self.state[station]
 
     def close(self, eos: bool = False) -> None:
         """Report the last counts (and end-of-stream), waiting at most the linger time."""

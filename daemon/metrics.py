@@ -41,10 +41,38 @@ class Metrics:
                                       "Clients closed for not keeping up", registry=r)
         self.ingest_errors = Counter("emoclap_ingest_errors", "Rejected /ingest messages",
                                      ["reason"], registry=r)
+        self.rejected = Counter("emoclap_rejected_connections",
+                                "Connections or requests refused at admission, by reason",
+                                ["reason"], registry=r)
+        self.history_failures = Counter("emoclap_history_write_failures",
+                                        "Utterances that could not be written to the history", registry=r)
+        self.prompt_errors = Gauge("emoclap_prompt_file_errors",
+                                   "Prompt files not in use as written (refused or failing)", registry=r)
+        self.upstream_age = Gauge("emoclap_upstream_silence_seconds",
+                                  "Seconds since the encode stage last reported", registry=r)
 
     def set_state(self, station: str, state: str) -> None:
         for s in STATES:
             self.station_state.labels(station, s).set(1 if s == state else 0)
+
+    def forget_station(self, station: str) -> None:
+        """An expired station leaves every per-station series."""
+        for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,))):
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+        for s in STATES:
+            try:
+                self.station_state.remove(station, s)
+            except KeyError:
+                pass
+        for metric in self.dropped.collect():
+            for reason in {x.labels["reason"] for x in metric.samples if x.labels.get("station") == station}:
+                try:
+                    self.dropped.remove(station, reason)
+                except KeyError:
+                    pass
 
     def record_status(self, status: dict) -> None:
         for station, state in status.get("states", {}).items():

@@ -48,6 +48,35 @@ class _JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}"
 
 
+class RepeatFilter(logging.Filter):
+    """Lets a message through once per `window_s` per (logger, template); the next one
+    after a quiet spell says how many were held back. A failing disk or a hostile client
+    then costs a line a minute, not a line per utterance or frame."""
+
+    def __init__(self, window_s: float = 60.0, clock=None, max_keys: int = 1024):
+        super().__init__()
+        import time
+
+        self.window_s = window_s
+        self.clock = clock or time.monotonic
+        self.max_keys = max_keys
+        self._seen: dict[tuple, list] = {}  # key -> [last shown, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.msg)
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} (and {seen[1]} more like it in the last {now - seen[0]:.0f} s)"
+        if len(self._seen) >= self.max_keys and key not in self._seen:
+            self._seen.clear()  # bounded: many distinct messages are not a flood of one
+        self._seen[key] = [now, 0]
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Plain lines on stderr; priority-prefixed, without timestamps, under journald."""
     handler = logging.StreamHandler(sys.stderr)
@@ -55,6 +84,7 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -5,13 +5,13 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from emoclap.prompts import Emotion, PromptError, emotion_name, parse_prompt_paths, prompt_files
+from emoclap.prompts import MAX_FILES, Emotion, PromptError, emotion_name, parse_prompt_paths, prompt_files
 from emoclap.zeroshot import BankVectors, bank_vectors, emotion_poles
 
 log = logging.getLogger("emoclapd.prompts")
@@ -67,9 +67,20 @@ class PromptBankOptions:
     cache: str | None = None  # SQLite file; None keeps embeddings in memory only
 
 
+class PromptBankStopped(Exception):
+    """Embedding was cut short because the bank is stopping."""
+
+
 class PromptBank:
     """Current emotions and their pole vectors; `.vectors` is an immutable snapshot, safe
-    to read from any thread while a reload swaps in a new one."""
+    to read from any thread while a reload swaps in a new one.
+
+    A reload parses and embeds each changed file outside the state lock and then applies
+    it in one short step, so a large file never holds up another file's edit or a reader,
+    and a file is either in use as written or reported with its error, never half-applied.
+    """
+
+    EMBED_BATCH = 32  # sentences per encoder call; `stop()` takes effect between calls
 
     def __init__(self, folder: str | Path, text_encoder, options: PromptBankOptions | None = None):
         self.folder = Path(folder)
@@ -77,16 +88,18 @@ class PromptBank:
         self.bundle = text_encoder.bundle
         self.options = options or PromptBankOptions()
         self.cache = EmbeddingCache(self.options.cache)
-        self._stamps: dict[str, tuple] = {}  # every file seen, used or refused
+        self._stamps: dict[str, tuple] = {}  # every file applied, used or refused
+        self._busy: set[str] = set()  # files being parsed and embedded right now
         self._owner: dict[str, str] = {}  # emotion name -> the file it came from
         self._emotions: dict[str, Emotion] = {}
         self._pole_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._errors: dict[str, PromptError] = {}
         self._vectors = BankVectors.empty(self.bundle.embedding_dim)
         self._subscribers: list[Callable[[PromptUpdate], None]] = []
-        self._reload_lock = threading.Lock()
+        self._lock = threading.Lock()  # the state above; held for bookkeeping only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._folder_missing = False
         self.last_latency_s = 0.0
         if not self.folder.is_dir():
             raise PromptError("prompt folder does not exist", str(self.folder))
@@ -105,9 +118,9 @@ class PromptBank:
         return {path: str(err) for path, err in self._errors.items()}
 
     def subscribe(self, callback: Callable[[PromptUpdate], None]) -> Callable[[], None]:
-        """Call `callback(update)` after every reload that changed something; returns an
-        unsubscribe. Callbacks run on the watcher thread: an asyncio server should hand
-        the update to its loop with `loop.call_soon_threadsafe`."""
+        """Call `callback(update)` after every reload step that changed something; returns
+        an unsubscribe. Callbacks run on the reloading thread: an asyncio server should
+        hand the update to its loop with `loop.call_soon_threadsafe`."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
@@ -127,84 +140,135 @@ class PromptBank:
     def _embed_cached(self, texts: list[str]) -> np.ndarray:
         known = self.cache.get(self.bundle.hash, texts)
         missing = sorted({t for t in texts if t not in known})
-        if missing:
-            fresh = dict(zip(missing, self.encoder.embed(missing)))
+        for start in range(0, len(missing), self.EMBED_BATCH):
+            if self._stop.is_set():
+                raise PromptBankStopped()
+            batch = missing[start:start + self.EMBED_BATCH]
+            fresh = dict(zip(batch, self.encoder.embed(batch)))
             self.cache.put(self.bundle.hash, fresh)
             known.update(fresh)
         return np.stack([known[t] for t in texts])
 
     def reload(self) -> PromptUpdate | None:
-        """Re-read files whose stamp changed; returns the update when anything changed."""
-        with self._reload_lock:
-            update = self._reload()
-        if update is not None:
-            for callback in list(self._subscribers):
-                try:
-                    callback(update)
-                except Exception:  # a subscriber's bug must not stop reloading
-                    log.exception("prompt subscriber failed")
-        return update
-
-    def _reload(self) -> PromptUpdate | None:
+        """Re-read files whose stamp changed; subscribers hear of each file as it is
+        applied. Returns what changed in all (None: nothing)."""
         started = time.monotonic()
         if not self.folder.is_dir():
             # A folder that vanished (unmounted, being replaced) is not "every file deleted".
-            log.warning("%s: prompt folder is missing; keeping %d emotions", self.folder, len(self._emotions))
+            if not self._folder_missing:
+                log.warning("%s: prompt folder is missing; keeping %d emotions", self.folder,
+                            len(self._emotions))
+            self._folder_missing = True
             return None
+        if self._folder_missing:
+            log.info("%s: prompt folder is back", self.folder)
+        self._folder_missing = False
         stamps = self._scan()
-        todo = {p for p, s in stamps.items() if self._stamps.get(p) != s}
-        gone = [p for p in self._stamps if p not in stamps]
-        if not todo and not gone:
+        order = {path: i for i, path in enumerate(stamps)}
+        updates = []
+        with self._lock:
+            gone = [p for p in self._stamps if p not in stamps]
+        if gone:
+            updates.append(self._apply_removals(gone, stamps, started))
+        with self._lock:
+            todo = sorted(p for p, st in stamps.items()
+                          if self._stamps.get(p) != st and p not in self._busy)
+            self._busy.update(todo)
+        # Smaller files first: a large file does not delay the others.
+        for path in sorted(todo, key=lambda p: stamps[p][1]):
+            try:
+                emotion, poles, err = self._prepare(path, order[path])
+            except PromptBankStopped:
+                with self._lock:
+                    self._busy.discard(path)
+                break
+            updates.append(self._apply(path, stamps[path], emotion, poles, err, started))
+        with self._lock:
+            self._busy.difference_update(todo)
+        updates = [u for u in updates if u is not None]
+        for update in updates:
+            self._notify(update)
+        if not updates:
             return None
-        emotions, poles = dict(self._emotions), dict(self._pole_vectors)
-        owner, errors = dict(self._owner), dict(self._errors)
-        before = {p: str(e) for p, e in errors.items()}
-        added, removed, changed = [], [], []
-        for path in gone:
-            del self._stamps[path]
-            errors.pop(path, None)
-            name = emotion_name(path)
-            if owner.get(name) == path:
-                del owner[name], emotions[name], poles[name]
-                removed.append(name)
-                # A file refused as a duplicate of this one may now be used.
-                todo |= {p for p in errors if emotion_name(p) == name and p in stamps}
-        for path in sorted(todo):
-            self._stamps[path] = stamps[path]
-            name = emotion_name(path)
-            parsed, errs = parse_prompt_paths([Path(path)], self.bundle.languages)
-            err = errs.get(path)
-            if err is None and owner.get(name, path) != path:
-                err = PromptError(f"duplicate emotion name {name!r} (also {owner[name]})", path)
-            if err is None:
-                try:
-                    vectors = self._embed_poles(parsed[name])
-                except Exception as exc:  # one failing file must not take the bank down
-                    err = PromptError(f"cannot embed sentences: {exc}", path)
+        return replace(updates[-1], added=sum((u.added for u in updates), ()),
+                       removed=sum((u.removed for u in updates), ()),
+                       changed=sum((u.changed for u in updates), ()))
+
+    def _prepare(self, path: str, number: int):
+        """Parse and embed one file (slow, no lock held): (emotion, poles, error)."""
+        name = emotion_name(path)
+        if number >= MAX_FILES:
+            return None, None, PromptError(f"not read: more than {MAX_FILES} prompt files in the folder", path)
+        parsed, errs = parse_prompt_paths([Path(path)], self.bundle.languages)
+        if path in errs:
+            return None, None, errs[path]
+        try:
+            return parsed[name], self._embed_poles(parsed[name]), None
+        except PromptBankStopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failing file must not take the bank down
+            return None, None, PromptError(f"cannot embed sentences: {exc}", path)
+
+    def _apply(self, path, stamp, emotion, poles, err, started) -> PromptUpdate | None:
+        """Put one prepared file in use, or record its error (the last good version of
+        its emotion stays in use)."""
+        name = emotion_name(path)
+        with self._lock:
+            before = self._error_texts()
+            self._stamps[path] = stamp
+            if err is None and self._owner.get(name, path) != path:
+                err = PromptError(f"duplicate emotion name {name!r} (also {self._owner[name]})", path)
+            added, changed = [], []
             if err is not None:
-                errors[path] = err
-                kept = owner.get(name) == path
+                self._errors[path] = err
+                kept = self._owner.get(name) == path
                 log.error("%s%s", err, "; the last good version stays in use" if kept else "")
-                continue
-            errors.pop(path, None)
-            if emotions.get(name) != parsed[name]:  # a file saved unchanged is no news
-                (changed if name in emotions else added).append(name)
-            emotions[name], poles[name], owner[name] = parsed[name], vectors, path
-        self._emotions, self._pole_vectors, self._owner, self._errors = emotions, poles, owner, errors
-        after = {p: str(e) for p, e in errors.items()}
+            else:
+                self._errors.pop(path, None)
+                if self._emotions.get(name) != emotion:  # a file saved unchanged is no news
+                    (changed if name in self._emotions else added).append(name)
+                self._emotions[name], self._pole_vectors[name], self._owner[name] = emotion, poles, path
+            return self._commit(before, added, [], changed, started)
+
+    def _apply_removals(self, gone: list[str], stamps: dict, started) -> PromptUpdate | None:
+        with self._lock:
+            before = self._error_texts()
+            removed = []
+            for path in gone:
+                del self._stamps[path]
+                self._errors.pop(path, None)
+                name = emotion_name(path)
+                if self._owner.get(name) == path:
+                    del self._owner[name], self._emotions[name], self._pole_vectors[name]
+                    removed.append(name)
+                    # A file refused as a duplicate of this one may now be used: read it again.
+                    for other in [p for p in self._errors if emotion_name(p) == name and p in stamps]:
+                        self._stamps.pop(other, None)
+            return self._commit(before, [], removed, [], started)
+
+    def _error_texts(self) -> dict[str, str]:
+        return {p: str(e) for p, e in self._errors.items()}
+
+    def _commit(self, before, added, removed, changed, started) -> PromptUpdate | None:
+        """Called with the lock held: swap in new vectors when anything changed."""
+        after = self._error_texts()
         if not (added or removed or changed) and after == before:
             return None
-        self._vectors = self._build_vectors()
+        self._vectors = bank_vectors([self._emotions[n] for n in sorted(self._emotions)],
+                                     self._pole_vectors, self.bundle.logit_scale, self.bundle.embedding_dim)
         latency = self.last_latency_s = time.monotonic() - started
         if added or removed or changed:
             log.info("prompts: %d emotions (added %s, removed %s, changed %s) in %.0f ms",
-                     len(emotions), added, removed, changed, latency * 1000)
-        return PromptUpdate(dict(emotions), self._vectors, after, tuple(added), tuple(removed),
+                     len(self._emotions), added, removed, changed, latency * 1000)
+        return PromptUpdate(dict(self._emotions), self._vectors, after, tuple(added), tuple(removed),
                             tuple(changed), latency)
 
-    def _build_vectors(self) -> BankVectors:
-        return bank_vectors([self._emotions[n] for n in sorted(self._emotions)], self._pole_vectors,
-                            self.bundle.logit_scale, self.bundle.embedding_dim)
+    def _notify(self, update: PromptUpdate) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(update)
+            except Exception:  # a subscriber's bug must not stop reloading
+                log.exception("prompt subscriber failed")
 
     def start(self) -> "PromptBank":
         """Poll the folder in a background thread until `stop()`."""
@@ -214,10 +278,13 @@ class PromptBank:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop watching; an embedding in progress ends after its current encoder call."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("prompt watcher did not stop within %.0f s", timeout)
             self._thread = None
 
     def _watch(self) -> None:

@@ -41,6 +41,8 @@ class Publisher:
         self.stations: dict[str, dict] = {}
         self.published = 0
         self.eos = asyncio.Event()
+        self.history_error: str | None = None  # the last write failure, until a write succeeds
+        self.last_upstream = time.monotonic()  # when the encode stage last reported
         self._pull: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task] = []
         for s in cfg.stations:
@@ -54,8 +56,25 @@ class Publisher:
 
     def set_state(self, name: str, state: str) -> None:
         entry = self.stations.setdefault(name, {"name": name, "role": "auto", "source": "remote"})
+        if entry.get("state") != state:
+            entry["since"] = time.monotonic()
         entry["state"] = state
         self.metrics.set_state(name, state)
+
+    def expire_stations(self) -> list[str]:
+        """Stations that clients brought (ingest, remote) and that ended long enough ago
+        leave the table, the rolling scores and the metrics: names are not a resource a
+        client can grow without bound."""
+        ttl = self.cfg.server.ended_station_ttl_s
+        now = time.monotonic()
+        gone = [n for n, s in self.stations.items()
+                if s["state"] == "ended" and s["source"] in ("ingest", "remote")
+                and now - s.get("since", now) >= ttl and self.cfg.station(n) is None]
+        for name in gone:
+            del self.stations[name]
+            self.scorer.rolling.pop(name, None)
+            self.metrics.forget_station(name)
+        return gone
 
     # ---- life cycle
     def start(self) -> None:
@@ -99,10 +118,15 @@ class Publisher:
             log.warning("serve: skipped a malformed message: %s", exc)
             self.metrics.dropped.labels("?", "bad_message").inc()
             return None
+        self.last_upstream = time.monotonic()
         if msg.kind == "status":
-            for name, state in msg.get("states", {}).items():
-                self.set_state(name, state)
-            self.metrics.record_status(msg.header)
+            try:
+                self.metrics.record_status(msg.header)
+                for name, state in msg.get("states", {}).items():
+                    self.set_state(name, state)
+            except (AttributeError, TypeError, ValueError) as exc:
+                log.warning("serve: skipped a malformed status message: %s", exc)
+                self.metrics.dropped.labels("?", "bad_message").inc()
             return None
         if msg.kind == "eos":
             self.eos.set()
@@ -126,8 +150,11 @@ class Publisher:
             rows = [(e, s.utterance.audio) for e, s in zip(events, scored)]
             try:
                 await asyncio.to_thread(self.history.write_many, rows)
+                self.history_error = None
             except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
                 log.error("history: cannot write %d utterances: %s", len(rows), exc)
+                self.history_error = str(exc)
+                self.metrics.history_failures.inc(len(rows))
         return events
 
     def _observe_latency(self, scored: list[Scored]) -> None:
@@ -136,8 +163,11 @@ class Publisher:
             self.metrics.event_latency.observe(max(0.0, now - s.utterance.emitted))
 
     # ---- messages to clients
+    def station_list(self) -> list[dict]:
+        return [{k: s[k] for k in ("name", "role", "source", "state")} for s in self.stations.values()]
+
     def hello(self) -> dict:
-        return scorestream.hello(self.bank.emotions.values(), [dict(s) for s in self.stations.values()])
+        return scorestream.hello(self.bank.emotions.values(), self.station_list(), self.bank.errors)
 
     def rolling_message(self, stations: set[str] | None = None) -> dict:
         return scorestream.rolling(time.time(), self.scorer.snapshots(),
@@ -146,7 +176,22 @@ class Publisher:
     def prompts_changed(self) -> None:
         """Called on the loop when the prompt bank changed."""
         self.scorer.keep_only(set(self.bank.emotions))
-        self.hub.broadcast(scorestream.prompts(self.bank.emotions.values()))
+        self.metrics.prompt_errors.set(len(self.bank.errors))
+        self.hub.broadcast(scorestream.prompts(self.bank.emotions.values(), self.bank.errors))
+
+    def problems(self) -> list[str]:
+        """What /healthz reports as making the service degraded."""
+        out = [f"station {n} is {s['state']}" for n, s in self.stations.items()
+               if s["state"] in ("offline", "failed")]
+        if self.bank.errors:
+            out.append(f"{len(self.bank.errors)} prompt file(s) not in use as written")
+        if self.history_error is not None:
+            out.append(f"history: cannot write: {self.history_error}")
+        silent = time.monotonic() - self.last_upstream
+        self.metrics.upstream_age.set(round(silent, 1))
+        if silent > max(1.0, 5 * self.cfg.stages.status_interval_s):
+            out.append(f"no word from the encode stage for {silent:.0f} s")
+        return out
 
     def set_half_life(self, half_life_s: float) -> None:
         self.scorer.half_life_s = half_life_s
@@ -163,3 +208,4 @@ class Publisher:
                 return built[key]
             self.hub.broadcast_each(snapshot)
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
+            self.expire_stations()

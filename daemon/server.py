@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from websockets.asyncio.server import serve
+from websockets.protocol import State
 
 from emoclap.ingest import IngestLimits, IngestRefused, IngestSession
 from emoclap.scorestream import dumps
@@ -34,6 +35,8 @@ from .publisher import Publisher
 log = logging.getLogger("emoclapd.server")
 
 STATIC = Path(__file__).parent / "static"
+PAGES = ("/", "/index.html", "/healthz", "/metrics")
+SOCKETS = ("/ws", "/ingest")
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>emoclap</title>
 <h1>emoclap</h1><p>The daemon is running. Scores stream on <code>/ws</code>;
 health on <a href="healthz">/healthz</a>, metrics on <a href="metrics">/metrics</a>.</p>
@@ -58,6 +61,7 @@ class Server:
         self.port: int | None = None
         self._tick_task: asyncio.Task | None = None
         self._busy: dict[int, asyncio.Lock] = {}  # per ingest session: a frame in the works
+        self._admitted: dict[str, set] = {path: set() for path in SOCKETS}
 
     # ---- life cycle
     async def start(self) -> None:
@@ -115,9 +119,23 @@ class Server:
 
     def _process_request(self, connection, request):
         path = urlsplit(request.path).path
+        allowed = ("GET", "HEAD") if path in PAGES else ("GET",)
+        if path not in PAGES and path not in SOCKETS:
+            return self._respond(connection, 404, "404 not found\n", "text/plain; charset=utf-8")
+        if request.method not in allowed:
+            response = self._respond(connection, 405, "405 method not allowed\n", "text/plain; charset=utf-8")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        response = self._route(connection, request, path)
+        if request.method == "HEAD":
+            response.body = b""  # the headers (Content-Length included) are GET's
+        return response
+
+    def _route(self, connection, request, path):
         if path == "/healthz":
             return self._respond(connection, 200, json.dumps(self.health()), "application/json")
         if not self._authorized(request):
+            self.metrics.rejected.labels("unauthorized").inc()
             return self._respond(connection, 401, "401 unauthorized: bearer token required\n",
                                  "text/plain; charset=utf-8")
         if path == "/metrics":
@@ -127,20 +145,23 @@ class Server:
             page = STATIC / "index.html"
             body = page.read_text(encoding="utf-8") if page.is_file() else PLACEHOLDER
             return self._respond(connection, 200, body, "text/html; charset=utf-8")
-        if path == "/ws":
-            if len(self.hub.clients) >= self.cfg.server.max_clients:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
-            return None
-        if path == "/ingest":
-            if len(self.ingest_sessions) >= self.cfg.server.ingest_max_sessions:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many ingest sessions\n")
-            return None
-        return connection.respond(HTTPStatus.NOT_FOUND, "404 not found\n")
+        # A WebSocket path: admitted here, before the handshake completes, so that a burst
+        # of handshakes cannot overshoot the limit; a connection counts until it closes.
+        limit = self.cfg.server.max_clients if path == "/ws" else self.cfg.server.ingest_max_sessions
+        admitted = self._admitted[path]
+        admitted.difference_update({c for c in admitted if c.state is State.CLOSED})
+        if len(admitted) >= limit:
+            self.metrics.rejected.labels(f"{path[1:]}_full").inc()
+            what = "clients" if path == "/ws" else "ingest sessions"
+            return self._respond(connection, 503, f"503 too many {what}\n", "text/plain; charset=utf-8")
+        admitted.add(connection)
+        return None
 
     def health(self) -> dict:
         stations = {n: s["state"] for n, s in self.publisher.stations.items()}
-        bad = [n for n, s in stations.items() if s in ("offline", "failed")]
-        return {"status": "degraded" if bad else "ok", "uptime_s": round(time.time() - self.started, 1),
+        problems = self.publisher.problems()
+        return {"status": "degraded" if problems else "ok", "problems": problems,
+                "uptime_s": round(time.time() - self.started, 1),
                 "stations": stations, "clients": len(self.hub.clients),
                 "ingest_sessions": len(self.ingest_sessions),
                 "utterances": self.publisher.published,
@@ -199,8 +220,19 @@ class Server:
         session = IngestSession(limits, self._open_ingest_station)
         busy = self._busy[id(session)] = asyncio.Lock()
         self.metrics.clients.labels("/ingest").inc()
+        deadline = asyncio.get_running_loop().time() + srv.ingest_start_timeout_s
         try:
-            async for message in ws:
+            while True:
+                if session.stream is None:  # a connection that never starts is not held
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    try:
+                        message = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
+                    except asyncio.TimeoutError:
+                        self.metrics.rejected.labels("ingest_no_start").inc()
+                        await ws.close(1008, f"no start message within {srv.ingest_start_timeout_s:g} s")
+                        return
+                else:
+                    message = await ws.recv()
                 if isinstance(message, str):
                     replies, utterances = session.on_text(message), []
                     if session.station and session.station not in self.ingest_sessions \

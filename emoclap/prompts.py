@@ -3,6 +3,7 @@ to a file's text (pure: text in, text out; no watching)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ yo za zh zu""".split())
 
 TOP_KEYS = {"label", "key_word", "roles", "temperature", "bias", "negative", "positive"}
 POLES = ("negative", "positive")
+ROLES = ("customer", "staff")  # the people an emotion may be limited to
+# Limits that keep one file from holding the daemon's text encoder for minutes.
+MAX_FILE_BYTES = 256 * 1024
+MAX_SENTENCES = 2000  # per file, both poles and all languages together
+MAX_SENTENCE_CHARS = 500
+MAX_LABEL_CHARS = 200
+MAX_FILES = 256  # prompt files read from one folder
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -92,14 +100,18 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
             line = _line_of(text, f"[{table}]")
         raise PromptError(message, source, line)
 
-    if not NAME_RE.match(name):
-        fail(f"emotion name {name!r} (from the file name) must be lower-case letters, digits and '_'")
+    if not NAME_RE.match(name) or len(name) > 64:
+        fail(f"emotion name {name!r} (from the file name) must be 1-64 lower-case letters, digits and '_'")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        fail(f"file is larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
         line = int(match.group(1)) if match else max(1, len(text.splitlines()))
         raise PromptError(f"invalid TOML: {exc}", source, line) from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise PromptError("invalid TOML: nested too deeply", source) from None
     for key in data:
         if key not in TOP_KEYS:
             raise PromptError(f"unknown key {key!r} (expected one of: {', '.join(sorted(TOP_KEYS))})",
@@ -109,32 +121,33 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
         value = (data.get(table, {}) if table else data).get(key, default)
         if value is None:
             fail(f"'{key}' is missing" + (f" in [{table}]" if table else ""), key, table)
-        if not isinstance(value, str) or not value.strip():
-            fail(f"'{key}' must be a non-empty string", key, table)
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL_CHARS:
+            fail(f"'{key}' must be a non-empty string of at most {MAX_LABEL_CHARS} characters", key, table)
         return value.strip()
 
     def number(key: str) -> float | None:
         value = data.get(key)
         if value is None:
             return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            fail(f"'{key}' must be a number", key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            fail(f"'{key}' must be a finite number", key)
         return float(value)
 
     label = string("label")
     key_word = string("key_word", name)
     roles = data.get("roles")
     if roles is not None:
-        if (not isinstance(roles, list) or not roles
-                or not all(isinstance(r, str) and r.strip() for r in roles)):
-            fail("'roles' must be a non-empty list of role names", "roles")
-        roles = tuple(r.strip() for r in roles)
+        if not isinstance(roles, list) or not roles or not all(r in ROLES for r in roles):
+            fail(f"'roles' must be a non-empty list of roles from {', '.join(ROLES)}", "roles")
+        roles = tuple(dict.fromkeys(roles))
     temperature = number("temperature")
-    if temperature is not None and not temperature > 0:
-        fail("'temperature' must be positive", "temperature")
+    if temperature is not None and not 0 < temperature <= 1000:
+        fail("'temperature' must be greater than 0 and at most 1000", "temperature")
     bias = number("bias") or 0.0
+    if abs(bias) > 100:
+        fail("'bias' must be between -100 and 100", "bias")
     keep = None if languages is None else set(languages)
-    poles = {}
+    poles, count = {}, 0
     for pole in POLES:
         table = data.get(pole)
         if table is None:
@@ -151,7 +164,13 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
             if (not isinstance(value, list) or not value
                     or not all(isinstance(s, str) and s.strip() for s in value)):
                 fail(f"'{key}' in [{pole}] must be a non-empty list of sentences", key, pole)
+            if any(len(s) > MAX_SENTENCE_CHARS or "\x00" in s for s in value):
+                fail(f"'{key}' in [{pole}]: a sentence is longer than {MAX_SENTENCE_CHARS} characters "
+                     "or contains a NUL", key, pole)
             sentences[key] = [s.strip() for s in value]
+            count += len(value)
+            if count > MAX_SENTENCES:
+                fail(f"more than {MAX_SENTENCES} sentences in one file", key, pole)
         if not sentences:
             fail(f"[{pole}] has no sentences", table=pole)
         if keep is not None and not any(lang in keep for lang in sentences):
@@ -173,9 +192,13 @@ def parse_prompt_paths(paths: Iterable[Path], languages: Iterable[str] | None = 
     languages = None if languages is None else tuple(languages)
     emotions: dict[str, Emotion] = {}
     errors: dict[str, PromptError] = {}
-    for path in paths:
+    for number, path in enumerate(paths):
         name = emotion_name(path)
         try:
+            if number >= MAX_FILES:
+                raise PromptError(f"not read: more than {MAX_FILES} prompt files in the folder", str(path))
+            if Path(path).stat().st_size > MAX_FILE_BYTES:  # before reading it into memory
+                raise PromptError(f"file is larger than {MAX_FILE_BYTES // 1024} KiB", str(path))
             text = Path(path).read_text(encoding="utf-8")
             if name in emotions:
                 raise PromptError(f"duplicate emotion name {name!r} (also {emotions[name].source})",

@@ -28,13 +28,18 @@ def emotions_list(emotions: Iterable[Emotion]) -> list[dict]:
              "roles": list(e.roles) if e.roles is not None else None} for e in emotions]
 
 
-def hello(emotions: Iterable[Emotion], stations: list[dict]) -> dict:
+def errors_list(errors: dict[str, str] | None) -> list[dict]:
+    return [{"file": path, "message": message} for path, message in (errors or {}).items()]
+
+
+def hello(emotions: Iterable[Emotion], stations: list[dict], prompt_errors: dict[str, str] | None = None) -> dict:
     return {"type": "hello", "version": PROTOCOL_VERSION, "emotions": emotions_list(emotions),
-            "stations": stations}
+            "stations": stations, "prompt_errors": errors_list(prompt_errors)}
 
 
-def prompts(emotions: Iterable[Emotion]) -> dict:
-    return {"type": "prompts", "emotions": emotions_list(emotions)}
+def prompts(emotions: Iterable[Emotion], errors: dict[str, str] | None = None) -> dict:
+    """The emotion set in use, and the prompt files not in use as written (file → reason)."""
+    return {"type": "prompts", "emotions": emotions_list(emotions), "errors": errors_list(errors)}
 
 
 def rolling(now: float, snapshots: dict[str, dict], states: dict[str, str],

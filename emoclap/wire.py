@@ -14,6 +14,7 @@ The header carries `v` (format version) and `kind`:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,40 @@ def eos() -> list[bytes]:
     return _frames("eos", {})
 
 
+STATES = ("starting", "online", "offline", "ended", "failed")
+MAX_STATUS_ENTRIES = 4096
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_status(head: dict) -> None:
+    """Every field a status message may carry, with its shape; a bad one names itself."""
+    checks = {
+        "states": lambda v: isinstance(v, dict) and all(isinstance(k, str) and x in STATES
+                                                         for k, x in v.items()),
+        "dropped": lambda v: isinstance(v, list) and all(
+            isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], str)
+            and _count(x[2]) for x in v),
+        "overflows": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _count(x) for k, x in v.items()),
+        "gauges": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()),
+        "batches": lambda v: isinstance(v, list) and all(
+            isinstance(x, list) and len(x) == 2 and _count(x[0]) and _number(x[1]) for x in v),
+    }
+    for key, value in head.items():
+        if key not in checks:
+            raise WireError(f"status: unknown field {key!r}")
+        if isinstance(value, (list, dict)) and len(value) > MAX_STATUS_ENTRIES:
+            raise WireError(f"status: field {key!r} has more than {MAX_STATUS_ENTRIES} entries")
+        if not checks[key](value):
+            raise WireError(f"status: field {key!r} is malformed")
+
+
 def decode(frames: list[bytes]) -> Message:
     if len(frames) != 2:
         raise WireError(f"expected 2 frames, got {len(frames)}")
@@ -84,6 +119,8 @@ def decode(frames: list[bytes]) -> Message:
     if kind in ("status", "eos"):
         if payload.size:
             raise WireError(f"a {kind} message has no payload")
+        if kind == "status":
+            _check_status(head)
         return Message(kind, head)
     try:
         utt = from_header(head)

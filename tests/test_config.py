@@ -35,6 +35,10 @@ def test_shipped_config_replays_stereo_dialogue_on_two_stations():
     ('[stages]\nutterances = "udp://x"', "stages.utterances: expected an inproc://"),
     ('[history]\nstore_audio = "yes"', "history.store_audio: expected boolean"),
     ('bundle = [1]', "bundle: expected string"),
+    ('[rolling]\nhalf_life_s = nan', "rolling.half_life_s: expected a finite number"),
+    ('[server]\ningest_max_rate = inf', "server.ingest_max_rate: expected a finite number"),
+    ('[server]\ntoken = "pässword"', "server.token: a token is up to 256 printable ASCII"),
+    ('[server]\ntoken = "two words"', "server.token: a token is up to 256 printable ASCII"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as err:
@@ -48,6 +52,8 @@ def test_token_allows_other_addresses_and_env_overrides(monkeypatch):
     assert cfg.server.token == "s3cret"
     monkeypatch.setenv("EMOCLAP_TOKEN", "from-env")
     assert parse_config('[server]\nhost = "::"').server.token == "from-env"
+    monkeypatch.setenv("EMOCLAP_TOKEN", "")  # set but empty: the file's token stays
+    assert parse_config('[server]\nhost = "0.0.0.0"\ntoken = "s3cret"').server.token == "s3cret"
 
 
 def test_relative_paths_follow_the_file(tmp_path):

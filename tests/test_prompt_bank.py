@@ -155,7 +155,9 @@ def test_broken_new_file_and_duplicate_names_are_reported(folder, text_encoder):
     # With the original gone, the other spelling takes the name.
     assert update.removed == ("purchase_intention",) and update.added == ("purchase_intention",)
     assert bank.emotions["purchase_intention"].label == "Calm – agitated"
-    assert len(calls) == 2
+    # Subscribers heard of each file as it was applied, the last with the state now.
+    assert calls[-1].emotions["purchase_intention"].label == "Calm – agitated"
+    assert calls[-1].errors == {str(folder / "empty.toml"): errors[str(folder / "empty.toml")]}
 
 
 def test_a_failing_subscriber_does_not_stop_reloads(folder, text_encoder):

@@ -48,7 +48,11 @@ def test_refusals_name_the_problem():
                      ([good[0].replace(b'"t0":1000.0', b'"t0":1e999'), b""], "'t0'"),
                      ([good[0], np.array([np.nan], "<f4").tobytes()], "non-finite"),
                      ([json.dumps(dict(head, kind="embedding", dim=99)).encode(), good[1]], "'dim'"),
-                     ([b'{"v": 1, "kind": "status"}', b"\x00" * 4], "no payload")]:
+                     ([b'{"v": 1, "kind": "status"}', b"\x00" * 4], "no payload"),
+                     ([b'{"v": 1, "kind": "status", "states": {"s": "asleep"}}', b""], "'states'"),
+                     ([b'{"v": 1, "kind": "status", "dropped": [["s", "x", -1]]}', b""], "'dropped'"),
+                     ([b'{"v": 1, "kind": "status", "gauges": {"q": "1"}}', b""], "'gauges'"),
+                     ([b'{"v": 1, "kind": "status", "boast": 1}', b""], "unknown field")]:
         with pytest.raises(wire.WireError, match=why):
             wire.decode(bad)
 
