@@ -273,6 +273,8 @@ def parse_config(text: str, source: str = "config.toml", base: Path | None = Non
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     try:
         cfg = _build(Config, table, "")
         _validate(cfg)

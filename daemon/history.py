@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sqlite3
 import threading
 from datetime import datetime, timezone
@@ -37,12 +38,16 @@ class HistoryError(ValueError):
 def parse_time(text: str, key: str) -> float:
     """ISO 8601 date or date-time (UTC unless it names a zone), or Unix seconds."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise HistoryError(f"{key}: expected an ISO 8601 time or Unix seconds, got {text!r}")
+        return value
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, TypeError):
         raise HistoryError(f"{key}: expected an ISO 8601 time or Unix seconds, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)

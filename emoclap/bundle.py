@@ -151,6 +151,8 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
     return Bundle(folder=folder, manifest=manifest, sample_rate=rate, embedding_dim=dim,
                   logit_scale=scale, languages=tuple(languages),
                   audio_encoder=paths["audio_encoder"], text_encoder=paths["text_encoder"],
+    except RecursionError:
+        raise BundleError(f"{where}: not valid JSON: nested too deeply") from None
                   tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
                   precision=str(sections["audio_encoder"].get("precision", "fp32")),
                   hash=bundle_hash, description=str(manifest.get("description", "")))

@@ -71,6 +71,8 @@ class IngestSession:
             msg = json.loads(text)
         except json.JSONDecodeError as exc:
             return self._fail("bad_json", f"not JSON: {exc}")
+        except RecursionError:
+            return self._fail("bad_json", "not JSON: nested too deeply")
         if not isinstance(msg, dict) or msg.get("type") != "start":
             return self._fail("bad_message", "expected {\"type\": \"start\", ...}")
         if self.stream is not None:

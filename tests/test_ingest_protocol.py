@@ -48,6 +48,12 @@ def test_ingest_session_answers_every_message(messages):
     assert stream.samples == fed
 
 
+def test_deeply_nested_json_is_a_bad_json_error():
+    session = IngestSession(IngestLimits(), lambda *a: Stream(), clock=lambda: 0.0)
+    (reply,) = session.on_text("[" * 60000)
+    assert reply["reason"] == "bad_json" and "nested too deeply" in reply["message"]
+
+
 def test_pacing_limit_refuses_frames_ahead_of_real_time():
     now = [0.0]
     stream = Stream()

@@ -118,6 +118,8 @@ def parse_line(text: str, base: Path, number: int) -> tuple[Utterance | None, li
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, [f"line {number}: not valid JSON: {exc.msg} (column {exc.colno})"]
+    except RecursionError:
+        return None, [f"line {number}: not valid JSON: nested too deeply"]
     if not isinstance(obj, dict):
         return None, [f"line {number}: expected a JSON object, got {type(obj).__name__}"]
     errors: list[str] = []
