@@ -236,3 +236,53 @@ def test_sigterm_while_a_prompt_file_is_being_embedded_exits_cleanly(tmp_path, t
     err = proc.stderr.read()
     assert code == 0, err
     assert "terminate called" not in err and "Traceback" not in err
+
+
+def test_kill_9_leaves_a_history_that_opens_intact_and_grows_on_restart(tmp_path, tiny_bundle):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.servicekit import REPO, free_port, write_replay_config
+    from tests.stagekit import stereo_dialogue, write_stereo
+
+    stereo, _ = stereo_dialogue(tmp_path, [(0, 0.4), (0, "Good morning."), (0, 0.5),
+                                           (1, "I would like the grey coat, please."), (1, 0.5)])
+    wav = write_stereo(tmp_path / "dialogue.wav", stereo)
+    port = free_port()
+    config = write_replay_config(tmp_path, tiny_bundle, wav, port, station="realtime = false\nloop = true\n")
+
+    def run_until(utterances: int) -> int:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline, seen = time.time() + 60, 0
+            while time.time() < deadline and seen < utterances:
+                time.sleep(0.2)
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                        seen = json.loads(r.read())["utterances"]
+                except OSError:
+                    pass
+            proc.send_signal(signal.SIGKILL)  # mid-stream: replay never stops by itself
+            proc.wait(10)
+            return seen
+        finally:
+            proc.kill()
+
+    def rows() -> tuple[int, str]:
+        db = sqlite3.connect(tmp_path / "history.sqlite3")
+        try:
+            return db.execute("SELECT count(*) FROM utterances").fetchone()[0], \
+                db.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            db.close()
+
+    first = run_until(8)
+    after_first, check_first = rows()
+    second = run_until(after_first + 8)  # the same history, opened after a crash
+    after_second, check_second = rows()
+    assert first >= 8 and check_first == "ok" and after_first >= first  # written before published
+    assert check_second == "ok" and after_second >= after_first + 8 and second > 0
