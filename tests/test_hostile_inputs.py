@@ -150,3 +150,21 @@ def test_http_requests_get_an_answer_and_never_a_500(tmp_path, tiny_bundle):
 def test_toml_nesting_bomb_in_the_configuration_is_a_config_error():
     with pytest.raises(ConfigError, match="hostile.toml"):
         parse_config("x = " + "[" * 5000 + "]" * 5000, source="hostile.toml")
+
+
+MANIFEST_FIELDS = ["audio", "session", "speaker", "role", "ratings", "dialogue", "start", "end",
+                   "transcript", "extra"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(MANIFEST_FIELDS), json_values, max_size=8), st.text(max_size=30))
+def test_manifest_lines_parse_or_name_line_and_field(tmp_path, fields, noise):
+    from trainer.manifest import parse_line
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    for text in (json.dumps(fields), noise, json.dumps({**fields, "audio": "a.wav"})):
+        utt, problems = parse_line(text, tmp_path, 7)
+        assert (utt is None) == bool(problems)
+        assert all(p.startswith("line 7: ") for p in problems)
+        if utt is not None:
+            assert utt.role in ("customer", "staff") and utt.session and utt.speaker

@@ -143,3 +143,24 @@ def test_stop_during_a_long_embed_returns_promptly_and_applies_nothing(tmp_path,
     assert set(bank.emotions) == {"big", "calm"}
     bank.close()
     assert Path(folder / "big.toml").exists()
+
+
+def test_a_missing_folder_is_logged_once_and_its_return_once(tmp_path, text_encoder, caplog):
+    import logging
+    import shutil
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    (folder / "calm.toml").write_text(GOOD)
+    bank = PromptBank(folder, text_encoder)
+    shutil.rmtree(folder)
+    with caplog.at_level(logging.INFO, logger="emoclapd.prompts"):
+        for _ in range(5):
+            assert bank.reload() is None
+        folder.mkdir()
+        (folder / "calm.toml").write_text(GOOD)
+        bank.reload()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("prompt folder is missing" in line for line in lines) == 1
+    assert sum("prompt folder is back" in line for line in lines) == 1
+    assert set(bank.emotions) == {"calm"}
