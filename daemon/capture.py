@@ -45,6 +45,7 @@ class SourceThread(threading.Thread):
         self.streams: dict[str, StationStream] = {}
         self.sender: Sender | None = None
         self.error: BaseException | None = None
+        self.policy = cfg.privacy.policy()
 
     def open_streams(self, input_rate: int, block: bool = False) -> None:
         st = self.cfg.stages
@@ -57,7 +58,7 @@ class SourceThread(threading.Thread):
         short = stream.take_too_short()
         if short:
             self.sender.drop(stream.name, "too_short", short)
-        self.sender.send_utterances(utterances)
+        self.sender.dispatch(utterances, self.policy)
 
     def feed_block(self, block: np.ndarray) -> None:
         """[samples, channels] float32 to every station's stream."""

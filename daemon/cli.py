@@ -15,7 +15,7 @@ from daemon.prompt_bank import PromptBank, PromptBankOptions
 from emoclap.audio import AudioError, read_channels
 from emoclap.bundle import BundleError, load_bundle
 from emoclap.prompts import PromptError
-from emoclap.record import ROLES, csv_header, csv_row
+from emoclap.record import ROLES, csv_header, csv_row, speech_event
 from emoclap.scorer import Scorer
 from emoclap.station import StationStream
 
@@ -105,7 +105,15 @@ def score_command(args) -> int:
     log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
     for message in bank.errors.values():
         print(f"emoclapd score: {message}", file=sys.stderr)
-    scorer = Scorer(bank, cfg.rolling.half_life_s)
+    scorer, policy = Scorer(bank, cfg.rolling.half_life_s), cfg.privacy.policy()
+    for warning in policy.warnings():
+        print(f"emoclapd score: warning: {warning}", file=sys.stderr)
+    for role in dict.fromkeys(roles):
+        if not policy.scores(role):
+            print(f"emoclapd score: role {role!r} is not scored (privacy.scored_roles = "
+                  f"{list(policy.scored_roles)}): its utterances are listed without scores"
+                  + ("; pass --role customer for a customer's recording" if role == "auto" else ""),
+                  file=sys.stderr)
     names = list(bank.vectors.names)
     writer = None
     if args.format == "csv":
@@ -124,19 +132,22 @@ def score_command(args) -> int:
         for index, samples in enumerate(channels):
             stream = StationStream(f"channel{index}", roles[min(index, len(roles) - 1)], cfg.segmenter,
                                    clock=lambda: 0.0)
-            utterances = stream.feed(samples) + stream.finish()
-            for utt, embedding in zip(utterances, encoder.encode([u.audio for u in utterances])):
+            scored, speech = policy.split(stream.feed(samples) + stream.finish())
+            events = [speech_event(u) for u in speech]
+            for utt, embedding in zip(scored, encoder.encode([u.audio for u in scored])):
                 if embedding is None:
                     skipped += 1
                     continue
                 utt.embedding = embedding
-                event = scorer.score(utt).event()
+                events.append(scorer.score(utt).event())
+            for event in sorted(events, key=lambda e: e["seq"]):
                 if writer is None:
-                    row = {"file": str(path), **{k: event[k] for k in
-                                                  ("station", "role", "start", "end", "duration", "scores")}}
+                    row = {"file": str(path), **{k: event[k] for k in ("station", "role", "start", "end",
+                                                                       "duration")},
+                           "scores": event.get("scores")}  # null: a role that is not scored
                     print(json.dumps(row, ensure_ascii=False))
                 else:
-                    writer.writerow(csv_row([str(path), utt.station, utt.role], event, names))
+                    writer.writerow(csv_row([str(path), event["station"], event["role"]], event, names))
         sys.stdout.flush()
     if skipped:
         log.warning("%d utterances shorter than the minimum were skipped", skipped)

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emoclap.privacy import PrivacyPolicy
 from emoclap.record import ROLES
 from emoclap.segmenter import SegmenterOptions
 
@@ -69,6 +70,14 @@ class HistoryConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    scored_roles: list[str] = field(default_factory=lambda: ["customer"])  # see emoclap.privacy
+
+    def policy(self) -> PrivacyPolicy:
+        return PrivacyPolicy(tuple(dict.fromkeys(self.scored_roles)))
+
+
+@dataclass
 class StagesConfig:
     utterances: str = "inproc://emoclap-utterances"  # capture/ingest -> encode
     embeddings: str = "inproc://emoclap-embeddings"  # encode -> score/publish
@@ -111,6 +120,7 @@ class Config:
     rolling: RollingConfig = field(default_factory=RollingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     stations: list[StationConfig] = field(default_factory=list)
     source: str = "<defaults>"  # the file it was read from
@@ -229,6 +239,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
                               f"endpoint, got {endpoint!r}")
     _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s"))
+    for i, role in enumerate(cfg.privacy.scored_roles):
+        _check_choice(role, ROLES, f"privacy.scored_roles[{i}]")
     seen: set[str] = set()
     for i, st in enumerate(cfg.stations):
         key = f"stations[{i}]"

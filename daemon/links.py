@@ -104,6 +104,19 @@ class Sender:
                 self.drop(utt.station, "queue_full")
         return sent
 
+    def send_speech(self, utterances: list[Utterance]) -> None:
+        """Utterances of roles that are not scored: their times only, never their audio."""
+        for utt in utterances:
+            if not self.send(wire.speech(utt)):
+                self.drop(utt.station, "queue_full")
+
+    def dispatch(self, utterances: list[Utterance], policy) -> None:
+        """Each utterance to the encoder, or, for a role the privacy policy does not score,
+        as speech activity only."""
+        scored, speech = policy.split(utterances)
+        self.send_utterances(scored)
+        self.send_speech(speech)
+
     def tick(self, force: bool = False) -> None:
         """Send a status message when one is due; counts are kept until one gets through."""
         now = time.monotonic()

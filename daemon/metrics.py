@@ -15,6 +15,9 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.utterances = Counter("emoclap_utterances", "Utterances scored and published",
                                   ["station"], registry=r)
+        self.speech = Counter("emoclap_speech_utterances",
+                              "Utterances of roles whose emotions are not inferred (speech activity only)",
+                              ["station"], registry=r)
         self.dropped = Counter("emoclap_dropped_utterances",
                                "Utterances dropped before publishing, by reason",
                                ["station", "reason"], registry=r)
@@ -57,7 +60,8 @@ class Metrics:
 
     def forget_station(self, station: str) -> None:
         """An expired station leaves every per-station series."""
-        for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,))):
+        for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,)),
+                               (self.speech, (station,))):
             try:
                 metric.remove(*labels)
             except KeyError:

@@ -103,7 +103,11 @@ class PromptBank:
         self.last_latency_s = 0.0
         if not self.folder.is_dir():
             raise PromptError("prompt folder does not exist", str(self.folder))
+        self._loaded = False  # the first load is logged once, as a whole
         self.reload()
+        self._loaded = True
+        log.info("prompts: %d emotions from %s (%d files not in use) in %.0f ms", len(self._emotions),
+                 self.folder, len(self._errors), self.last_latency_s * 1000)
 
     @property
     def vectors(self) -> BankVectors:
@@ -257,7 +261,7 @@ class PromptBank:
         self._vectors = bank_vectors([self._emotions[n] for n in sorted(self._emotions)],
                                      self._pole_vectors, self.bundle.logit_scale, self.bundle.embedding_dim)
         latency = self.last_latency_s = time.monotonic() - started
-        if added or removed or changed:
+        if (added or removed or changed) and self._loaded:
             log.info("prompts: %d emotions (added %s, removed %s, changed %s) in %.0f ms",
                      len(self._emotions), added, removed, changed, latency * 1000)
         return PromptUpdate(dict(self._emotions), self._vectors, after, tuple(added), tuple(removed),

@@ -16,7 +16,7 @@ import zmq
 import zmq.asyncio
 
 from emoclap import scorestream, wire
-from emoclap.record import Scored
+from emoclap.record import Utterance, speech_event
 from emoclap.scorer import Scorer
 
 from .config import Config
@@ -38,6 +38,7 @@ class Publisher:
         self.history = history
         self.hub = hub
         self.scorer = Scorer(bank, cfg.rolling.half_life_s)
+        self.policy = cfg.privacy.policy()
         self.stations: dict[str, dict] = {}
         self.published = 0
         self.eos = asyncio.Event()
@@ -101,17 +102,22 @@ class Publisher:
                     burst.append(self._pull.recv_multipart(zmq.NOBLOCK).result())
                 except zmq.Again:
                     break
-            scored = [s for s in map(self._take, burst) if s is not None]
-            if scored:
-                events = await self._record(scored)
-                self._observe_latency(scored)
-                for event in events:
+            taken = [t for t in map(self._take, burst) if t is not None]
+            if taken:
+                await self._record(taken)
+                now = time.time()
+                for event, _, utt in taken:
+                    self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
                     self.hub.broadcast(event, station=event["station"])
-                    self.metrics.utterances.labels(event["station"]).inc()
-                    self.published += 1
+                    if event["type"] == "utterance":
+                        self.metrics.utterances.labels(event["station"]).inc()
+                        self.published += 1
+                    else:
+                        self.metrics.speech.labels(event["station"]).inc()
                     await asyncio.sleep(0)  # client writers run between events of a burst
 
-    def _take(self, frames: list[bytes]) -> Scored | None:
+    def _take(self, frames: list[bytes]) -> tuple[dict, object, Utterance] | None:
+        """One message from the encode stage → (event, audio to store, utterance), if any."""
         try:
             msg = wire.decode(frames)
         except wire.WireError as exc:
@@ -131,43 +137,41 @@ class Publisher:
         if msg.kind == "eos":
             self.eos.set()
             return None
-        if msg.kind != "embedding":
+        if msg.kind not in ("embedding", "speech"):
             return None
         utt = msg.utterance
+        if utt.station not in self.stations:
+            self.register(utt.station, utt.role, "remote", "online")
+        if msg.kind == "speech" or not self.policy.scores(utt.role):
+            # Speech activity only: an embedding of a role this gateway does not score
+            # (an encode stage with another policy) is dropped here, never scored.
+            return speech_event(utt), None, utt
         try:
-            scored = self.scorer.score(utt)
+            return self.scorer.score(utt).event(), utt.audio, utt
         except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
             log.warning("score: %s seq %s failed: %s", utt.station, utt.seq, exc)
             self.metrics.dropped.labels(utt.station, "score_error").inc()
             return None
-        if utt.station not in self.stations:
-            self.register(utt.station, utt.role, "remote", "online")
-        return scored
 
-    async def _record(self, scored: list[Scored]) -> list[dict]:
-        events = [s.event() for s in scored]
-        if self.history is not None:
-            rows = [(e, s.utterance.audio) for e, s in zip(events, scored)]
-            try:
-                await asyncio.to_thread(self.history.write_many, rows)
-                self.history_error = None
-            except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
-                log.error("history: cannot write %d utterances: %s", len(rows), exc)
-                self.history_error = str(exc)
-                self.metrics.history_failures.inc(len(rows))
-        return events
-
-    def _observe_latency(self, scored: list[Scored]) -> None:
-        now = time.time()
-        for s in scored:
-            self.metrics.event_latency.observe(max(0.0, now - s.utterance.emitted))
+    async def _record(self, taken: list[tuple[dict, object, Utterance]]) -> None:
+        if self.history is None:
+            return
+        rows = [(event, audio) for event, audio, _ in taken]
+        try:
+            await asyncio.to_thread(self.history.write_many, rows)
+            self.history_error = None
+        except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
+            log.error("history: cannot write %d utterances: %s", len(rows), exc)
+            self.history_error = str(exc)
+            self.metrics.history_failures.inc(len(rows))
 
     # ---- messages to clients
     def station_list(self) -> list[dict]:
         return [{k: s[k] for k in ("name", "role", "source", "state")} for s in self.stations.values()]
 
     def hello(self) -> dict:
-        return scorestream.hello(self.bank.emotions.values(), self.station_list(), self.bank.errors)
+        return scorestream.hello(self.bank.emotions.values(), self.station_list(), self.bank.errors,
+                                 self.policy.scored_roles)
 
     def rolling_message(self, stations: set[str] | None = None) -> dict:
         return scorestream.rolling(time.time(), self.scorer.snapshots(),

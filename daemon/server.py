@@ -203,7 +203,7 @@ class Server:
             return
         if short:
             self.ingest_sender.drop(session.station, "too_short", short)
-        self.ingest_sender.send_utterances(utterances)
+        self.ingest_sender.dispatch(utterances, self.cfg.privacy.policy())
 
     async def _end_ingest(self, name: str) -> None:
         session = self.ingest_sessions.pop(name)

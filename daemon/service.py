@@ -101,6 +101,8 @@ class Service:
         from emoclap.bundle import load_bundle
 
         cfg, p = self.cfg, self.parts
+        for warning in cfg.privacy.policy().warnings():
+            log.warning("%s", warning)
         # Built (and checked) first: a missing replay file stops start-up before anything runs.
         sources = build_sources(cfg, self.stream_factory) if "capture" in self.stages else []
         bundle = load_bundle(cfg.bundle) if {"encode", "serve"} & set(self.stages) else None

@@ -58,6 +58,7 @@ class EncodeWorker(threading.Thread):
         self.batcher = batcher
         self.observed = observed
         self.forward_audio = cfg.history.store_audio
+        self.policy = cfg.privacy.policy()
         self.max_pending = max_pending or max(st.hwm, 2 * cfg.encoder.max_batch)
         # Bind here so a taken address fails at start-up, not in a thread.
         self.pull = pull_socket(st.utterances, st.hwm)
@@ -115,8 +116,14 @@ class EncodeWorker(threading.Thread):
                 continue
             if msg.kind == "status":
                 self.sender.absorb(msg.header)
+            elif msg.kind == "speech":  # nothing to embed: straight on to the score stage
+                if not self.sender.send(frames):
+                    self.sender.drop(msg.utterance.station, "queue_full")
             elif msg.kind == "segment":
                 utt = msg.utterance
+                if not self.policy.scores(utt.role):  # a capture agent with another policy
+                    self.sender.send_speech([utt])
+                    continue
                 try:
                     future = self.batcher.submit(utt.audio, utt.station)
                 except Exception as exc:  # noqa: BLE001

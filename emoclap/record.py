@@ -93,6 +93,14 @@ class Scored:
                 "rolling": rounded(self.rolling)}
 
 
+def speech_event(u: Utterance) -> dict:
+    """A `speech` message: an utterance of a role whose emotions are not inferred (its
+    times only: talk time and turn-taking)."""
+    return {"type": "speech", "station": u.station, "role": u.role, "seq": u.seq,
+            "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
+            "time": round(u.time, 3)}
+
+
 def rounded(per_emotion: dict) -> dict:
     return {k: {"score": round(v["score"], 4), "count": v["count"], "updated": round(v["updated"], 3)}
             for k, v in per_emotion.items()}

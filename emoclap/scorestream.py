@@ -32,9 +32,11 @@ def errors_list(errors: dict[str, str] | None) -> list[dict]:
     return [{"file": path, "message": message} for path, message in (errors or {}).items()]
 
 
-def hello(emotions: Iterable[Emotion], stations: list[dict], prompt_errors: dict[str, str] | None = None) -> dict:
+def hello(emotions: Iterable[Emotion], stations: list[dict], prompt_errors: dict[str, str] | None = None,
+          scored_roles: Iterable[str] = ("customer",)) -> dict:
     return {"type": "hello", "version": PROTOCOL_VERSION, "emotions": emotions_list(emotions),
-            "stations": stations, "prompt_errors": errors_list(prompt_errors)}
+            "stations": stations, "prompt_errors": errors_list(prompt_errors),
+            "scored_roles": list(scored_roles)}
 
 
 def prompts(emotions: Iterable[Emotion], errors: dict[str, str] | None = None) -> dict:

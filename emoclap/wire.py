@@ -7,6 +7,8 @@ The header carries `v` (format version) and `kind`:
               (`record.HEADER_FIELDS`); payload: its 16 kHz audio
 - `embedding` encode → score: the segment header plus `dim` and `encoded`; payload: the
               embedding (`dim` values), followed by the audio when it is to be stored
+- `speech`    capture/ingest → encode → score: an utterance of a role whose emotions are
+              not inferred (privacy policy): the header only, no audio, never embedded
 - `status`    any stage → downstream: station states, drop counts by reason since the
               last status that got through, encoder batch observations; no payload
 - `eos`       end of stream: the sender has drained everything it accepted
@@ -22,7 +24,7 @@ import numpy as np
 from emoclap.record import Utterance, from_header, header
 
 VERSION = 1
-KINDS = ("segment", "embedding", "status", "eos")
+KINDS = ("segment", "embedding", "speech", "status", "eos")
 
 
 class WireError(ValueError):
@@ -56,6 +58,10 @@ def embedding(utt: Utterance, with_audio: bool = False) -> list[bytes]:
     if with_audio and utt.audio is not None:
         payload = np.concatenate([emb, np.asarray(utt.audio, np.float32).reshape(-1)])
     return _frames("embedding", dict(header(utt), dim=int(emb.size)), payload)
+
+
+def speech(utt: Utterance) -> list[bytes]:
+    return _frames("speech", header(utt))
 
 
 def status(fields: dict) -> list[bytes]:
@@ -128,7 +134,10 @@ def decode(frames: list[bytes]) -> Message:
         raise WireError(f"{kind}: {exc}") from None
     if not np.isfinite(payload).all():
         raise WireError(f"{kind}: payload has non-finite values")
-    if kind == "segment":
+    if kind == "speech":
+        if payload.size:
+            raise WireError("a speech message has no payload")
+    elif kind == "segment":
         utt.audio = payload
     else:
         dim = head.get("dim")

@@ -92,9 +92,16 @@ def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
     staff = '.card[data-station="staff"]'
     page.wait_for_selector(f'{customer} .bar[data-emotion="purchase_intention"][data-score]',
                            timeout=60000)
-    # Purchase intention is scored on customers only: the staff card has no such bar.
-    page.wait_for_selector(f'{staff} .bar[data-emotion="pleasant"]', timeout=60000)
-    assert page.query_selector(f'{staff} .bar[data-emotion="purchase_intention"]') is None
+    # Staff are speech activity only (the default privacy policy): no bars, no scores,
+    # an utterance count that grows, and feed entries without score chips.
+    page.wait_for_function(
+        """(sel) => { const a = document.querySelector(sel);
+                      return a && parseInt(a.textContent) > 0; }""",
+        arg=f"{staff} .activity", timeout=60000)
+    assert page.query_selector(f"{staff} .bar") is None
+    staff_feed = page.query_selector_all('#feed li[data-station="staff"]')
+    assert staff_feed and all("not scored" in li.inner_text() and "%" not in li.inner_text()
+                              for li in staff_feed)
     score = float(page.get_attribute(f'{customer} .bar[data-emotion="purchase_intention"]',
                                      "data-score"))
     assert 0.0 <= score <= 1.0

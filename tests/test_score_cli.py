@@ -38,7 +38,7 @@ def run(capsys, *argv):
 
 def test_jsonl_one_line_per_utterance_per_channel(recording, tiny_bundle, capsys, tmp_path):
     path, spans = recording
-    code, out, err = run(capsys, "score", str(path), "--bundle", str(tiny_bundle),
+    code, out, err = run(capsys, "score", str(path), "--bundle", str(tiny_bundle), "--role", "customer",
                          "--prompts", str(REPO / "prompts"), "--cache", str(tmp_path / "c.sqlite"))
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
@@ -64,7 +64,8 @@ def test_roles_per_channel_and_csv(recording, tiny_bundle, capsys):
     assert len(rows) == 3
     staff = [r for r in rows if r["station"] == "channel0"]
     customer = [r for r in rows if r["station"] == "channel1"]
-    assert all(r["role"] == "staff" and r["purchase_intention"] == "" for r in staff)
+    # Staff are not scored at all (privacy.scored_roles defaults to customers): times only.
+    assert len(staff) == 2 and all(r["role"] == "staff" and r[e] == "" for r in staff for e in EMOTIONS)
     assert all(r["role"] == "customer" and 0 <= float(r["purchase_intention"]) <= 1 for r in customer)
     assert float(customer[0]["start"]) == pytest.approx(spans["channel1"][0][0] - 0.2, abs=0.15)
 
@@ -87,7 +88,7 @@ def test_broken_prompt_file_is_reported_and_others_used(recording, tiny_bundle, 
     prompts = Path(shutil.copytree(REPO / "prompts", tmp_path / "p", ignore=shutil.ignore_patterns("alt*")))
     (prompts / "pleasant.toml").write_text("label = 'x'\n[negative\n")
     code, out, err = run(capsys, "score", str(path), "--bundle", str(tiny_bundle), "--prompts",
-                         str(prompts), "--cache", "")
+                         str(prompts), "--cache", "", "--role", "customer")
     assert code == 1
     assert f"{prompts / 'pleasant.toml'}:2: invalid TOML" in err
     rows = [json.loads(line) for line in out.splitlines()]
@@ -112,7 +113,20 @@ def test_console_entry_point_and_registration(recording, tiny_bundle, capsys):
                            str(tiny_bundle), "--prompts", str(REPO / "prompts"), "--cache", ""],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == 3
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    # No role given: speakers unknown (`auto`), not scored by the default privacy policy.
+    assert len(rows) == 3 and all(r["role"] == "auto" and r["scores"] is None for r in rows)
+    assert "role 'auto' is not scored" in proc.stderr and "--role customer" in proc.stderr
+
+
+def test_a_policy_that_scores_staff_says_why_it_should_not(recording, tiny_bundle, capsys, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[privacy]\nscored_roles = ["customer", "staff"]\n')
+    code, out, err = run(capsys, "score", str(recording[0]), "--bundle", str(tiny_bundle), "--role", "staff",
+                         "--prompts", str(REPO / "prompts"), "--cache", "", "--config", str(config))
+    assert code == 0, err
+    assert all(json.loads(line)["scores"] for line in out.splitlines())
+    assert "AI Act, Article 5(1)(f)" in err
 
 
 def test_daemon_never_imports_torch():

@@ -80,6 +80,9 @@ embeddings = "ipc://e.sock"
         for e, (on, off) in zip(got, spans[channel]):
             assert abs(e["start"] - on) < 0.35, (e, on)
             assert e["role"] == station
+            # Customers are scored; staff are speech activity only (the default privacy policy).
+            assert (e["type"], "scores" in e) == (("utterance", True) if station == "customer"
+                                                  else ("speech", False))
         for e, (on, off) in list(zip(got, spans[channel]))[:-1]:
             assert abs(e["end"] - off) < 0.5, (e, off)
     pairs = [(e, span) for station, channel in (("staff", STAFF), ("customer", CUSTOMER))
@@ -107,7 +110,7 @@ async def watch(port, proc, stop_at):
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 0.1))
                 except asyncio.TimeoutError:
                     msg = None
-                if msg and msg["type"] == "utterance":
+                if msg and msg["type"] in ("utterance", "speech"):
                     events.append(msg)
                 if events and not sent:
                     t0 = events[0]["time"] - events[0]["end"]
@@ -135,7 +138,7 @@ embeddings = "tcp://127.0.0.1:{link}"
             procs[stage] = subprocess.Popen(
                 [sys.executable, "-m", "daemon.cli", stage, "--config", str(tmp_path / "config.toml")],
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        want = len(spans[0]) + len(spans[1])
+        want = len(spans[1])  # scored: the customer's; the staff's are speech activity
         health = {}
         deadline = time.time() + 60
         while time.time() < deadline and health.get("utterances") != want:

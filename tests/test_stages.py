@@ -54,6 +54,7 @@ def test_every_utterance_is_scored_or_dropped_with_reason(tmp_path, tiny_bundle,
     cfg = service_config(tmp_path, tiny_bundle, stations=f"""
 [[stations]]
 name = "desk"
+role = "customer"
 file = "{path}"
 realtime = false
 """)
