@@ -16,6 +16,19 @@ DEFAULT_FILES = {
     "text_encoder": "text_encoder.onnx",
     "tokenizer": "tokenizer.json",
 }
+# What each tokenizer kind needs in the `tokenizer` section besides `file` (dotted path →
+# JSON type). A section without `kind` is "fast": every bundle was, before kinds existed.
+TOKENIZER_KINDS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "mecab-sentencepiece": {
+        "do_lower_case": bool, "never_split": list, "added_tokens": list,
+        "cls_id": int, "sep_id": int, "pad_id": int,
+        "mecab.dictionary": (str, type(None)), "mecab.option": str, "mecab.normalize_text": bool,
+        "sentencepiece.remove_space": bool, "sentencepiece.keep_accents": bool,
+        "sentencepiece.do_lower_case": bool,
+    },
+}
+ADDED_TOKEN_FIELDS = {"content": str, "id": int, "lstrip": bool, "rstrip": bool, "single_word": bool}
 
 
 class BundleError(ValueError):
@@ -39,6 +52,7 @@ class Bundle:
     # Identifies the exact weights: keys the prompt-embedding cache.
     hash: str
     description: str = ""
+    tokenizer_kind: str = "fast"
 
 
 def sha256_file(path: Path) -> str:
@@ -71,6 +85,8 @@ def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
         section = dict(manifest.get(key) or {})
         section.setdefault("file", default)
         manifest[key] = section
+    manifest["tokenizer"].setdefault("kind", "fast")
+    check_tokenizer_section(manifest["tokenizer"], f"{folder}: cannot write manifest")
     files = {}
     for name in _file_names(manifest).values():
         path = folder / name
@@ -92,6 +108,37 @@ def _require(manifest: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
+def _has_type(value: Any, expected: Any) -> bool:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    # JSON true is not an integer, nor 1 a boolean.
+    return any(value is None if k is type(None) else
+               isinstance(value, k) and (k is bool or not isinstance(value, bool)) for k in kinds)
+
+
+def check_tokenizer_section(section: dict, where: str) -> str:
+    """The section's tokenizer kind, after checking every setting that kind needs."""
+    kind = section.get("kind", "fast")
+    if kind not in TOKENIZER_KINDS:
+        raise BundleError(f"{where}: field 'tokenizer.kind' is {kind!r}; this emoclap reads "
+                          f"{', '.join(TOKENIZER_KINDS)}")
+    missing = object()
+    fields = [(f"tokenizer.{k}", k.split("."), section, t) for k, t in TOKENIZER_KINDS[kind].items()]
+    if "added_tokens" in TOKENIZER_KINDS[kind]:
+        tokens = section.get("added_tokens") if isinstance(section.get("added_tokens"), list) else []
+        fields += [(f"tokenizer.added_tokens[{i}].{k}", [k], token, t)
+                   for i, token in enumerate(tokens) for k, t in ADDED_TOKEN_FIELDS.items()]
+        words = section.get("never_split") if isinstance(section.get("never_split"), list) else []
+        fields += [(f"tokenizer.never_split[{i}]", [], word, str) for i, word in enumerate(words)]
+    for name, path, node, expected in fields:
+        for part in path:
+            node = node.get(part, missing) if isinstance(node, dict) else missing
+        if node is missing:
+            raise BundleError(f"{where}: field '{name}' is missing")
+        if not _has_type(node, expected):
+            raise BundleError(f"{where}: field '{name}' has the wrong type ({type(node).__name__})")
+    return kind
+
+
 def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundle:
     """Read and verify a bundle; raises `BundleError` naming the field or file at fault."""
     folder = Path(folder)
@@ -104,6 +151,8 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
         raise BundleError(f"{where}: manifest is missing (not a model bundle?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{where}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{where}: not valid JSON: nested too deeply") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{where}: manifest must be a JSON object")
     if manifest.get("format") != FORMAT:
@@ -134,6 +183,7 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
         if name not in hashes:
             raise BundleError(f"{where}: field 'files' has no sha256 for {name}")
         paths[key] = folder / name
+    tokenizer_kind = check_tokenizer_section(sections["tokenizer"], where)
     for name, expected in hashes.items():
         path = folder / name
         if not path.is_file():
@@ -151,8 +201,7 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
     return Bundle(folder=folder, manifest=manifest, sample_rate=rate, embedding_dim=dim,
                   logit_scale=scale, languages=tuple(languages),
                   audio_encoder=paths["audio_encoder"], text_encoder=paths["text_encoder"],
-    except RecursionError:
-        raise BundleError(f"{where}: not valid JSON: nested too deeply") from None
                   tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
                   precision=str(sections["audio_encoder"].get("precision", "fp32")),
-                  hash=bundle_hash, description=str(manifest.get("description", "")))
+                  hash=bundle_hash, description=str(manifest.get("description", "")),
+                  tokenizer_kind=tokenizer_kind)
