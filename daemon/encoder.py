@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from emoclap.audio import length_batches, pad_batch
 from emoclap.bundle import Bundle
+from emoclap.tokenizer import load_text_tokenizer
 
 log = logging.getLogger("emoclapd.encoder")
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -192,15 +192,10 @@ class TextEncoder:
     def __init__(self, bundle: Bundle, provider: str = "auto", intra_op_threads: int = 0,
                  batch: int = 32):
         self.bundle = bundle
-        try:
-            self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer))
-        except Exception as exc:  # the tokenizers library raises plain Exceptions
-            raise EncoderError(f"{bundle.tokenizer}: cannot load tokenizer: {exc}") from None
-        self.tokenizer.enable_truncation(max_length=bundle.max_tokens)
-        padding = self.tokenizer.padding or {}
-        pad_token = padding.get("pad_token", "[PAD]")
-        pad_id = padding.get("pad_id", self.tokenizer.token_to_id(pad_token) or 0)
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        self.tokenizer = load_text_tokenizer(bundle)
+        # A MeCab tagger must not parse from two threads at once (prompt reloads embed
+        # in worker threads).
+        self._tokenize_lock = threading.Lock()
         self.session = open_session(bundle.text_encoder, provider, intra_op_threads)
         _check_io(self.session, bundle.text_encoder, ("input_ids", "attention_mask"), bundle.embedding_dim)
         self.provider = _short_name(self.session.get_providers()[0])
@@ -210,9 +205,8 @@ class TextEncoder:
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.bundle.embedding_dim), np.float32)
         for b in range(0, len(texts), self.batch):
-            enc = self.tokenizer.encode_batch(texts[b:b + self.batch])
-            ids = np.array([e.ids for e in enc], np.int64)
-            mask = np.array([e.attention_mask for e in enc], np.int64)
-            out[b:b + len(enc)] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+            with self._tokenize_lock:
+                ids, mask = self.tokenizer.encode_batch(texts[b:b + self.batch])
+            out[b:b + len(ids)] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
         self.texts_embedded += len(texts)
         return out

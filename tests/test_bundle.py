@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from emoclap.bundle import BundleError, load_bundle, sha256_file, write_manifest
@@ -41,6 +42,17 @@ def test_write_manifest_fills_format_time_and_hashes(bundle_dir):
     assert written["files"] == {n: sha256_file(bundle_dir / n) for n in
                                 ("audio_encoder.onnx", "text_encoder.onnx", "tokenizer.json")}
     assert load_bundle(bundle_dir).languages == ("en",)
+    assert written["tokenizer"] == {"file": "tokenizer.json", "kind": "fast"}
+
+
+def test_a_tokenizer_without_kind_is_a_fast_one(bundle_dir):
+    from emoclap.tokenizer import load_text_tokenizer
+
+    edit_manifest(bundle_dir, tokenizer={"file": "tokenizer.json"})  # as bundles were before kinds
+    bundle = load_bundle(bundle_dir)
+    assert bundle.tokenizer_kind == "fast"
+    ids, mask = load_text_tokenizer(bundle).encode_batch(["I feel fine.", ""])
+    assert ids.shape == mask.shape and ids.dtype == mask.dtype == np.int64 and mask[1].sum() < mask[0].sum()
 
 
 def test_hash_changes_with_weights(bundle_dir, tiny_bundle):
@@ -67,6 +79,8 @@ def test_write_manifest_refuses_missing_files(tmp_path):
     ({"languages": []}, "'languages'"),
     ({"text_encoder": None}, "'text_encoder' is missing"),
     ({"files": {"audio_encoder.onnx": "0" * 64}}, "no sha256 for text_encoder.onnx"),
+    ({"tokenizer": {"file": "tokenizer.json", "kind": "sentencepiece"}}, "'tokenizer.kind' is 'sentencepiece'"),
+    ({"tokenizer": {"file": "tokenizer.json", "kind": "mecab-sentencepiece"}}, "'tokenizer.do_lower_case' is missing"),
 ])
 def test_bad_manifest_fields_are_named(bundle_dir, changes, message):
     edit_manifest(bundle_dir, **changes)

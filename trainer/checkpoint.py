@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from trainer.config import Config, config_from_dict
 from trainer.descriptions import Descriptions
+from trainer.tokenization import tokenizer_from_state, tokenizer_state
 
 
 def save_checkpoint(path: Path, *, config: Config, model_state: dict, tokenizer: Tokenizer,
@@ -18,7 +19,7 @@ def save_checkpoint(path: Path, *, config: Config, model_state: dict, tokenizer:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"format": "emoclap-checkpoint", "config": config.to_dict(), "model": model_state,
-                "tokenizer": tokenizer.to_str(), "descriptions": descriptions.__dict__, **extra}, tmp)
+                "tokenizer": tokenizer_state(tokenizer), "descriptions": descriptions.__dict__, **extra}, tmp)
     tmp.replace(path)
 
 
@@ -51,5 +52,5 @@ def load_for_inference(path: Path) -> Loaded:
     model = ClapModel(config.model, weights=False)
     model.load_state_dict(data["model"])
     model.eval()
-    return Loaded(model, Tokenizer.from_str(data["tokenizer"]), config, Descriptions(**data["descriptions"]),
+    return Loaded(model, tokenizer_from_state(data["tokenizer"]), config, Descriptions(**data["descriptions"]),
                   data.get("summary", {}), data.get("metrics", {}), data)

@@ -1,4 +1,4 @@
-"""Export a trained model as the runtime's bundle (ONNX towers + tokenizer.json + manifest)."""
+"""Export a trained model as the runtime's bundle (ONNX towers + tokenizer files + manifest)."""
 from __future__ import annotations
 
 import argparse
@@ -17,10 +17,16 @@ from torch import nn
 
 from emoclap.audio import SAMPLE_RATE, pad_batch, read_mono
 from emoclap.bundle import write_manifest
+from emoclap.tokenizer import TextTokenizer, open_text_tokenizer
 from trainer.config import ModelOptions, TowerOptions
+from trainer.tokenization import write_runtime_tokenizer
 
 FP32_MIN_COSINE = 0.9999
 OPSET = 18
+# Besides the prompt sentences, the runtime tokenizer must match training on these:
+# nothing, mixed scripts and widths, digits with commas, an emoji, and truncation.
+TOKENIZER_PROBES = ["", "I want to BUY it, 1,000円で！ ＡＢＣ ｶﾀｶﾅ ｺｰﾋｰ 😀 [SEP] [MASK]です。",
+                    "  Hello   world\t\n  ", "とても良いと思います。" * 40, "This is fine. " * 40]
 
 
 class ExportError(RuntimeError):
@@ -125,9 +131,23 @@ class Parity:
                 "text_min_cosine": round(self.text_min_cosine, 7), "clips": self.clips}
 
 
+def check_tokenizer(tokenizer, runtime: TextTokenizer, texts: list[str]) -> None:
+    """The bundle's tokenizer (emoclap.tokenizer, as the daemon runs it) must give the ids
+    and masks the model was trained with."""
+    from trainer.model import tokenize
+
+    for text in texts:
+        ids, mask = tokenize(tokenizer, [text])
+        got_ids, got_mask = runtime.encode_batch([text])
+        if ids.tolist() != got_ids.tolist() or mask.tolist() != got_mask.tolist():
+            raise ExportError(f"the bundle's {runtime.kind} tokenizer does not reproduce training on "
+                              f"{text[:60]!r}: ids {got_ids.tolist()[0][:24]} instead of {ids.tolist()[0][:24]}")
+
+
 def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: list[list[np.ndarray]],
-                 texts: list[str]) -> Parity:
-    """Minimum cosine between ONNX Runtime and torch embeddings; torch runs each clip alone."""
+                 texts: list[str], runtime: TextTokenizer | None = None) -> Parity:
+    """Minimum cosine between ONNX Runtime and torch embeddings; torch runs each clip alone,
+    and the ONNX text tower gets the ids of the `runtime` tokenizer when given."""
     import onnxruntime as ort
     from trainer.model import tokenize
 
@@ -146,7 +166,8 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
                 worst, count = min(worst, cos), count + 1
         text = ort.InferenceSession(str(text_onnx), opts, providers=["CPUExecutionProvider"])
         ids, mask = tokenize(tokenizer, texts)
-        got = text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        run_ids, run_mask = runtime.encode_batch(texts) if runtime else (ids.numpy(), mask.numpy())
+        got = text.run(None, {"input_ids": run_ids, "attention_mask": run_mask})[0]
         ref = model.encode_text(ids, mask).numpy()
         text_worst = float(np.min(np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))))
     return Parity(worst, text_worst, count)
@@ -162,20 +183,22 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
     audio_path, text_path = out / "audio_encoder.onnx", out / "text_encoder.onnx"
     export_audio(model, audio_path, dynamo)
     export_text(model, tokenizer, text_path, dynamo)
-    tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer_section = write_runtime_tokenizer(tokenizer, out)
+    runtime = open_text_tokenizer(out, tokenizer_section, int(model.opts.max_tokens))
+    check_tokenizer(tokenizer, runtime, texts + TOKENIZER_PROBES)
     batches = parity_batches(model, real_audio)
-    fp32 = check_parity(model, tokenizer, audio_path, text_path, batches, texts)
+    fp32 = check_parity(model, tokenizer, audio_path, text_path, batches, texts, runtime)
     if min(fp32.audio_min_cosine, fp32.text_min_cosine) < FP32_MIN_COSINE:
         raise ExportError(f"{out}: ONNX does not reproduce the torch model: cosine audio "
                           f"{fp32.audio_min_cosine:.6f}, text {fp32.text_min_cosine:.6f} (need ≥ {FP32_MIN_COSINE})")
-    parity = {"fp32": fp32.as_dict()}
+    parity = {"fp32": fp32.as_dict(), "tokenizer_sentences": len(texts) + len(TOKENIZER_PROBES)}
     precision = "fp32"
     if int8:
         fp32_copy = out / "audio_encoder.fp32.onnx.tmp"
         audio_path.rename(fp32_copy)
         quantize_int8(fp32_copy, audio_path)
         fp32_copy.unlink()
-        parity["int8"] = check_parity(model, tokenizer, audio_path, text_path, batches, texts).as_dict()
+        parity["int8"] = check_parity(model, tokenizer, audio_path, text_path, batches, texts, runtime).as_dict()
         precision = "int8"
     fields = {
         "description": description,
@@ -186,7 +209,7 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         "audio_encoder": {"file": audio_path.name, "precision": precision,
                           "min_samples": int(model.audio.min_samples)},
         "text_encoder": {"file": text_path.name, "max_tokens": int(model.opts.max_tokens)},
-        "tokenizer": {"file": "tokenizer.json"},
+        "tokenizer": tokenizer_section,
         "sources": sources,
         "training": training or {},
         "metrics": {**(metrics or {}), "export_parity": parity},
