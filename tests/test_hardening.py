@@ -9,7 +9,7 @@ import sqlite3
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.servicekit import embedding_messages, http_url, push, receive, service_config, url, with_service
+from tests.servicekit import embedding_messages, push, receive, service_config, url, with_service
 
 DIM = 16
 

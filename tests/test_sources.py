@@ -151,11 +151,13 @@ def test_replay_channels_map_to_stations(tmp_path):
     cfg = config(f"""
 [[stations]]
 name = "a"
+role = "customer"
 file = "{path}"
 channel = 0
 realtime = false
 [[stations]]
 name = "b"
+role = "customer"
 file = "{path}"
 channel = 1
 realtime = false

@@ -15,14 +15,14 @@ from trainer.config import Config, load_config
 from trainer.inference import run_batched
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
-from trainer.model import AudioTower, load_tower
+from trainer.model import build_audio_tower
 from trainer.runs import load_corpus, parse_overrides, seed_everything, split_validation, train_folds
 
 
 class BaselineModel(nn.Module):
     def __init__(self, cfg: Config, n_outputs: int, hidden: int = 256, weights: bool = True):
         super().__init__()
-        self.audio = AudioTower(load_tower(cfg.model.audio, weights), cfg.model.normalize_waveform)
+        self.audio = build_audio_tower(cfg.model, weights)
         self.linear = nn.Linear(self.audio.hidden_size, hidden)
         self.fc = nn.Linear(hidden, n_outputs)
 

@@ -100,7 +100,7 @@ def _ratings(obj: dict, role: str | None, errors: list[str]) -> dict[str, dict[s
         ratings[annotator] = {}
         for emotion, score in scores.items():
             if isinstance(score, bool) or not isinstance(score, (int, float)) \
-                    or score != int(score) or not SCALE[0] <= score <= SCALE[1]:
+                    or not SCALE[0] <= score <= SCALE[1] or score != int(score):
                 errors.append(f"field '{where}.{emotion}': expected an integer {SCALE[0]}..{SCALE[1]}, "
                               f"got {score!r}")
                 continue

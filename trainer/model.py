@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from trainer.config import ModelOptions, TowerOptions
+from trainer.tokenization import is_bert_japanese, is_fast, load_bert_japanese, tokenize_slow
 
 
 def resolve_source(source: str) -> str:
@@ -73,8 +74,10 @@ def _configure(tok: Tokenizer, max_tokens: int, pad_id: int, pad_token: str) -> 
     return tok
 
 
-def load_tokenizer(opts: TowerOptions, max_tokens: int) -> Tokenizer:
-    """The text tower's fast tokenizer as a `tokenizers.Tokenizer` (what the bundle ships)."""
+def load_tokenizer(opts: TowerOptions, max_tokens: int):
+    """The text tower's tokenizer: a fast one as a `tokenizers.Tokenizer` (the bundle ships
+    its tokenizer.json), or transformers' BertJapaneseTokenizer for MeCab + SentencePiece
+    (the bundle ships its SentencePiece model and settings, see trainer.tokenization)."""
     source = opts.tokenizer or opts.pretrained
     if source is None:
         raise ValueError("a text tower built from a config needs `tokenizer` (a tokenizer.json, id, or 'bytes')")
@@ -85,9 +88,12 @@ def load_tokenizer(opts: TowerOptions, max_tokens: int) -> Tokenizer:
         tok = Tokenizer.from_file(source)
         pad = tok.padding or {}
         return _configure(tok, max_tokens, pad.get("pad_id", 0), pad.get("pad_token", "[PAD]"))
+    if is_bert_japanese(source):
+        return load_bert_japanese(source, max_tokens)
     hf = AutoTokenizer.from_pretrained(source, use_fast=True)
     if not getattr(hf, "is_fast", False):
-        raise ValueError(f"{source}: no fast (tokenizers-library) tokenizer; the bundle needs tokenizer.json")
+        raise ValueError(f"{source}: no fast (tokenizers-library) tokenizer and not BERT-Japanese "
+                         "(MeCab + SentencePiece): the bundle has no runtime tokenizer for it")
     tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     return _configure(tok, max_tokens, hf.pad_token_id or 0, hf.pad_token or "[PAD]")
 
@@ -104,6 +110,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of x [B, T, H] counting only positions where mask [B, T] is true."""
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def normalize_valid(waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance over each row's valid samples; the padding stays zero."""
+    mask = _length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
+    n = mask.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (waveform * mask).sum(1, keepdim=True) / n
+    var = (((waveform - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (waveform - mean) / torch.sqrt(var + 1e-7) * mask
 
 
 class AudioTower(nn.Module):
@@ -139,11 +154,7 @@ class AudioTower(nn.Module):
         """Frames [B, T, H] and their validity mask [B, T]."""
         lengths = lengths.to(torch.long)
         if self.normalize_waveform:
-            mask = _length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
-            n = mask.sum(1, keepdim=True).clamp(min=1.0)
-            mean = (waveform * mask).sum(1, keepdim=True) / n
-            var = (((waveform - mean) * mask) ** 2).sum(1, keepdim=True) / n
-            waveform = (waveform - mean) / torch.sqrt(var + 1e-7) * mask
+            waveform = normalize_valid(waveform, lengths)
         x = waveform[:, None, :]
         cur = lengths
         for layer in self.encoder.feature_extractor.conv_layers:
@@ -173,6 +184,17 @@ class AudioTower(nn.Module):
     def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         frames, mask = self(waveform, lengths)
         return masked_mean(frames, mask)
+
+
+def build_audio_tower(opts: ModelOptions, weights: bool = True) -> nn.Module:
+    """The Whisper family through `trainer.whisper`, the wav2vec2 family through `AudioTower`."""
+    from trainer.whisper import WhisperTower
+    from trainer.whisper_sources import load_whisper_encoder
+
+    encoder = load_whisper_encoder(opts.audio, weights)
+    if encoder is not None:
+        return WhisperTower(encoder, opts.normalize_waveform)
+    return AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
 
 
 class TextTower(nn.Module):
@@ -212,7 +234,7 @@ class ClapModel(nn.Module):
     def __init__(self, opts: ModelOptions, weights: bool = True):
         super().__init__()
         self.opts = opts
-        self.audio = AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
+        self.audio = build_audio_tower(opts, weights)
         self.text = TextTower(load_tower(opts.text, weights), opts.text_pooling)
         d = opts.embedding_dim
         self.audio_norm = (nn.BatchNorm1d(self.audio.hidden_size, affine=False) if opts.audio_norm == "batch"
@@ -252,7 +274,9 @@ class ClapModel(nn.Module):
         return [p for p in [*self.audio.parameters(), *self.text.parameters()] if p.requires_grad]
 
 
-def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not is_fast(tokenizer):
+        return tokenize_slow(tokenizer, texts)
     encs = tokenizer.encode_batch(texts)
     ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
     mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
