@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import Config, load_config
+from trainer.features import AudioFeatures, FeatureDataset, collate_features, tower_key
 from trainer.inference import run_batched
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
@@ -27,7 +28,11 @@ class BaselineModel(nn.Module):
         self.fc = nn.Linear(hidden, n_outputs)
 
     def forward(self, waveform, lengths):
-        return self.fc(torch.relu(self.linear(self.audio.pooled(waveform, lengths))))
+        return self.from_pooled(self.audio.pooled(waveform, lengths))
+
+    def from_pooled(self, pooled):
+        """The classifier on the tower's pooled output (cached when the tower is frozen)."""
+        return self.fc(torch.relu(self.linear(pooled)))
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,9 +59,28 @@ def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False
     tr, va = split_validation(len(corpus.audio), opts.val_fraction, opts.seed)
     train_set, val_set = corpus.subset(tr), corpus.subset(va if len(va) else tr)
     val_clips = [val_set.clip(i) for i in range(len(val_set.audio))]
+    frozen = {}
+    if any(p.requires_grad for p in model.audio.parameters()):
+        step = lambda net, batch, rng: masked_bce(net(batch[0], batch[1]), batch[2])  # noqa: E731
+
+        def val_probs(m):
+            return predict_probs(m, val_clips, device=device)
+    else:
+        # A frozen tower runs once (with augmented views); only the classifier trains.
+        features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
+            model, corpus, opts.views, opts.seed, device)
+        frozen = {"data": FeatureDataset(features[:, tr], train_set.labels, opts.seed),
+                  "collate_fn": collate_features}
+        val_pooled = torch.from_numpy(features[0, va if len(va) else tr]).to(device)
+        step = lambda net, batch, rng: masked_bce(net.from_pooled(batch[0]), batch[1])  # noqa: E731
+
+        @torch.no_grad()
+        def val_probs(m):
+            m.eval()
+            return torch.sigmoid(m.from_pooled(val_pooled).float()).cpu().numpy()
 
     def thresholds_and_ua(m):
-        probs = predict_probs(m, val_clips, device=device)
+        probs = val_probs(m)
         thr = [youden_threshold(val_set.labels[:, k], probs[:, k]) for k in range(probs.shape[1])]
         uas = [unweighted_accuracy(val_set.labels[:, k], (probs[:, k] >= thr[k]).astype(int))
                for k in range(probs.shape[1])]
@@ -71,8 +95,7 @@ def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False
     groups = param_groups([*model.linear.parameters(), *model.fc.parameters()],
                           [p for p in model.audio.parameters() if p.requires_grad], opts)
     return train(model, corpus=train_set, opts=opts, out=out, groups=groups, resume=resume, device=device,
-                 step_loss=lambda net, batch, rng: masked_bce(net(batch[0], batch[1]), batch[2]),
-                 validate=lambda m: thresholds_and_ua(m)[1], save_best=save_best)
+                 step_loss=step, validate=lambda m: thresholds_and_ua(m)[1], save_best=save_best, **frozen)
 
 
 def load_baseline(path: Path) -> tuple[BaselineModel, list[str], list[float], dict]:

@@ -67,6 +67,10 @@ class TrainOptions:
     weight_decay: float = 0.01
     precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
     max_seconds: float = 8.0  # random crop length for training utterances
+    # With both towers frozen, training runs on their cached pooled outputs: `views` per
+    # utterance, the clean one and views-1 augmented ones (trainer/augment.py), one drawn
+    # per epoch. Crops do not apply there: a view is the whole utterance, as at inference.
+    views: int = 1
     val_fraction: float = 0.1
     patience: int = 20  # epochs without a better validation UA before stopping; 0 = never
     seed: int = 0
@@ -132,6 +136,8 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{cfg.source}: {table}.{key} = {value!r}; expected one of {allowed}")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"{cfg.source}: train.batch_size must be at least 2 (contrastive loss)")
+    if not 1 <= cfg.train.views <= 64:
+        raise ConfigError(f"{cfg.source}: train.views must be 1 to 64")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

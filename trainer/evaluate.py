@@ -33,6 +33,8 @@ def prompt_variants(sources: list[Path], emotion: str, single: bool, language: s
     paraphrases when the file has any."""
     files = []
     for src in sources:
+        if not src.exists():
+            raise RunError(f"--prompts {src}: no such file or folder")
         if src.is_dir():
             if (src / f"{emotion}.toml").is_file():
                 files.append(src / f"{emotion}.toml")

@@ -5,9 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from trainer.checkpoint import save_checkpoint
 from trainer.config import Config, load_config
 from trainer.descriptions import Descriptions, load_descriptions
+from trainer.features import AudioFeatures, FeatureDataset, collate_features, text_features, tower_key
 from trainer.inference import embed_clips, zero_shot_probs
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.loss import multitask_loss
@@ -28,6 +31,19 @@ def clap_step(desc: Descriptions, tokenizer, paraphrases: bool, kind: str):
     return step
 
 
+def frozen_step(desc: Descriptions, texts: dict, paraphrases: bool, kind: str):
+    """`clap_step` on cached tower outputs: only the heads (and the logit scale) run."""
+    k = len(desc.emotions)
+
+    def step(net, batch, rng):
+        pooled, labels = batch
+        text = torch.stack([texts[s] for s in desc.sample(rng, paraphrases)]).to(pooled.device)
+        audio, text = net.audio_from_pooled(pooled), net.text_from_pooled(text)
+        return multitask_loss(audio, text.view(k, 2, -1), labels, net.scale(), kind)
+
+    return step
+
+
 def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, device: str = "cpu",
              held_out: str | None = None) -> dict:
     """Train on `corpus` (already without its test session); best model → out/best.pt."""
@@ -41,11 +57,30 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
     train_set, val_set = corpus.subset(tr), corpus.subset(va)
     val_clips = [val_set.clip(i) for i in range(len(val_set.audio))]
 
+    frozen = {}
+    if model.towers_frozen():
+        # Both towers frozen: run them once (with augmented views), train the heads alone.
+        features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
+            model, corpus, opts.views, opts.seed, device)
+        texts = text_features(model, tokenizer, [s for _, _, s in desc.all_sentences()], device)
+        frozen = {"data": FeatureDataset(features[:, tr], train_set.labels, opts.seed),
+                  "collate_fn": collate_features}
+        val_pooled = torch.from_numpy(features[0, va]).to(device)  # the clean views
+
+        @torch.no_grad()
+        def embed_validation(m):
+            m.eval()
+            return m.audio_from_pooled(val_pooled).cpu().numpy()
+        step = frozen_step(desc, texts, opts.paraphrases, opts.loss)
+    else:
+        def embed_validation(m):
+            return embed_clips(m, val_clips, device=device)
+        step = clap_step(desc, tokenizer, opts.paraphrases, opts.loss)
+
     def validate(m):
         if not val_clips:
             return None
-        emb = embed_clips(m, val_clips, device=device)
-        return mean_ua(val_set.labels, zero_shot_probs(m, tokenizer, desc, emb, device))
+        return mean_ua(val_set.labels, zero_shot_probs(m, tokenizer, desc, embed_validation(m), device))
 
     def save_best(path, summary):
         summary = {**summary, "held_out_session": held_out, "train_utterances": len(tr),
@@ -55,9 +90,9 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
                                                   "metrics": {"validation_ua": summary["best_val_ua"]}})
 
     groups = param_groups(model.head_parameters(), model.encoder_parameters(), opts)
-    return train(model, corpus=train_set, opts=opts, out=out, step_loss=clap_step(desc, tokenizer, opts.paraphrases,
-                 opts.loss), validate=validate, save_best=save_best, groups=groups, resume=resume,
-                 device=device, after_step=lambda m: m.clamp_logit_scale())
+    return train(model, corpus=train_set, opts=opts, out=out, step_loss=step, validate=validate,
+                 save_best=save_best, groups=groups, resume=resume, device=device,
+                 after_step=lambda m: m.clamp_logit_scale(), **frozen)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -139,9 +139,11 @@ StepLoss = Callable[[torch.nn.Module, tuple, np.random.Generator], torch.Tensor]
 def train(model: torch.nn.Module, *, corpus: Corpus, opts: TrainOptions, out: Path, step_loss: StepLoss,
           validate: Callable[[torch.nn.Module], float] | None, save_best: Callable[[Path, dict], None],
           groups: list[dict], resume: bool = False, device: str | torch.device = "cpu",
-          after_step: Callable[[torch.nn.Module], None] | None = None) -> dict:
+          after_step: Callable[[torch.nn.Module], None] | None = None,
+          data: Dataset | None = None, collate_fn=collate) -> dict:
     """Run the epochs; checkpoint `out/last.pt` each epoch and `save_best(out/best.pt, summary)`
-    whenever validation UA improves. Returns the summary (history, best epoch, timing)."""
+    whenever validation UA improves. Returns the summary (history, best epoch, timing).
+    `data` replaces the corpus's clips (e.g. cached features); it needs `set_epoch`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ddp = init_distributed()
@@ -153,7 +155,9 @@ def train(model: torch.nn.Module, *, corpus: Corpus, opts: TrainOptions, out: Pa
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(groups)
     autocast, scaler = autocast_for(device, opts.precision)
-    data = UtteranceDataset(corpus, int(opts.max_seconds * SAMPLE_RATE) if opts.max_seconds else None, opts.seed)
+    if data is None:
+        data = UtteranceDataset(corpus, int(opts.max_seconds * SAMPLE_RATE) if opts.max_seconds else None,
+                                opts.seed)
     sampler = (DistributedSampler(data, ddp.world, ddp.rank, shuffle=True, seed=opts.seed, drop_last=True)
                if ddp.world > 1 else None)
     state = {"epoch": 0, "history": [], "best_ua": -math.inf, "best_epoch": None, "bad_epochs": 0, "wall_s": 0.0}
@@ -177,7 +181,7 @@ def train(model: torch.nn.Module, *, corpus: Corpus, opts: TrainOptions, out: Pa
             order = sampler
         else:
             order = RandomSampler(data, generator=torch.Generator().manual_seed(opts.seed * 7919 + epoch))
-        loader = DataLoader(data, batch_size=opts.batch_size, sampler=order, collate_fn=collate,
+        loader = DataLoader(data, batch_size=opts.batch_size, sampler=order, collate_fn=collate_fn,
                             num_workers=opts.num_workers, drop_last=len(data) > opts.batch_size)
         rng = np.random.default_rng([opts.seed, epoch])
         net.train()

@@ -244,11 +244,20 @@ class ClapModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(opts.init_logit_scale)))
 
     def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        pooled = self.audio_norm(self.audio.pooled(waveform, lengths))
-        return F.normalize(self.audio_head(pooled).float(), dim=-1)
+        return self.audio_from_pooled(self.audio.pooled(waveform, lengths))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_head(self.text(input_ids, attention_mask)).float(), dim=-1)
+        return self.text_from_pooled(self.text(input_ids, attention_mask))
+
+    def audio_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The audio head on the tower's pooled output (cached when the tower is frozen)."""
+        return F.normalize(self.audio_head(self.audio_norm(pooled)).float(), dim=-1)
+
+    def text_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(pooled).float(), dim=-1)
+
+    def towers_frozen(self) -> bool:
+        return not any(p.requires_grad for p in [*self.audio.parameters(), *self.text.parameters()])
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=self.opts.max_logit_scale)

@@ -1,0 +1,83 @@
+"""Frozen towers: their outputs are computed once (clean and augmented views), cached
+on disk, and only the heads train — for the CLAP model and the supervised baseline."""
+import numpy as np
+import pytest
+import torch
+
+from emoclap.audio import SAMPLE_RATE, write_wav
+from trainer import augment
+from trainer.baseline import fit_baseline
+from trainer.config import load_config
+from trainer.fit import fit_clap
+from trainer.loop import Corpus
+from tests.test_trainer_fit import toy_corpus
+
+torch.set_num_threads(1)
+
+
+def frozen_cfg(**over):
+    base = {"train.epochs": 4, "train.batch_size": 8, "train.val_fraction": 0.25, "train.views": 3,
+            "train.lr_head": 3e-3, "model.audio.trainable": False, "model.text.trainable": False}
+    base.update(over)
+    return load_config("configs/tiny.toml", base)
+
+
+def on_disk(corpus: Corpus, folder) -> Corpus:
+    paths = []
+    for i, clip in enumerate(corpus.audio):
+        write_wav(folder / f"{i}.wav", clip)
+        paths.append(str(folder / f"{i}.wav"))
+    return Corpus(paths, corpus.labels, corpus.sessions, corpus.emotions)
+
+
+def test_views_are_reproducible_and_vary_rate_level_and_noise():
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    a = augment.views(tone, 6, seed=1, key=7)
+    b = augment.views(tone, 6, seed=1, key=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.array_equal(a[0], tone)  # the first view is the utterance itself
+    assert len({v.size for v in a[1:]}) > 1  # speaking rate changes the length
+    assert len({round(float(np.abs(v).max()), 3) for v in a[1:]}) > 1  # and the level varies
+    for v in a[1:]:
+        assert v.dtype == np.float32 and np.isfinite(v).all() and np.abs(v).max() <= 1.0
+
+
+def test_frozen_fit_caches_tower_outputs_and_trains_only_heads(tmp_path, capsys):
+    corpus = on_disk(toy_corpus(40), tmp_path)
+    cfg = frozen_cfg()
+    first = fit_clap(corpus, cfg, tmp_path / "run" / "fold-a")
+    assert "frozen audio tower: 40 utterances × 3 views" in capsys.readouterr().err
+    (cache,) = (tmp_path / "run" / "features").glob("audio-*.npz")
+    # Another fold of the same run reads the cache: the towers do not run again.
+    second = fit_clap(corpus, cfg, tmp_path / "run" / "fold-b")
+    assert "frozen audio tower" not in capsys.readouterr().err
+    assert [h["loss"] for h in first["history"]] == [h["loss"] for h in second["history"]]
+    losses = [h["loss"] for h in first["history"]]
+    assert losses[-1] < losses[0]
+    before = torch.load(tmp_path / "run" / "fold-a" / "best.pt", weights_only=False)
+    from trainer.model import ClapModel
+    from trainer.runs import seed_everything
+
+    seed_everything(cfg.train.seed)  # the towers as fit_clap built them, before training
+    fresh = ClapModel(cfg.model)
+    tower = {k: v for k, v in before["model"].items() if k.startswith(("audio.", "text."))}
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in tower.items())  # frozen: untouched
+    # A changed file is embedded again; the others come from the cache.
+    write_wav(corpus.audio[0], np.zeros(6000, np.float32))
+    fit_clap(corpus, cfg, tmp_path / "run" / "fold-c")
+    assert "frozen audio tower: 1 utterances × 3 views" in capsys.readouterr().err
+    assert cache.exists()
+
+
+def test_frozen_baseline_trains_on_cached_features(tmp_path):
+    corpus = on_disk(toy_corpus(40), tmp_path)
+    summary = fit_baseline(corpus, frozen_cfg(**{"train.epochs": 6}), tmp_path / "base" / "fold-a")
+    assert summary["best_val_ua"] is not None and summary["epochs_run"] >= 1
+    data = torch.load(tmp_path / "base" / "fold-a" / "best.pt", weights_only=False)
+    assert len(data["thresholds"]) == 2
+
+
+def test_views_must_be_sane():
+    with pytest.raises(Exception, match="train.views"):
+        load_config("configs/tiny.toml", {"train.views": 0})
