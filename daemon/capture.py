@@ -17,6 +17,7 @@ from emoclap.station import StationStream
 
 from .config import Config, StationConfig
 from .links import Sender
+from .speakers import make_gate
 
 log = logging.getLogger("emoclapd.capture")
 
@@ -46,6 +47,7 @@ class SourceThread(threading.Thread):
         self.sender: Sender | None = None
         self.error: BaseException | None = None
         self.policy = cfg.privacy.policy()
+        self.speakers = None  # the staff-voice gate, made in the thread when an auto station needs it
 
     def open_streams(self, input_rate: int, block: bool = False) -> None:
         st = self.cfg.stages
@@ -53,11 +55,15 @@ class SourceThread(threading.Thread):
         for s in self.stations:
             self.streams[s.name] = StationStream(s.name, s.role, self.cfg.segmenter, input_rate)
             self.sender.set_state(s.name, "starting")
+        if any(s.role == "auto" for s in self.stations):
+            self.speakers = make_gate(self.cfg)
 
     def send(self, stream: StationStream, utterances) -> None:
         short = stream.take_too_short()
         if short:
             self.sender.drop(stream.name, "too_short", short)
+        if self.speakers is not None:  # before dispatch: a staff voice never reaches the encoder
+            utterances = self.speakers.tag(utterances)
         self.sender.dispatch(utterances, self.policy)
 
     def feed_block(self, block: np.ndarray) -> None:

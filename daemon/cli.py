@@ -208,5 +208,43 @@ def history_command(args) -> int:
     return 0
 
 
+@command("enroll", "enrol a staff member's voice, so auto stations recognise them as staff",
+         arg("name", nargs="?", help="the staff member's name"),
+         arg("files", nargs="*", metavar="FILE", help="recordings of that one person (at least 3 s of speech)"),
+         CONFIG_ARG,
+         arg("--list", action="store_true", help="list enrolled staff"),
+         arg("--remove", metavar="NAME", help="forget a staff member's voiceprint"))
+def enroll_command(args) -> int:
+    from daemon.speakers import SpeakerEncoder, SpeakerError, VoiceprintStore, enroll
+
+    cfg = load_config(args.config) if Path(args.config).is_file() else score_config(None)
+    sp = cfg.speakers
+    store = VoiceprintStore(sp.voiceprints)
+    if args.list:
+        for row in store.list():
+            print(f"{row['name']}\t{row['speech_s']:.1f} s\t{', '.join(row['files'])}")
+        return 0
+    if args.remove:
+        if not store.remove(args.remove):
+            print(f"emoclapd enroll: {args.remove!r} is not enrolled", file=sys.stderr)
+            return 1
+        print(f"removed {args.remove}", file=sys.stderr)
+        return 0
+    if not args.name or not args.files:
+        print("emoclapd enroll: give NAME and at least one FILE (or --list, --remove NAME)", file=sys.stderr)
+        return 2
+    try:
+        vp, seconds = enroll(args.name, args.files, SpeakerEncoder(sp.encoder), cfg.segmenter,
+                             sp.min_speech_s, sp.min_agreement)
+    except SpeakerError as exc:
+        print(f"emoclapd enroll: {exc}", file=sys.stderr)
+        return 2
+    store.put(args.name, vp, seconds, [str(f) for f in args.files])
+    print(f"enrolled {args.name}: {seconds:.1f} s of speech from {len(args.files)} file(s) in {store.path}"
+          + ("" if sp.enabled else "; set [speakers] enabled = true for auto stations to use it"),
+          file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -78,6 +78,17 @@ class PrivacyConfig:
 
 
 @dataclass
+class SpeakersConfig:
+    """Staff recognised by voice on `auto` stations (shared microphones); see daemon.speakers."""
+    enabled: bool = False
+    voiceprints: str = "var/voiceprints.sqlite3"  # written by `emoclapd enroll`
+    encoder: str = "var/speaker-encoder"  # written by `emoclap-train export-speaker`
+    threshold: float = 0.89  # cosine at or above which a voice is staff (bench/speaker_eer.py: EER point)
+    min_speech_s: float = 3.0  # enrolment: speech needed after voice activity detection
+    min_agreement: float = 0.70  # enrolment: lowest cosine between one speaker's files/segments
+
+
+@dataclass
 class StagesConfig:
     utterances: str = "inproc://emoclap-utterances"  # capture/ingest -> encode
     embeddings: str = "inproc://emoclap-embeddings"  # encode -> score/publish
@@ -121,6 +132,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     stations: list[StationConfig] = field(default_factory=list)
     source: str = "<defaults>"  # the file it was read from
@@ -239,6 +251,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
                               f"endpoint, got {endpoint!r}")
     _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s"))
+    if not -1.0 <= cfg.speakers.threshold <= 1.0:
+        raise ConfigError("speakers.threshold: expected a cosine between -1 and 1")
+    if not -1.0 <= cfg.speakers.min_agreement <= 1.0:
+        raise ConfigError("speakers.min_agreement: expected a cosine between -1 and 1")
+    _check_positive(cfg.speakers, "speakers", ("min_speech_s",))
     for i, role in enumerate(cfg.privacy.scored_roles):
         _check_choice(role, ROLES, f"privacy.scored_roles[{i}]")
     seen: set[str] = set()
@@ -271,6 +288,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.prompts = resolve(cfg.prompts)
     cfg.cache = resolve(cfg.cache)
     cfg.history.path = resolve(cfg.history.path)
+    cfg.speakers.voiceprints = resolve(cfg.speakers.voiceprints)
+    cfg.speakers.encoder = resolve(cfg.speakers.encoder)
     for st in cfg.stations:
         st.file = resolve(st.file)
     for name in ("utterances", "embeddings"):

@@ -29,6 +29,7 @@ from emoclap.station import StationStream
 from .config import Config
 from .hub import Hub
 from .links import Sender
+from .speakers import make_gate
 from .metrics import Metrics
 from .publisher import Publisher
 
@@ -56,6 +57,7 @@ class Server:
         self.metrics = metrics
         self.ingest_sessions: dict[str, IngestSession] = {}
         self.ingest_sender: Sender | None = None
+        self.speakers = None  # staff-voice gate for auto ingest stations
         self.started = time.time()
         self.server = None
         self.port: int | None = None
@@ -67,6 +69,7 @@ class Server:
     async def start(self) -> None:
         st, srv = self.cfg.stages, self.cfg.server
         self.ingest_sender = Sender(st.utterances, st.hwm, st.status_interval_s)
+        self.speakers = make_gate(self.cfg)
         self.server = await serve(
             self._handler, srv.host, srv.port, process_request=self._process_request,
             max_size=srv.max_message_bytes,
@@ -197,6 +200,15 @@ class Server:
         self.ingest_sender.set_state(name, "online")
         return StationStream(name, role, self.cfg.segmenter, rate)
 
+    def _tag(self, utterances):
+        """Staff voices on an auto station become staff before dispatch (a worker thread:
+        the speaker encoder takes milliseconds)."""
+        return utterances if self.speakers is None else self.speakers.tag(utterances)
+
+    def _segment(self, session: IngestSession, message: bytes):
+        replies, utterances = session.on_binary(message)
+        return replies, self._tag(utterances)
+
     def _send_ingested(self, session: IngestSession, utterances) -> None:
         short = session.stream.take_too_short() if session.stream is not None else 0
         if self.ingest_sender is None:
@@ -208,7 +220,7 @@ class Server:
     async def _end_ingest(self, name: str) -> None:
         session = self.ingest_sessions.pop(name)
         async with self._busy[id(session)]:  # not while a frame is being segmented
-            self._send_ingested(session, session.close())
+            self._send_ingested(session, await asyncio.to_thread(self._tag, session.close()))
         if self.ingest_sender is not None:
             self.ingest_sender.set_state(name, "ended")
             self.ingest_sender.tick(force=True)
@@ -243,7 +255,7 @@ class Server:
                     async with busy:
                         if session.stream is not None and session.station not in self.ingest_sessions:
                             break  # ended by a shutdown
-                        replies, utterances = await asyncio.to_thread(session.on_binary, message)
+                        replies, utterances = await asyncio.to_thread(self._segment, session, message)
                 if utterances or session.station in self.ingest_sessions:
                     self._send_ingested(session, utterances)
                 for reply in replies:

