@@ -179,12 +179,14 @@ for _name, (_stages, _help) in STAGES.items():
     _register_stage(_name, _stages, _help)
 
 
-@command("history", "utterance history: `emoclapd history export --since ... --until ...`",
+@command("history", "utterance and visit history: `emoclapd history export --since ... --until ...`",
          arg("action", choices=("export",), help="what to do with the history"),
          CONFIG_ARG,
          arg("--since", help="ISO 8601 time (UTC unless a zone is given) or Unix seconds"),
          arg("--until", help="end of the range (exclusive), same forms"),
          arg("--station", help="only this station"),
+         arg("--visits", action="store_true",
+             help="export closed customer visits (by start time) instead of utterances"),
          arg("--format", default="csv", choices=("csv", "jsonl"), help="output format (default: csv)"),
          arg("--output", "-o", help="file to write (default: standard output)"))
 def history_command(args) -> int:
@@ -197,14 +199,15 @@ def history_command(args) -> int:
         history = History(cfg.history.path)
         out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
         try:
-            n = export(history.events(since, until, args.station), out, args.format)
+            rows = (history.visits if args.visits else history.events)(since, until, args.station)
+            n = export(rows, out, args.format, visits=args.visits)
         finally:
             if args.output:
                 out.close()
     except (ConfigError, HistoryError, OSError) as exc:
         print(f"emoclapd history: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {n} utterances", file=sys.stderr)
+    print(f"exported {n} {'visits' if args.visits else 'utterances'}", file=sys.stderr)
     return 0
 
 

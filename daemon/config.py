@@ -45,6 +45,11 @@ class RollingConfig:
 
 
 @dataclass
+class VisitsConfig:
+    end_after_s: float = 90.0  # silence on a station that ends a customer visit
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
@@ -129,6 +134,7 @@ class Config:
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rolling: RollingConfig = field(default_factory=RollingConfig)
+    visits: VisitsConfig = field(default_factory=VisitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -227,6 +233,7 @@ def _validate(cfg: Config) -> None:
     if cfg.encoder.threads < 0:
         raise ConfigError("encoder.threads: must be 0 or more")
     _check_positive(cfg.rolling, "rolling", ("half_life_s", "interval_s"))
+    _check_positive(cfg.visits, "visits", ("end_after_s",))
     srv = cfg.server
     if not 0 <= srv.port <= 65535:
         raise ConfigError("server.port: expected 0 to 65535")

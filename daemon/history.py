@@ -1,7 +1,8 @@
-"""Utterance history in SQLite (WAL), and its export as CSV or JSON Lines.
+"""Utterance and visit history in SQLite (WAL), and its export as CSV or JSON Lines.
 
-Every `utterance` event is committed here before it is published, so what a client
-saw is always in the history. Raw audio is kept only when `history.store_audio`.
+Every `utterance` event, and every `closed` visit, is committed here before it is
+published, so what a client saw is always in the history. Raw audio is kept only when
+`history.store_audio`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,17 @@ CREATE TABLE IF NOT EXISTS utterances (
     audio BLOB                   -- 16 kHz float32, only with store_audio
 );
 CREATE INDEX IF NOT EXISTS utterances_time ON utterances(time);
+CREATE TABLE IF NOT EXISTS visits (
+    id TEXT PRIMARY KEY,         -- the visit id, STATION-<unix start ms>
+    start REAL NOT NULL,         -- wall-clock start of its first customer utterance
+    station TEXT NOT NULL,
+    event TEXT NOT NULL          -- the published `closed` visit message, JSON
+);
+CREATE INDEX IF NOT EXISTS visits_start ON visits(start);
 """
+
+VISIT_COLUMNS = ["visit", "station", "start", "end", "duration", "utterances", "talk_share",
+                 "intention_first", "intention_last", "intention_max", "intention_slope_per_min"]
 
 
 class HistoryError(ValueError):
@@ -76,9 +87,9 @@ class History:
     def write(self, event: dict, audio: np.ndarray | None = None) -> int:
         return self.write_many([(event, audio)])
 
-    def write_many(self, rows: list[tuple[dict, np.ndarray | None]]) -> int:
-        """Commit events (with their audio when it is kept) in one transaction; returns
-        the row id of the last."""
+    def write_many(self, rows: list[tuple[dict, np.ndarray | None]], visits: list[dict] = ()) -> int:
+        """Commit events (with their audio when it is kept) and closed visits in one
+        transaction; returns the row id of the last event."""
         def row(event, audio):
             blob = (np.asarray(audio, "<f4").tobytes()
                     if self.store_audio and audio is not None and audio.size else None)
@@ -90,19 +101,31 @@ class History:
                 last = self.db.execute(
                     "INSERT INTO utterances (time, station, role, event, audio) VALUES (?, ?, ?, ?, ?)",
                     row(event, audio)).lastrowid
+            for visit in visits:  # a replayed close (same id) keeps the latest
+                self.db.execute("INSERT OR REPLACE INTO visits (id, start, station, event) VALUES (?, ?, ?, ?)",
+                                (visit["visit"], visit["start"], visit["station"],
+                                 json.dumps(visit, separators=(",", ":"), allow_nan=False)))
         self.written += len(rows)
         return last
 
     def events(self, since: float | None = None, until: float | None = None,
                station: str | None = None) -> Iterator[dict]:
-        sql, args = "SELECT event FROM utterances WHERE 1=1", []
+        return self._select("utterances", "time", since, until, station)
+
+    def visits(self, since: float | None = None, until: float | None = None,
+               station: str | None = None) -> Iterator[dict]:
+        """Closed visits that started in [since, until)."""
+        return self._select("visits", "start", since, until, station)
+
+    def _select(self, table: str, key: str, since, until, station) -> Iterator[dict]:
+        sql, args = f"SELECT event FROM {table} WHERE 1=1", []
         if since is not None:
-            sql, args = sql + " AND time >= ?", args + [since]
+            sql, args = sql + f" AND {key} >= ?", args + [since]
         if until is not None:
-            sql, args = sql + " AND time < ?", args + [until]
+            sql, args = sql + f" AND {key} < ?", args + [until]
         if station is not None:
             sql, args = sql + " AND station = ?", args + [station]
-        for (text,) in self.db.execute(sql + " ORDER BY time, id", args):
+        for (text,) in self.db.execute(sql + f" ORDER BY {key}, rowid", args):
             yield json.loads(text)
 
     def audio(self, row_id: int) -> np.ndarray | None:
@@ -118,8 +141,9 @@ class History:
             self.db.close()
 
 
-def export(events: Iterator[dict], out: TextIO, fmt: str) -> int:
-    """Write events as `jsonl` (one event per line) or `csv` (one score column per emotion)."""
+def export(events: Iterator[dict], out: TextIO, fmt: str, visits: bool = False) -> int:
+    """Write events as `jsonl` (one event per line) or `csv` (one score column per emotion;
+    with `visits`, the visit columns)."""
     if fmt == "jsonl":
         n = 0
         for n, event in enumerate(events, 1):
@@ -128,9 +152,25 @@ def export(events: Iterator[dict], out: TextIO, fmt: str) -> int:
     if fmt != "csv":
         raise HistoryError(f"--format: expected csv or jsonl, got {fmt!r}")
     rows = list(events)
+    if visits:
+        return export_visits(rows, out)
     emotions = sorted({name for e in rows for name in e.get("scores", {})})
     writer = csv.writer(out)
     writer.writerow(csv_header(["time", "station", "role"], emotions))
     for e in rows:
         writer.writerow(csv_row([iso(e["time"]), e["station"], e["role"]], e, emotions))
+    return len(rows)
+
+
+def export_visits(rows: list[dict], out: TextIO) -> int:
+    """Visits as CSV: one row each, the purchase-intention trajectory in four columns
+    (empty where the visit had no scored customer utterance)."""
+    writer = csv.writer(out)
+    writer.writerow(VISIT_COLUMNS)
+    for v in rows:
+        trend = v.get("purchase_intention") or {}
+        writer.writerow([v["visit"], v["station"], iso(v["start"]), iso(v["end"]), v["duration"],
+                         v["utterances"], "" if v["talk_share"] is None else v["talk_share"],
+                         *("" if trend.get(k) is None else trend[k]
+                           for k in ("first", "last", "max", "slope_per_min"))])
     return len(rows)

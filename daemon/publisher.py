@@ -4,7 +4,8 @@ Each utterance is scored on the event loop (a few dot products), committed to th
 history off the loop (disk), and only then broadcast, so what a client saw is always
 in the history. Messages that arrive together are committed in one transaction. The
 stage also keeps the station table, turns upstream `status` messages into metrics,
-and sends the periodic `rolling` snapshots.
+sends the periodic `rolling` snapshots, and follows customer visits (`visit` events;
+a closed visit is committed like an utterance before it is published).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import zmq.asyncio
 from emoclap import scorestream, wire
 from emoclap.record import Utterance, speech_event
 from emoclap.scorer import Scorer
+from emoclap.visits import Visits
 
 from .config import Config
 from .history import History
@@ -38,6 +40,7 @@ class Publisher:
         self.history = history
         self.hub = hub
         self.scorer = Scorer(bank, cfg.rolling.half_life_s)
+        self.visits = Visits(cfg.visits.end_after_s)
         self.policy = cfg.privacy.policy()
         self.stations: dict[str, dict] = {}
         self.published = 0
@@ -74,6 +77,7 @@ class Publisher:
         for name in gone:
             del self.stations[name]
             self.scorer.rolling.pop(name, None)
+            self.visits.forget(name)  # closed long ago by the tick: end_after_s < ttl in practice
             self.metrics.forget_station(name)
         return gone
 
@@ -90,6 +94,7 @@ class Publisher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.close_visits()  # one opened after close_visits() (a late message) is kept too
         if self._pull is not None:
             self._pull.close()
 
@@ -104,11 +109,19 @@ class Publisher:
                     break
             taken = [t for t in map(self._take, burst) if t is not None]
             if taken:
-                await self._record(taken)
+                visit_events = []
+                for event, _, _ in taken:
+                    visit, caused = self.visits.observe(event)
+                    if visit is not None:
+                        event["visit"] = visit
+                    visit_events.append(caused)
+                await self._record(taken, [v for vs in visit_events for v in vs if v["state"] == "closed"])
                 now = time.time()
-                for event, _, utt in taken:
+                for (event, _, utt), caused in zip(taken, visit_events):
                     self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
                     self.hub.broadcast(event, station=event["station"])
+                    for v in caused:
+                        self.hub.broadcast(v, station=v["station"])
                     if event["type"] == "utterance":
                         self.metrics.utterances.labels(event["station"]).inc()
                         self.published += 1
@@ -153,17 +166,17 @@ class Publisher:
             self.metrics.dropped.labels(utt.station, "score_error").inc()
             return None
 
-    async def _record(self, taken: list[tuple[dict, object, Utterance]]) -> None:
+    async def _record(self, taken: list[tuple[dict, object, Utterance]], visits: list[dict] = ()) -> None:
         if self.history is None:
             return
         rows = [(event, audio) for event, audio, _ in taken]
         try:
-            await asyncio.to_thread(self.history.write_many, rows)
+            await asyncio.to_thread(self.history.write_many, rows, visits)
             self.history_error = None
         except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
-            log.error("history: cannot write %d utterances: %s", len(rows), exc)
+            log.error("history: cannot write %d utterances, %d visits: %s", len(rows), len(visits), exc)
             self.history_error = str(exc)
-            self.metrics.history_failures.inc(len(rows))
+            self.metrics.history_failures.inc(len(rows) + len(visits))
 
     # ---- messages to clients
     def station_list(self) -> list[dict]:
@@ -176,6 +189,17 @@ class Publisher:
     def rolling_message(self, stations: set[str] | None = None) -> dict:
         return scorestream.rolling(time.time(), self.scorer.snapshots(),
                                    {n: s["state"] for n, s in self.stations.items()}, stations)
+
+    async def publish_closed(self, closed: list[dict]) -> None:
+        """Commit closed visits, then publish them."""
+        if closed:
+            await self._record([], closed)
+            for v in closed:
+                self.hub.broadcast(v, station=v["station"])
+
+    async def close_visits(self) -> None:
+        """At shutdown, before clients go: every open visit closed, stored and published."""
+        await self.publish_closed(self.visits.close_all())
 
     def prompts_changed(self) -> None:
         """Called on the loop when the prompt bank changed."""
@@ -211,5 +235,7 @@ class Publisher:
                     built[key] = self.rolling_message(client.session.stations)
                 return built[key]
             self.hub.broadcast_each(snapshot)
+            self.visits.end_after_s = self.cfg.visits.end_after_s  # a reloaded value applies now
+            await self.publish_closed(self.visits.tick(time.time()))
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
             self.expire_stations()

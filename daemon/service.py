@@ -204,7 +204,7 @@ class Service:
                  if getattr(new, name) != getattr(old, name)]
         if fixed:
             log.warning("changes to %s take effect after a restart", ", ".join(fixed))
-        old.prompts, old.rolling = new.prompts, new.rolling
+        old.prompts, old.rolling, old.visits = new.prompts, new.rolling, new.visits
         if self.parts.publisher is not None:
             self.parts.publisher.set_half_life(new.rolling.half_life_s)
         if "capture" in self.stages and (new.stations != old.stations
@@ -234,6 +234,8 @@ class Service:
                 log.error("publisher did not see the end of the stream in time")
         elif p.publisher is not None:
             await _wait(p.publisher.eos, 1.0)  # the encode stage lives elsewhere
+        if p.publisher is not None:
+            await p.publisher.close_visits()
         if p.server is not None:
             await p.server.close()
         if p.publisher is not None:

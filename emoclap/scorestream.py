@@ -1,7 +1,8 @@
 """The `/ws` score-stream protocol (version 1), free of I/O.
 
 Server → client: `hello` on connect, `utterance` per scored utterance, `rolling`
-snapshots, `prompts` when the emotion set changes, `subscribed` and `error` answers.
+snapshots, `visit` (made by `emoclap.visits`), `prompts` when the emotion set changes,
+`subscribed` and `error` answers.
 Client → server: `subscribe` (a station filter). `ScoreSession` is one client's side
 of the conversation; `ClientQueue` is its send policy. The host (an asyncio server)
 only moves text between these and a socket.
