@@ -215,11 +215,16 @@ class Publisher:
             out.append(f"{len(self.bank.errors)} prompt file(s) not in use as written")
         if self.history_error is not None:
             out.append(f"history: cannot write: {self.history_error}")
-        silent = time.monotonic() - self.last_upstream
-        self.metrics.upstream_age.set(round(silent, 1))
+        silent = self.upstream_silence()
         if silent > max(1.0, 5 * self.cfg.stages.status_interval_s):
             out.append(f"no word from the encode stage for {silent:.0f} s")
         return out
+
+    def upstream_silence(self) -> float:
+        """Seconds since the encode stage last reported (also kept current in /metrics)."""
+        silent = time.monotonic() - self.last_upstream
+        self.metrics.upstream_age.set(round(silent, 1))
+        return silent
 
     def set_half_life(self, half_life_s: float) -> None:
         self.scorer.half_life_s = half_life_s
@@ -238,4 +243,5 @@ class Publisher:
             self.visits.end_after_s = self.cfg.visits.end_after_s  # a reloaded value applies now
             await self.publish_closed(self.visits.tick(time.time()))
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
+            self.upstream_silence()
             self.expire_stations()

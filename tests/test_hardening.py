@@ -191,9 +191,13 @@ def test_a_silent_encode_stage_makes_the_gateway_degraded(tmp_path, tiny_bundle)
     async def body(svc):
         healthy = svc.parts.server.health()
         await asyncio.sleep(1.5)  # nothing upstream: only the serve stage runs
-        return healthy, svc.parts.server.health()
+        metrics = svc.parts.server.metrics.render().decode()  # before /healthz is asked again
+        return healthy, metrics, svc.parts.server.health()
 
-    healthy, silent = with_service(cfg, body, stages=("serve",))
+    healthy, metrics, silent = with_service(cfg, body, stages=("serve",))
+    age = next(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("emoclap_upstream_silence_seconds "))
+    assert age >= 1.0  # kept current by the rolling timer, not only by /healthz
     assert healthy["status"] == "ok"
     assert silent["status"] == "degraded"
     assert any("no word from the encode stage" in p for p in silent["problems"])
