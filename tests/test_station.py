@@ -13,7 +13,6 @@ def test_streams_keep_stations_apart(tmp_path):
     b, b_spans = dialogue([2.0, "I think I will take it.", 2.0], tmp_path)
     n = max(a.size, b.size)
     a, b = np.pad(a, (0, n - a.size)), np.pad(b, (0, n - b.size))
-    clock = iter(range(1000)).__next__
     streams = {name: StationStream(name, "auto", SegmenterOptions(), clock=lambda: 100.0) for name in "ab"}
     got = {"a": [], "b": []}
     for i in range(0, n, 480):
@@ -28,7 +27,6 @@ def test_streams_keep_stations_apart(tmp_path):
             assert utt.station == name and utt.t0 == 100.0
             assert utt.start <= on + 0.1 and off - 0.3 <= utt.end <= off + 0.7
             assert utt.audio.size == round(utt.duration * 16000)
-    del clock
 
 
 def test_resampled_input_finds_the_same_utterances(tmp_path):
