@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -86,15 +87,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, (str, list)) else str(value)
+
+
 def write_config(workdir: Path, bundle: Path, files: list[Path], n: int, port: int,
-                 threads: int) -> Path:
-    lines = [f'bundle = "{bundle}"', f'prompts = "{REPO / "prompts"}"', 'cache = "cache.sqlite3"',
-             "[history]", 'path = "history.sqlite3"', "[server]", f"port = {port}",
-             "max_clients = 1000", "[rolling]", "interval_s = 2.0",
-             "[encoder]", f"threads = {threads}"]
+                 threads: int, *, roles=("staff", "customer"), channels=(0, 1),
+                 sections: dict[str, dict] | None = None) -> Path:
+    """Station i plays files[i], channel channels[i % ...], as roles[i % ...]; `sections`
+    adds or overrides keys (section "" is the top level: provider, ...)."""
+    sections = {k: dict(v) for k, v in (sections or {}).items()}
+    top = {"bundle": str(bundle), "prompts": str(REPO / "prompts"), "cache": "cache.sqlite3",
+           **sections.pop("", {})}
+    merged = {"history": {"path": "history.sqlite3"}, "server": {"port": port, "max_clients": 1000},
+              "rolling": {"interval_s": 2.0}, "encoder": {"threads": threads}}
+    for name, keys in sections.items():
+        merged.setdefault(name, {}).update(keys)
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    for name, keys in merged.items():
+        lines += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in keys.items()]
     for i in range(n):
         lines += ["[[stations]]", f'name = "st{i:02d}"', f'file = "{files[i % len(files)]}"',
-                  f"channel = {i % 2}", f'role = "{("staff", "customer")[i % 2]}"', "loop = true"]
+                  f"channel = {channels[i % len(channels)]}", f'role = "{roles[i % len(roles)]}"', "loop = true"]
     path = workdir / f"config-{n}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -125,7 +141,9 @@ def scrape(port: int) -> dict[str, float]:
 
 
 async def client(port: int, latencies: list[float], counts: list[int], i: int, stop: asyncio.Event,
-                 warm_until: float) -> None:
+                 warm_until: float, on_event=None) -> None:
+    """Client i counts utterance events after `warm_until`, or hands each one to
+    `on_event(i, msg, received)` instead."""
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_queue=None) as ws:
         while not stop.is_set():
             try:
@@ -136,6 +154,9 @@ async def client(port: int, latencies: list[float], counts: list[int], i: int, s
             if '"type":"utterance"' not in text[:30]:
                 continue
             msg = json.loads(text)
+            if on_event is not None:
+                on_event(i, msg, now)
+                continue
             if now < warm_until:
                 continue
             counts[i] += 1
@@ -159,32 +180,44 @@ async def measure(port: int, pid: int, m: int, seconds: float, warmup: float) ->
     return {"lat": latencies, "counts": counts, "cpu": cpu, "rss": rss}
 
 
-def run_one(workdir, bundle, files, n, m, seconds, warmup, threads) -> dict:
-    port = free_port()
-    cfg = write_config(workdir, bundle, files, n, port, threads)
+@contextlib.contextmanager
+def running_daemon(workdir: Path, cfg: Path, port: int, threads: int, start_timeout: float = 120.0):
+    """`emoclapd run --config cfg` with a fresh history, up (its /healthz answers) until the
+    block ends; a daemon that exits early raises RuntimeError with its stderr."""
     for stale in ("history.sqlite3", "history.sqlite3-wal", "history.sqlite3-shm"):
         (workdir / stale).unlink(missing_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(threads, 1)))
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+    # stderr goes to a file: a pipe nobody reads would block a chatty daemon.
+    with open(workdir / "daemon.log", "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            deadline = time.time() + start_timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(log.read()[-4000:] or "the daemon did not start") from None
+                    time.sleep(0.3)
+            yield proc
+        finally:
+            proc.terminate()
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(proc.stderr.read())
-                time.sleep(0.3)
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_one(workdir, bundle, files, n, m, seconds, warmup, threads) -> dict:
+    port = free_port()
+    cfg = write_config(workdir, bundle, files, n, port, threads)
+    with running_daemon(workdir, cfg, port, threads) as proc:
         result = asyncio.run(measure(port, proc.pid, m, seconds, warmup))
         result["drops"] = scrape(port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     return result
 
 

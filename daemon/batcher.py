@@ -81,7 +81,10 @@ class Batcher:
                 results = self.encoder.encode([audio for audio, _, _ in live])
             except Exception as exc:  # one bad batch must not stop the daemon
                 self.failures += 1
-                log.exception("encoder failed on a batch of %d", len(live))
+                if getattr(exc, "reported", False):  # e.g. Triton down: logged once, where it arose
+                    log.debug("encoder failed on a batch of %d: %s", len(live), exc)
+                else:
+                    log.exception("encoder failed on a batch of %d", len(live))
                 for _, _, future in live:
                     future.set_exception(exc)
                 continue

@@ -53,7 +53,8 @@ class SourceThread(threading.Thread):
         st = self.cfg.stages
         self.sender = Sender(st.utterances, st.hwm, st.status_interval_s, block=block)
         for s in self.stations:
-            self.streams[s.name] = StationStream(s.name, s.role, self.cfg.segmenter, input_rate)
+            self.streams[s.name] = StationStream(s.name, s.role, self.cfg.segmenter, input_rate,
+                                                 quality=self.cfg.quality)
             self.sender.set_state(s.name, "starting")
         if any(s.role == "auto" for s in self.stations):
             self.speakers = make_gate(self.cfg)

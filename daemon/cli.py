@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.config import ConfigError, load_config
-from daemon.encoder import AudioEncoder, EncoderError, TextEncoder, encoder_options
+from daemon.encoder import EncoderError, TextEncoder, audio_encoder
 from daemon.prompt_bank import PromptBank, PromptBankOptions
 from emoclap.audio import AudioError, read_channels
 from emoclap.bundle import BundleError, load_bundle
@@ -87,8 +87,9 @@ def score_config(path: str | None):
          *MODEL_ARGS,
          arg("--format", default="jsonl", choices=("jsonl", "csv"), help="output format"),
          arg("--config", default=None,
-             help="segment and encode with this configuration's [segmenter] and [encoder] settings, "
-                  "as the daemon does (default: config.toml when it exists, else the built-in defaults)"),
+             help="segment, check and encode with this configuration's [segmenter], [quality] and "
+                  "[encoder] settings, as the daemon does (default: config.toml when it exists, "
+                  "else the built-in defaults)"),
          arg("--role", default=None,
              help="role of every channel, or one per channel separated by commas "
                   "(e.g. staff,customer); emotions for other roles are left out"))
@@ -99,7 +100,7 @@ def score_command(args) -> int:
         if role not in ROLES:
             raise ConfigError(f"--role: expected {', '.join(ROLES)}, got {role!r}")
     bundle = load_bundle(args.bundle)
-    encoder = AudioEncoder(bundle, options=encoder_options(cfg, args.provider))
+    encoder = audio_encoder(cfg, bundle, args.provider)  # [encoder] backend: ONNX Runtime or Triton
     bank = PromptBank(args.prompts, TextEncoder(bundle, provider=args.provider),
                       PromptBankOptions(cache=args.cache or None))
     log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
@@ -131,7 +132,7 @@ def score_command(args) -> int:
             continue
         for index, samples in enumerate(channels):
             stream = StationStream(f"channel{index}", roles[min(index, len(roles) - 1)], cfg.segmenter,
-                                   clock=lambda: 0.0)
+                                   clock=lambda: 0.0, quality=cfg.quality)
             scored, speech = policy.split(stream.feed(samples) + stream.finish())
             events = [speech_event(u) for u in speech]
             for utt, embedding in zip(scored, encoder.encode([u.audio for u in scored])):
@@ -144,7 +145,8 @@ def score_command(args) -> int:
                 if writer is None:
                     row = {"file": str(path), **{k: event[k] for k in ("station", "role", "start", "end",
                                                                        "duration")},
-                           "scores": event.get("scores")}  # null: a role that is not scored
+                           "scores": event.get("scores"),  # null: a role that is not scored
+                           "insufficient": event.get("insufficient"), "quality": event.get("quality")}
                     print(json.dumps(row, ensure_ascii=False))
                 else:
                     writer.writerow(csv_row([str(path), event["station"], event["role"]], event, names))
@@ -159,8 +161,8 @@ def score_command(args) -> int:
 CONFIG_ARG = arg("--config", default="config.toml", help="configuration file (default: %(default)s)")
 STAGES = {
     "run": (("capture", "encode", "serve"), "run the daemon: every stage in one process"),
-    "capture": (("capture",), "capture and segment audio; push utterances to the encode stage"),
-    "encode": (("encode",), "embed utterances from capture agents; push them to the serve stage"),
+    "capture": (("capture",), "capture and segment audio; push utterances to the gateway ([stages] utterances)"),
+    "encode": (("encode",), "embed utterances as one worker of the gateway's encode fleet ([stages] workers)"),
     "serve": (("serve",), "score, record and publish (WebSocket, history, metrics); takes /ingest audio"),
 }
 
@@ -179,7 +181,7 @@ for _name, (_stages, _help) in STAGES.items():
     _register_stage(_name, _stages, _help)
 
 
-@command("history", "utterance and visit history: `emoclapd history export --since ... --until ...`",
+@command("history", "utterance, visit and alert history: `emoclapd history export --since ... --until ...`",
          arg("action", choices=("export",), help="what to do with the history"),
          CONFIG_ARG,
          arg("--since", help="ISO 8601 time (UTC unless a zone is given) or Unix seconds"),
@@ -187,6 +189,8 @@ for _name, (_stages, _help) in STAGES.items():
          arg("--station", help="only this station"),
          arg("--visits", action="store_true",
              help="export closed customer visits (by start time) instead of utterances"),
+         arg("--alerts", action="store_true",
+             help="export alert events (fired and cleared, by time) instead of utterances"),
          arg("--format", default="csv", choices=("csv", "jsonl"), help="output format (default: csv)"),
          arg("--output", "-o", help="file to write (default: standard output)"))
 def history_command(args) -> int:
@@ -196,18 +200,22 @@ def history_command(args) -> int:
         cfg = load_config(args.config)
         since = parse_time(args.since, "--since") if args.since else None
         until = parse_time(args.until, "--until") if args.until else None
+        if args.visits and args.alerts:
+            raise HistoryError("--visits and --alerts: give one of them")
         history = History(cfg.history.path)
         out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
         try:
-            rows = (history.visits if args.visits else history.events)(since, until, args.station)
-            n = export(rows, out, args.format, visits=args.visits)
+            select = history.visits if args.visits else history.alerts if args.alerts else history.events
+            n = export(select(since, until, args.station), out, args.format, visits=args.visits,
+                       alerts=args.alerts)
         finally:
             if args.output:
                 out.close()
     except (ConfigError, HistoryError, OSError) as exc:
         print(f"emoclapd history: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {n} {'visits' if args.visits else 'utterances'}", file=sys.stderr)
+    print(f"exported {n} {'visits' if args.visits else 'alerts' if args.alerts else 'utterances'}",
+          file=sys.stderr)
     return 0
 
 
@@ -246,6 +254,36 @@ def enroll_command(args) -> int:
     print(f"enrolled {args.name}: {seconds:.1f} s of speech from {len(args.files)} file(s) in {store.path}"
           + ("" if sp.enabled else "; set [speakers] enabled = true for auto stations to use it"),
           file=sys.stderr)
+    return 0
+
+
+@command("triton-repository", "write a Triton model repository serving the bundle's audio encoder "
+         "(onnxruntime backend, dynamic batching) for [encoder] backend = \"triton\"",
+         arg("bundle", metavar="BUNDLE", help="model bundle folder"),
+         arg("out", metavar="OUT", help="repository folder (created; OUT/MODEL must not exist)"),
+         arg("--model", default="emoclap_audio", help="model name (default: %(default)s)"),
+         arg("--max-batch", type=int, default=32, help="max_batch_size (default: %(default)s)"),
+         arg("--preferred", default="4,8,16",
+             help="preferred batch sizes, comma-separated; '' for none (default: %(default)s)"),
+         arg("--queue-delay-us", type=int, default=2000,
+             help="max_queue_delay_microseconds (default: %(default)s)"),
+         arg("--instances", type=int, default=1, help="model instances (default: %(default)s)"),
+         arg("--kind", default="KIND_GPU", help="instance kind, KIND_GPU or KIND_CPU (default: %(default)s)"))
+def triton_repository_command(args) -> int:
+    from daemon.triton_repository import RepositoryError, RepositoryOptions, parse_sizes, write_repository
+
+    try:
+        options = RepositoryOptions(max_batch=args.max_batch, preferred=parse_sizes(args.preferred),
+                                    queue_delay_us=args.queue_delay_us, instances=args.instances,
+                                    kind=args.kind, model=args.model)
+        bundle = load_bundle(args.bundle)
+        folder = write_repository(bundle, args.out, options)
+    except (RepositoryError, ImportError) as exc:
+        hint = "; install the triton extra (pip install 'emoclap[triton]')" if isinstance(exc, ImportError) else ""
+        print(f"emoclapd triton-repository: {exc}{hint}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder} (bundle {bundle.hash[:12]}); serve it with tritonserver --model-repository "
+          f"{Path(args.out).resolve()}", file=sys.stderr)
     return 0
 
 

@@ -16,9 +16,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emoclap.alerts import Rule, RuleError, parse_rules
 from emoclap.privacy import PrivacyPolicy
+from emoclap.quality import QualityOptions
 from emoclap.record import ROLES
 from emoclap.segmenter import SegmenterOptions
+
+from .triton_repository import NAME_RE as TRITON_MODEL_RE
+from .webhook import WebhookConfig, parse_webhook
 
 SOURCES = ("replay", "device")
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -36,6 +41,10 @@ class EncoderConfig:
     max_batch: int = 8
     max_wait_ms: int = 20
     threads: int = 0  # ONNX Runtime intra-op threads; 0: one per physical core
+    backend: str = "onnxruntime"  # or "triton": the model runs in a Triton server (daemon.triton)
+    triton_url: str = "127.0.0.1:8001"  # Triton's gRPC endpoint, HOST:PORT
+    triton_model: str = "emoclap_audio"
+    triton_timeout_s: float = 10.0  # one request, and each start-up check
 
 
 @dataclass
@@ -96,9 +105,15 @@ class SpeakersConfig:
 @dataclass
 class StagesConfig:
     utterances: str = "inproc://emoclap-utterances"  # capture/ingest -> encode
-    embeddings: str = "inproc://emoclap-embeddings"  # encode -> score/publish
+    embeddings: str = "inproc://emoclap-embeddings"  # broker -> score/publish, in the serve process
+    workers: str = "inproc://emoclap-workers"  # the serve stage's broker; encode workers connect
     hwm: int = 64  # messages queued per socket before new ones are dropped
     status_interval_s: float = 1.0
+    heartbeat_interval_s: float = 0.5  # broker <-> encode workers
+    heartbeat_liveness: int = 3  # missed heartbeats before a peer is dead
+    max_attempts: int = 3  # dispatches of one utterance before it is dropped as worker_lost
+    request_timeout_s: float = 30.0  # a worker holding work that answers nothing this long is stuck
+    broker_queue: int = 256  # utterances waiting for a worker; past it (no worker alive): no_worker
 
 
 @dataclass
@@ -132,6 +147,7 @@ class Config:
     provider: str = "auto"
     cache: str = "var/prompt-cache.sqlite3"  # prompt embeddings, keyed by bundle hash
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+    quality: QualityOptions = field(default_factory=QualityOptions)  # [quality]: abstain thresholds
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rolling: RollingConfig = field(default_factory=RollingConfig)
     visits: VisitsConfig = field(default_factory=VisitsConfig)
@@ -141,6 +157,8 @@ class Config:
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     stations: list[StationConfig] = field(default_factory=list)
+    alerts: tuple[Rule, ...] = ()  # [[alerts]], parsed by emoclap.alerts
+    webhook: WebhookConfig | None = None  # [webhook]: alerts POSTed by daemon.webhook
     source: str = "<defaults>"  # the file it was read from
 
     def station(self, name: str) -> StationConfig | None:
@@ -204,6 +222,9 @@ def _build(cls, table: dict, prefix: str):
     try:
         return cls(**kwargs)
     except ValueError as exc:  # the options' own checks
+        key, _, why = str(exc).partition(": ")
+        if key in names and why:  # a check that names its field: the full key
+            raise ConfigError(f"{prefix}.{key}: {why}") from None
         raise ConfigError(f"{prefix}: {exc}") from None
 
 
@@ -216,6 +237,25 @@ def _check_positive(obj, key_prefix: str, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
             raise ConfigError(f"{key_prefix}.{name}: must be greater than 0")
+
+
+ENCODER_BACKENDS = ("onnxruntime", "triton")
+TRITON_URL_RE = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})")
+
+
+def check_triton_settings(enc: EncoderConfig) -> None:
+    """[encoder] backend and the Triton keys (checked whichever backend is chosen, so a
+    switch to Triton does not first fail at start-up)."""
+    _check_choice(enc.backend, ENCODER_BACKENDS, "encoder.backend")
+    match = TRITON_URL_RE.fullmatch(enc.triton_url)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ConfigError("encoder.triton_url: expected HOST:PORT of Triton's gRPC endpoint "
+                          f"(e.g. 127.0.0.1:8001, no scheme), got {enc.triton_url[:100]!r}")
+    if not TRITON_MODEL_RE.fullmatch(enc.triton_model):
+        raise ConfigError("encoder.triton_model: a Triton model name is 1 to 128 letters, digits, "
+                          f"'_', '.' or '-', not starting with '.' or '-'; got {enc.triton_model[:140]!r}")
+    if not 0 < enc.triton_timeout_s <= 3600:
+        raise ConfigError("encoder.triton_timeout_s: expected more than 0 and at most 3600")
 
 
 def is_loopback(host: str) -> bool:
@@ -232,6 +272,7 @@ def _validate(cfg: Config) -> None:
     _check_positive(cfg.encoder, "encoder", ("max_batch", "max_wait_ms"))
     if cfg.encoder.threads < 0:
         raise ConfigError("encoder.threads: must be 0 or more")
+    check_triton_settings(cfg.encoder)
     _check_positive(cfg.rolling, "rolling", ("half_life_s", "interval_s"))
     _check_positive(cfg.visits, "visits", ("end_after_s",))
     srv = cfg.server
@@ -252,12 +293,18 @@ def _validate(cfg: Config) -> None:
     if not is_loopback(srv.host) and not srv.token:
         raise ConfigError(f"server.token: required when server.host ({srv.host}) is not a "
                           f"loopback address (or set {TOKEN_ENV})")
-    for name in ("utterances", "embeddings"):
+    for name in ("utterances", "embeddings", "workers"):
         endpoint = getattr(cfg.stages, name)
         if not endpoint.startswith(ENDPOINT_SCHEMES):
             raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
                               f"endpoint, got {endpoint!r}")
-    _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s"))
+    _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s", "heartbeat_interval_s",
+                                           "heartbeat_liveness", "max_attempts", "request_timeout_s",
+                                           "broker_queue"))
+    for name, top in (("heartbeat_interval_s", 60), ("heartbeat_liveness", 100), ("max_attempts", 100),
+                      ("broker_queue", 1_000_000)):  # a dead encode worker must be noticed
+        if getattr(cfg.stages, name) > top:
+            raise ConfigError(f"stages.{name}: at most {top}")
     if not -1.0 <= cfg.speakers.threshold <= 1.0:
         raise ConfigError("speakers.threshold: expected a cosine between -1 and 1")
     if not -1.0 <= cfg.speakers.min_agreement <= 1.0:
@@ -299,7 +346,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.speakers.encoder = resolve(cfg.speakers.encoder)
     for st in cfg.stations:
         st.file = resolve(st.file)
-    for name in ("utterances", "embeddings"):
+    for name in ("utterances", "embeddings", "workers"):
         endpoint = getattr(cfg.stages, name)
         if endpoint.startswith("ipc://") and not endpoint.startswith("ipc:///"):
             setattr(cfg.stages, name, "ipc://" + resolve(endpoint[len("ipc://"):]))
@@ -314,9 +361,12 @@ def parse_config(text: str, source: str = "config.toml", base: Path | None = Non
     except RecursionError:  # tomllib recurses once per nesting level
         raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     try:
+        alerts, webhook = table.pop("alerts", []), table.pop("webhook", None)
         cfg = _build(Config, table, "")
         _validate(cfg)
-    except ConfigError as exc:
+        cfg.alerts = parse_rules(alerts)
+        cfg.webhook = None if webhook is None else parse_webhook(webhook)
+    except (ConfigError, RuleError, ValueError) as exc:  # the last two name the rule or key
         raise ConfigError(f"{source}: {exc}") from None
     cfg.source = source
     if base is not None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from emoclap.audio import length_batches, pad_batch
+from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, embed_in_chunks, length_batches, pad_batch
 from emoclap.bundle import Bundle
 from emoclap.tokenizer import load_text_tokenizer
 
@@ -29,8 +28,8 @@ class EncoderOptions:
     provider: str = "auto"          # auto | cuda | cpu
     intra_op_threads: int = 0       # 0: ONNX Runtime's choice (one per physical core)
     max_batch: int = 16             # rows per ORT call
-    min_utterance_s: float = 0.25   # shorter utterances are skipped (and counted)
-    max_chunk_s: float = 10.0       # longer ones are split into chunks this long at most...
+    min_utterance_s: float = MIN_UTTERANCE_S  # shorter utterances are skipped (and counted)
+    max_chunk_s: float = MAX_CHUNK_S          # longer ones are split into chunks this long at most...
     long_utterances: str = "split"  # ...("split", averaged) or cut to max_chunk_s ("cap")
 
     def __post_init__(self):
@@ -46,6 +45,16 @@ def encoder_options(cfg, provider: str | None = None) -> EncoderOptions:
     """The audio encoder's options from the daemon's configuration (live and offline alike)."""
     return EncoderOptions(provider=provider or cfg.provider, intra_op_threads=cfg.encoder.threads,
                           max_batch=cfg.encoder.max_batch)
+
+
+def audio_encoder(cfg, bundle: Bundle, provider: str | None = None) -> "AudioEncoder":
+    """The audio encoder `[encoder] backend` names: this process's ONNX Runtime, or a
+    Triton server (daemon.triton)."""
+    if cfg.encoder.backend == "triton":
+        from .triton import TritonAudioEncoder, triton_options
+
+        return TritonAudioEncoder(bundle, triton_options(cfg), encoder_options(cfg, provider))
+    return AudioEncoder(bundle, options=encoder_options(cfg, provider))
 
 
 def _gpu_present() -> bool:
@@ -113,11 +122,7 @@ class AudioEncoder:
         self.options = options or EncoderOptions(provider=provider)
         if options is not None and provider != "auto":
             self.options = dataclasses.replace(options, provider=provider)
-        self.session = open_session(bundle.audio_encoder, self.options.provider,
-                                    self.options.intra_op_threads)
-        _check_io(self.session, bundle.audio_encoder, ("waveform", "lengths"), bundle.embedding_dim)
-        self.provider = _short_name(self.session.get_providers()[0])
-        log.info("audio encoder on %s (%s)", self.provider, bundle.audio_encoder)
+        self._open()
         rate = bundle.sample_rate
         self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
         self.chunk_samples = max(self.min_samples, int(self.options.max_chunk_s * rate))
@@ -129,26 +134,27 @@ class AudioEncoder:
         self._lock = threading.Lock()
         self.skipped_short = 0
 
+    def _open(self) -> None:
+        """The engine that runs the model (here an ORT session; Triton in daemon.triton)."""
+        self.session = open_session(self.bundle.audio_encoder, self.options.provider,
+                                    self.options.intra_op_threads)
+        _check_io(self.session, self.bundle.audio_encoder, ("waveform", "lengths"), self.bundle.embedding_dim)
+        self.provider = _short_name(self.session.get_providers()[0])
+        log.info("audio encoder on %s (%s)", self.provider, self.bundle.audio_encoder)
+
+    def _infer(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One padded batch → [n, D] embeddings."""
+        return self.session.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
+
     def too_short(self, audio: np.ndarray) -> bool:
         return np.asarray(audio).size < self.min_samples
-
-    def _chunks(self, audio: np.ndarray) -> list[np.ndarray]:
-        n = audio.size
-        if n <= self.chunk_samples:
-            return [audio]
-        if self.options.long_utterances == "cap":
-            return [audio[: self.chunk_samples]]
-        # Equal chunks, so none is a sliver too short to say anything.
-        parts = math.ceil(n / self.chunk_samples)
-        size = math.ceil(n / parts)
-        return [audio[i:i + size] for i in range(0, n, size)]
 
     def _run(self, rows: list[np.ndarray]) -> np.ndarray:
         """Rows → embeddings, shortest first in padded batches of similar length."""
         out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
         for idx in length_batches([r.size for r in rows], self.rows_per_call):
             wave, lengths = pad_batch([rows[i] for i in idx])
-            out[idx] = self.session.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
+            out[idx] = self._infer(wave, lengths)
         return out
 
     def embed(self, audios: list[np.ndarray]) -> np.ndarray:
@@ -157,22 +163,8 @@ class AudioEncoder:
         for i, a in enumerate(audios):
             if self.too_short(a):
                 raise ValueError(f"utterance {i} has {a.size} samples; the minimum is {self.min_samples}")
-        rows, owner, weight = [], [], []
-        for i, a in enumerate(audios):
-            for chunk in self._chunks(a):
-                rows.append(chunk)
-                owner.append(i)
-                weight.append(chunk.size)
-        if not rows:
-            return np.zeros((0, self.bundle.embedding_dim), np.float32)
-        chunk_emb = self._run(rows)
-        if len(rows) == len(audios):
-            return chunk_emb
-        # Duration-weighted mean of the chunk embeddings, then back onto the unit sphere.
-        mix = np.zeros((len(audios), len(rows)), np.float32)
-        mix[owner, np.arange(len(rows))] = weight
-        emb = mix @ chunk_emb
-        return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+        return embed_in_chunks(audios, self.chunk_samples, self.options.long_utterances,
+                               self.bundle.embedding_dim, self._run)
 
     def encode(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
         """Like `embed`, but too-short utterances give None (and are counted) instead of failing."""

@@ -1,8 +1,9 @@
-"""Utterance and visit history in SQLite (WAL), and its export as CSV or JSON Lines.
+"""Utterance, visit and alert history in SQLite (WAL), and its export as CSV or JSON Lines.
 
-Every `utterance` event, and every `closed` visit, is committed here before it is
-published, so what a client saw is always in the history. Raw audio is kept only when
-`history.store_audio`.
+Every `utterance` event, every `closed` visit and every `alert` (fired and cleared) is
+committed here before it is published, so what a client saw is always in the history.
+Raw audio is kept only when `history.store_audio`. Tables added later (`visits`,
+`alerts`) are created when an older database is opened.
 """
 from __future__ import annotations
 
@@ -36,10 +37,27 @@ CREATE TABLE IF NOT EXISTS visits (
     event TEXT NOT NULL          -- the published `closed` visit message, JSON
 );
 CREATE INDEX IF NOT EXISTS visits_start ON visits(start);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT NOT NULL,            -- the alert id, RULE@STATION-<unix ms>: fired and cleared share it
+    state TEXT NOT NULL,         -- fired or cleared
+    time REAL NOT NULL,          -- the event's time, Unix seconds
+    station TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    event TEXT NOT NULL,         -- the published `alert` message, JSON
+    PRIMARY KEY (id, state)
+);
+CREATE INDEX IF NOT EXISTS alerts_time ON alerts(time);
 """
+
+# Columns added after the first release, with their types: an older database gains them
+# (ALTER TABLE) when it is opened; its earlier rows keep NULL there.
+ADDED_COLUMNS = (("utterances", "insufficient", "TEXT"),  # why it was too poor to count, or NULL
+                 ("utterances", "quality", "TEXT"))       # its measured quality, JSON
 
 VISIT_COLUMNS = ["visit", "station", "start", "end", "duration", "utterances", "talk_share",
                  "intention_first", "intention_last", "intention_max", "intention_slope_per_min"]
+ALERT_COLUMNS = ["id", "state", "time", "rule", "station", "role", "emotion", "direction", "threshold",
+                 "rearm", "value", "count", "visit", "seq"]
 
 
 class HistoryError(ValueError):
@@ -79,32 +97,48 @@ class History:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._add_columns()
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"{self.path}: cannot open history database: {exc}") from None
         self.written = 0
         self._lock = threading.Lock()  # writes come from worker threads, reads from exports
 
+    def _add_columns(self) -> None:
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                with self.db:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
     def write(self, event: dict, audio: np.ndarray | None = None) -> int:
         return self.write_many([(event, audio)])
 
-    def write_many(self, rows: list[tuple[dict, np.ndarray | None]], visits: list[dict] = ()) -> int:
-        """Commit events (with their audio when it is kept) and closed visits in one
-        transaction; returns the row id of the last event."""
+    def write_many(self, rows: list[tuple[dict, np.ndarray | None]], visits: list[dict] = (),
+                   alerts: list[dict] = ()) -> int:
+        """Commit events (with their audio when it is kept), closed visits and alert events
+        in one transaction; returns the row id of the last event."""
         def row(event, audio):
             blob = (np.asarray(audio, "<f4").tobytes()
                     if self.store_audio and audio is not None and audio.size else None)
+            quality = event.get("quality")
             return (event["time"], event["station"], event["role"],
-                    json.dumps(event, separators=(",", ":"), allow_nan=False), blob)
+                    json.dumps(event, separators=(",", ":"), allow_nan=False), blob,
+                    event.get("insufficient"),
+                    None if quality is None else json.dumps(quality, separators=(",", ":"), allow_nan=False))
         last = 0
         with self._lock, self.db:
             for event, audio in rows:
                 last = self.db.execute(
-                    "INSERT INTO utterances (time, station, role, event, audio) VALUES (?, ?, ?, ?, ?)",
-                    row(event, audio)).lastrowid
+                    "INSERT INTO utterances (time, station, role, event, audio, insufficient, quality) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", row(event, audio)).lastrowid
             for visit in visits:  # a replayed close (same id) keeps the latest
                 self.db.execute("INSERT OR REPLACE INTO visits (id, start, station, event) VALUES (?, ?, ?, ?)",
                                 (visit["visit"], visit["start"], visit["station"],
                                  json.dumps(visit, separators=(",", ":"), allow_nan=False)))
+            for alert in alerts:  # likewise a replayed alert
+                self.db.execute("INSERT OR REPLACE INTO alerts (id, state, time, station, rule, event) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                (alert["id"], alert["state"], alert["time"], alert["station"], alert["rule"],
+                                 json.dumps(alert, separators=(",", ":"), allow_nan=False)))
         self.written += len(rows)
         return last
 
@@ -116,6 +150,11 @@ class History:
                station: str | None = None) -> Iterator[dict]:
         """Closed visits that started in [since, until)."""
         return self._select("visits", "start", since, until, station)
+
+    def alerts(self, since: float | None = None, until: float | None = None,
+               station: str | None = None) -> Iterator[dict]:
+        """Alert events (fired and cleared) whose time is in [since, until)."""
+        return self._select("alerts", "time", since, until, station)
 
     def _select(self, table: str, key: str, since, until, station) -> Iterator[dict]:
         sql, args = f"SELECT event FROM {table} WHERE 1=1", []
@@ -141,9 +180,9 @@ class History:
             self.db.close()
 
 
-def export(events: Iterator[dict], out: TextIO, fmt: str, visits: bool = False) -> int:
+def export(events: Iterator[dict], out: TextIO, fmt: str, visits: bool = False, alerts: bool = False) -> int:
     """Write events as `jsonl` (one event per line) or `csv` (one score column per emotion;
-    with `visits`, the visit columns)."""
+    with `visits`, the visit columns; with `alerts`, the alert columns)."""
     if fmt == "jsonl":
         n = 0
         for n, event in enumerate(events, 1):
@@ -154,6 +193,13 @@ def export(events: Iterator[dict], out: TextIO, fmt: str, visits: bool = False) 
     rows = list(events)
     if visits:
         return export_visits(rows, out)
+    if alerts:
+        writer = csv.writer(out)
+        writer.writerow(ALERT_COLUMNS)
+        for a in rows:
+            writer.writerow([iso(a["time"]) if k == "time" else "" if a.get(k) is None else a[k]
+                             for k in ALERT_COLUMNS])
+        return len(rows)
     emotions = sorted({name for e in rows for name in e.get("scores", {})})
     writer = csv.writer(out)
     writer.writerow(csv_header(["time", "station", "role"], emotions))

@@ -1,4 +1,5 @@
-"""ZeroMQ links between stages, with drop accounting.
+"""ZeroMQ links between stages, with drop accounting, and binding that refuses an
+endpoint in use.
 
 Every link is PUSH -> PULL with a high-water mark, so no queue grows without bound.
 A sender that cannot queue a message counts it as dropped (`queue_full`) instead of
@@ -8,7 +9,11 @@ Drop counts reach the score/publish stage in `status` messages, so one process's
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -30,11 +35,70 @@ def context() -> zmq.Context:
         return zmq.Context.instance()
 
 
-def pull_socket(endpoint: str, hwm: int) -> zmq.Socket:
+class LinkError(RuntimeError):
+    """An endpoint that cannot be bound; the message names it and why."""
+
+
+_ipc_locks: dict[str, int] = {}  # path -> open lock file, held while this process lives
+
+
+def _claim_ipc(path: str, what: str) -> None:
+    """ZeroMQ binds an ipc path by replacing the file, so a second binder would silently
+    take a live endpoint over: hold `<path>.lock`, and refuse a path someone listens on."""
+    lock_path = path + ".lock"
+    ours = path in _ipc_locks  # bound here before: a socket closed a moment ago may still listen
+    if not ours:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise LinkError(f"{what}: ipc://{path}: cannot open {lock_path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LinkError(f"{what}: ipc://{path} is in use by another process "
+                            f"(it holds {lock_path})") from None
+        _ipc_locks[path] = fd
+    deadline = time.monotonic() + (1.0 if ours else 0.0)
+    while _listening(path, what):
+        if time.monotonic() >= deadline:
+            raise LinkError(f"{what}: ipc://{path} is in use: something listens on it")
+        time.sleep(0.02)
+
+
+def _listening(path: str, what: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            raise LinkError(f"{what}: ipc://{path}: {exc.strerror or exc}") from None
+        return False
+    finally:
+        probe.close()
+
+
+def bind(sock: zmq.Socket, endpoint: str, what: str = "endpoint") -> None:
+    """Bind, refusing an endpoint in use with an error that names it (`what`: the
+    configuration key) instead of taking it over or failing in a thread."""
+    if endpoint.startswith("ipc://"):
+        _claim_ipc(endpoint[len("ipc://"):], what)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise LinkError(f"{what}: cannot bind {endpoint}: {exc.strerror}") from None
+
+
+def pull_socket(endpoint: str, hwm: int, what: str = "endpoint") -> zmq.Socket:
     sock = context().socket(zmq.PULL)
     sock.set_hwm(hwm)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
+    try:
+        bind(sock, endpoint, what)
+    except LinkError:
+        sock.close()
+        raise
     return sock
 
 

@@ -15,6 +15,9 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.utterances = Counter("emoclap_utterances", "Utterances scored and published",
                                   ["station"], registry=r)
+        self.insufficient = Counter("emoclap_insufficient",
+                                    "Scored utterances flagged too poor to count (kept out of rolling "
+                                    "scores, visits and alerts), by reason", ["station", "reason"], registry=r)
         self.speech = Counter("emoclap_speech_utterances",
                               "Utterances of roles whose emotions are not inferred (speech activity only)",
                               ["station"], registry=r)
@@ -52,7 +55,42 @@ class Metrics:
         self.prompt_errors = Gauge("emoclap_prompt_file_errors",
                                    "Prompt files not in use as written (refused or failing)", registry=r)
         self.upstream_age = Gauge("emoclap_upstream_silence_seconds",
-                                  "Seconds since the encode stage last reported", registry=r)
+                                  "Seconds since an encode worker last reported", registry=r)
+        self.workers_alive = Gauge("emoclap_workers_alive", "Encode workers the broker hears", registry=r)
+        self.worker_inflight = Gauge("emoclap_worker_inflight", "Utterances given to an encode worker "
+                                     "and not yet answered", ["worker"], registry=r)
+        self.worker_age = Gauge("emoclap_worker_heartbeat_age_seconds",
+                                "Seconds since an encode worker was last heard", ["worker"], registry=r)
+        self.broker_queue = Gauge("emoclap_broker_queue_depth", "Utterances waiting for an encode worker",
+                                  registry=r)
+        self.backlog = Gauge("emoclap_backlog_utterances", "Utterances the gateway accepted and has "
+                             "neither published nor counted dropped", registry=r)
+        self.requeued = Counter("emoclap_requeued", "Utterances given to another encode worker after "
+                                "theirs died, left or timed out", registry=r)
+        self.duplicates = Counter("emoclap_duplicate_results", "Encode results discarded: already "
+                                  "finished, not asked of that worker, or from a worker declared dead",
+                                  registry=r)
+        self.worker_bad_messages = Counter("emoclap_worker_bad_messages",
+                                           "Messages from encode workers that break the protocol", registry=r)
+        self.alerts = Counter("emoclap_alerts", "Alert events by rule and state (fired, cleared)",
+                              ["rule", "state"], registry=r)
+        self.webhook_deliveries = Counter(
+            "emoclap_webhook_deliveries", "Alert webhook deliveries by outcome (ok; failed: every "
+            "attempt failed; dropped: queue full or shutdown)", ["outcome"], registry=r)
+        self.webhook_retries = Counter("emoclap_webhook_retries",
+                                       "Webhook attempts repeated after a failed one", registry=r)
+
+    def set_workers(self, workers: list[dict]) -> None:
+        """Per-worker series from the broker's view; a departed worker's series go."""
+        labels = {f"{w.get('host') or '?'}:{w.get('pid', 0)}/{w['id']}": w for w in workers}
+        for metric in (self.worker_inflight, self.worker_age):
+            for sample in [s for m in metric.collect() for s in m.samples]:
+                if sample.labels["worker"] not in labels:
+                    metric.remove(sample.labels["worker"])
+        for label, w in labels.items():
+            self.worker_inflight.labels(label).set(w["inflight"])
+            self.worker_age.labels(label).set(w["heard_s"])
+        self.workers_alive.set(len(workers))
 
     def set_state(self, station: str, state: str) -> None:
         for s in STATES:
@@ -71,12 +109,13 @@ class Metrics:
                 self.station_state.remove(station, s)
             except KeyError:
                 pass
-        for metric in self.dropped.collect():
-            for reason in {x.labels["reason"] for x in metric.samples if x.labels.get("station") == station}:
-                try:
-                    self.dropped.remove(station, reason)
-                except KeyError:
-                    pass
+        for counter in (self.dropped, self.insufficient):
+            for metric in counter.collect():
+                for reason in {x.labels["reason"] for x in metric.samples if x.labels.get("station") == station}:
+                    try:
+                        counter.remove(station, reason)
+                    except KeyError:
+                        pass
 
     def record_status(self, status: dict) -> None:
         for station, state in status.get("states", {}).items():

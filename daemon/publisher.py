@@ -5,7 +5,9 @@ history off the loop (disk), and only then broadcast, so what a client saw is al
 in the history. Messages that arrive together are committed in one transaction. The
 stage also keeps the station table, turns upstream `status` messages into metrics,
 sends the periodic `rolling` snapshots, and follows customer visits (`visit` events;
-a closed visit is committed like an utterance before it is published).
+a closed visit is committed like an utterance before it is published) and alert rules
+(`alert` events, committed with the utterance that caused them, then published and
+queued for the webhook, which never holds up this loop).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from emoclap import scorestream, wire
+from emoclap.alerts import Alerts
 from emoclap.record import Utterance, speech_event
 from emoclap.scorer import Scorer
 from emoclap.visits import Visits
@@ -24,8 +27,9 @@ from emoclap.visits import Visits
 from .config import Config
 from .history import History
 from .hub import Hub
-from .links import context
+from .links import bind, context
 from .metrics import Metrics
+from .webhook import WebhookSender
 
 log = logging.getLogger("emoclapd.publisher")
 
@@ -41,12 +45,17 @@ class Publisher:
         self.hub = hub
         self.scorer = Scorer(bank, cfg.rolling.half_life_s)
         self.visits = Visits(cfg.visits.end_after_s)
+        self.alerts = Alerts(cfg.alerts)
+        self.webhook = WebhookSender(cfg.webhook, metrics) if cfg.webhook is not None else None
         self.policy = cfg.privacy.policy()
         self.stations: dict[str, dict] = {}
         self.published = 0
         self.eos = asyncio.Event()
         self.history_error: str | None = None  # the last write failure, until a write succeeds
         self.last_upstream = time.monotonic()  # when the encode stage last reported
+        self.fleet = None  # the broker (daemon.broker): it hears the encode workers
+        self.received = 0  # embeddings taken off the link
+        self.settled = 0  # ... and published or dropped: the broker's backlog counts the rest
         self._pull: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task] = []
         for s in cfg.stations:
@@ -87,14 +96,19 @@ class Publisher:
         self._pull = zmq.asyncio.Context.shadow(context().underlying).socket(zmq.PULL)
         self._pull.set_hwm(st.hwm)
         self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.bind(st.embeddings)
+        bind(self._pull, st.embeddings, "stages.embeddings")
         self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._rolling_loop())]
+        if self.webhook is not None:
+            self.webhook.start()
+        self.report_unknown_emotions()
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.close_visits()  # one opened after close_visits() (a late message) is kept too
+        if self.webhook is not None:  # what close_visits cleared gets a moment to go out
+            await asyncio.to_thread(self.webhook.close, 2.0)
         if self._pull is not None:
             self._pull.close()
 
@@ -109,25 +123,32 @@ class Publisher:
                     break
             taken = [t for t in map(self._take, burst) if t is not None]
             if taken:
-                visit_events = []
+                visit_events, alert_events = [], []
                 for event, _, _ in taken:
                     visit, caused = self.visits.observe(event)
                     if visit is not None:
                         event["visit"] = visit
                     visit_events.append(caused)
-                await self._record(taken, [v for vs in visit_events for v in vs if v["state"] == "closed"])
+                    alert_events.append([a for v in caused if v["state"] == "closed"
+                                         for a in self.alerts.end_visit(v)] + self.alerts.observe(event))
+                await self._record(taken, [v for vs in visit_events for v in vs if v["state"] == "closed"],
+                                   [a for alerts in alert_events for a in alerts])
                 now = time.time()
-                for (event, _, utt), caused in zip(taken, visit_events):
+                for (event, _, utt), caused, alerts in zip(taken, visit_events, alert_events):
                     self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
                     self.hub.broadcast(event, station=event["station"])
                     for v in caused:
                         self.hub.broadcast(v, station=v["station"])
+                    self._announce(alerts)
                     if event["type"] == "utterance":
                         self.metrics.utterances.labels(event["station"]).inc()
+                        if event.get("insufficient"):
+                            self.metrics.insufficient.labels(event["station"], event["insufficient"]).inc()
                         self.published += 1
                     else:
                         self.metrics.speech.labels(event["station"]).inc()
                     await asyncio.sleep(0)  # client writers run between events of a burst
+            self.settled = self.received  # the whole burst is published (or dropped) now
 
     def _take(self, frames: list[bytes]) -> tuple[dict, object, Utterance] | None:
         """One message from the encode stage → (event, audio to store, utterance), if any."""
@@ -152,6 +173,7 @@ class Publisher:
             return None
         if msg.kind not in ("embedding", "speech"):
             return None
+        self.received += msg.kind == "embedding"
         utt = msg.utterance
         if utt.station not in self.stations:
             self.register(utt.station, utt.role, "remote", "online")
@@ -166,17 +188,51 @@ class Publisher:
             self.metrics.dropped.labels(utt.station, "score_error").inc()
             return None
 
-    async def _record(self, taken: list[tuple[dict, object, Utterance]], visits: list[dict] = ()) -> None:
+    async def _record(self, taken: list[tuple[dict, object, Utterance]], visits: list[dict] = (),
+                      alerts: list[dict] = ()) -> None:
         if self.history is None:
             return
         rows = [(event, audio) for event, audio, _ in taken]
         try:
-            await asyncio.to_thread(self.history.write_many, rows, visits)
+            await asyncio.to_thread(self.history.write_many, rows, visits, alerts)
             self.history_error = None
         except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
-            log.error("history: cannot write %d utterances, %d visits: %s", len(rows), len(visits), exc)
+            log.error("history: cannot write %d utterances, %d visits, %d alerts: %s",
+                      len(rows), len(visits), len(alerts), exc)
             self.history_error = str(exc)
-            self.metrics.history_failures.inc(len(rows) + len(visits))
+            self.metrics.history_failures.inc(len(rows) + len(visits) + len(alerts))
+
+    # ---- alerts
+    def _announce(self, alerts: list[dict]) -> None:
+        """Publish committed alert events: clients, metrics, the webhook's queue."""
+        for a in alerts:
+            self.hub.broadcast(a, station=a["station"])
+            self.metrics.alerts.labels(a["rule"], a["state"]).inc()
+            if self.webhook is not None:
+                self.webhook.submit(a)
+
+    async def publish_alerts(self, alerts: list[dict]) -> None:
+        """Commit alert events that no utterance caused (a reload, a station leaving), then publish."""
+        if alerts:
+            await self._record([], (), alerts)
+            self._announce(alerts)
+
+    async def set_alerts(self, rules, webhook) -> None:
+        """A reloaded configuration's rules and webhook (see `Alerts.replace`)."""
+        await self.publish_alerts(self.alerts.replace(rules, time.time()))
+        self.report_unknown_emotions()
+        if webhook is None and self.webhook is not None:
+            sender, self.webhook = self.webhook, None
+            await asyncio.to_thread(sender.close, 0.0)
+        elif webhook is not None and self.webhook is None:
+            self.webhook = WebhookSender(webhook, self.metrics).start()
+        elif webhook is not None:
+            self.webhook.configure(webhook)
+
+    def report_unknown_emotions(self) -> None:
+        for rule in self.alerts.unknown_emotions(self.bank.emotions):
+            log.warning("alerts: rule %r watches emotion %r, which no prompt file defines now; "
+                        "it fires once there is one", rule.name, rule.emotion)
 
     # ---- messages to clients
     def station_list(self) -> list[dict]:
@@ -184,7 +240,7 @@ class Publisher:
 
     def hello(self) -> dict:
         return scorestream.hello(self.bank.emotions.values(), self.station_list(), self.bank.errors,
-                                 self.policy.scored_roles)
+                                 self.policy.scored_roles, self.alerts.active(), self.visits.current())
 
     def rolling_message(self, stations: set[str] | None = None) -> dict:
         return scorestream.rolling(time.time(), self.scorer.snapshots(),
@@ -193,9 +249,11 @@ class Publisher:
     async def publish_closed(self, closed: list[dict]) -> None:
         """Commit closed visits, then publish them."""
         if closed:
-            await self._record([], closed)
+            cleared = [a for v in closed for a in self.alerts.end_visit(v)]
+            await self._record([], closed, cleared)
             for v in closed:
                 self.hub.broadcast(v, station=v["station"])
+            self._announce(cleared)
 
     async def close_visits(self) -> None:
         """At shutdown, before clients go: every open visit closed, stored and published."""
@@ -204,6 +262,7 @@ class Publisher:
     def prompts_changed(self) -> None:
         """Called on the loop when the prompt bank changed."""
         self.scorer.keep_only(set(self.bank.emotions))
+        self.report_unknown_emotions()
         self.metrics.prompt_errors.set(len(self.bank.errors))
         self.hub.broadcast(scorestream.prompts(self.bank.emotions.values(), self.bank.errors))
 
@@ -215,14 +274,20 @@ class Publisher:
             out.append(f"{len(self.bank.errors)} prompt file(s) not in use as written")
         if self.history_error is not None:
             out.append(f"history: cannot write: {self.history_error}")
-        silent = self.upstream_silence()
-        if silent > max(1.0, 5 * self.cfg.stages.status_interval_s):
+        webhook = self.webhook.problem() if self.webhook is not None else None
+        if webhook:
+            out.append(webhook)
+        silent, st = self.upstream_silence(), self.cfg.stages
+        if silent > max(1.0, 5 * st.status_interval_s, 2 * st.heartbeat_interval_s):
             out.append(f"no word from the encode stage for {silent:.0f} s")
+        if self.fleet is not None:
+            out += self.fleet.problems(any(s["state"] == "online" for s in self.stations.values()))
         return out
 
     def upstream_silence(self) -> float:
-        """Seconds since the encode stage last reported (also kept current in /metrics)."""
-        silent = time.monotonic() - self.last_upstream
+        """Seconds since an encode worker was last heard (also kept current in /metrics)."""
+        last = self.last_upstream if self.fleet is None else self.fleet.last_worker
+        silent = time.monotonic() - last
         self.metrics.upstream_age.set(round(silent, 1))
         return silent
 
@@ -244,4 +309,5 @@ class Publisher:
             await self.publish_closed(self.visits.tick(time.time()))
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
             self.upstream_silence()
-            self.expire_stations()
+            await self.publish_alerts([a for name in self.expire_stations()
+                                       for a in self.alerts.forget(name, time.time())])

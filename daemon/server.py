@@ -142,6 +142,8 @@ class Server:
             return self._respond(connection, 401, "401 unauthorized: bearer token required\n",
                                  "text/plain; charset=utf-8")
         if path == "/metrics":
+            if self.publisher.fleet is not None:
+                self.publisher.fleet.update_metrics()  # current at every scrape
             return self._respond(connection, 200, self.metrics.render().decode(),
                                  "text/plain; version=0.0.4; charset=utf-8")
         if path in ("/", "/index.html"):
@@ -168,7 +170,8 @@ class Server:
                 "stations": stations, "clients": len(self.hub.clients),
                 "ingest_sessions": len(self.ingest_sessions),
                 "utterances": self.publisher.published,
-                "dropped": self.metrics.drop_counts()}
+                "dropped": self.metrics.drop_counts(),
+                "fleet": self.publisher.fleet.snapshot() if self.publisher.fleet is not None else None}
 
     # ---- WebSocket handlers
     async def _handler(self, ws) -> None:
@@ -198,7 +201,7 @@ class Server:
             raise IngestRefused("shutting_down", "the server is shutting down")
         self.publisher.register(name, role, "ingest", "online")
         self.ingest_sender.set_state(name, "online")
-        return StationStream(name, role, self.cfg.segmenter, rate)
+        return StationStream(name, role, self.cfg.segmenter, rate, quality=self.cfg.quality)
 
     def _tag(self, utterances):
         """Staff voices on an auto station become staff before dispatch (a worker thread:

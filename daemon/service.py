@@ -2,11 +2,12 @@
 
 `emoclapd run` starts all three stages in one process over inproc:// links;
 `capture`, `encode` and `serve` start one each, linked over ipc:// or tcp://. The
-same `Service` does both: it only skips the stages it was not asked to run.
+same `Service` does both: it only skips the stages it was not asked to run. Either way
+the serve stage's broker hands utterances to the encode workers that joined it.
 
 Shutdown order (SIGTERM/SIGINT): capture stops and flushes its segmenters, ingest
-sessions close and flush, the encode stage finishes every utterance it accepted and
-sends `eos`, the publisher writes and publishes everything up to it, then clients
+sessions close and flush, the broker has every utterance it accepted encoded (or
+counted dropped) and sends `eos`, this process's encode worker leaves, the publisher writes and publishes everything up to it, then clients
 are closed with 1001 and the history is checkpointed.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Parts:
     sources: list[SourceThread] = field(default_factory=list)
     worker: object = None
     batcher: object = None
+    broker: object = None  # the serve stage's broker, which the encode workers join
     publisher: object = None
     server: object = None
     history: object = None
@@ -43,10 +45,10 @@ class Parts:
 
 def open_encoder(cfg: Config, bundle):
     from .batcher import Batcher, BatcherOptions
-    from .encoder import AudioEncoder, encoder_options
+    from .encoder import audio_encoder
     from .worker import EncodeWorker, ObservedEncoder
 
-    observed = ObservedEncoder(AudioEncoder(bundle, options=encoder_options(cfg)))
+    observed = ObservedEncoder(audio_encoder(cfg, bundle))  # [encoder] backend: ONNX Runtime or Triton
     batcher = Batcher(observed, BatcherOptions(cfg.encoder.max_batch, cfg.encoder.max_wait_ms))
     return EncodeWorker(cfg, batcher, observed), batcher
 
@@ -114,6 +116,7 @@ class Service:
         self._start_sources(sources)
 
     async def _start_serve(self, bundle) -> None:
+        from .broker import Broker
         from .history import History
         from .hub import Hub
         from .metrics import Metrics
@@ -135,6 +138,10 @@ class Service:
         hub.on_slow = metrics.clients_closed.inc
         p.publisher = Publisher(cfg, p.bank, metrics, p.history, hub)
         p.publisher.start()
+        p.broker = Broker(cfg, metrics)
+        p.broker.consumed = lambda: p.publisher.settled
+        p.publisher.fleet = p.broker
+        p.broker.start()
         p.server = Server(cfg, p.publisher, hub, metrics)
         await p.server.start()
 
@@ -156,8 +163,8 @@ class Service:
         if interval is None:
             return
         while True:
-            worker = self.parts.worker
-            if worker is None or worker.is_alive():  # a dead stage stops the pings
+            threads = [t for t in (self.parts.worker, self.parts.broker) if t is not None]
+            if all(t.is_alive() for t in threads):  # a dead stage stops the pings
                 notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
@@ -207,6 +214,18 @@ class Service:
         old.prompts, old.rolling, old.visits = new.prompts, new.rolling, new.visits
         if self.parts.publisher is not None:
             self.parts.publisher.set_half_life(new.rolling.half_life_s)
+            if (new.alerts, new.webhook) != (old.alerts, old.webhook):
+                log.info("alert rules or webhook changed: applied now")
+                await self.parts.publisher.set_alerts(new.alerts, new.webhook)
+        old.alerts, old.webhook = new.alerts, new.webhook
+        if new.quality != old.quality:  # frozen options: each stream swaps them whole
+            old.quality = new.quality
+            streams = [st for source in self.parts.sources for st in list(source.streams.values())]
+            if self.parts.server is not None:
+                streams += [s.stream for s in self.parts.server.ingest_sessions.values() if s.stream]
+            for stream in streams:
+                stream.quality = new.quality
+            log.info("quality thresholds changed: applied to the next utterances")
         if "capture" in self.stages and (new.stations != old.stations
                                          or new.segmenter != old.segmenter):
             try:
@@ -227,13 +246,14 @@ class Service:
         await asyncio.to_thread(self._stop_sources)
         if p.server is not None:
             await p.server.stop_ingest()
+        if p.broker is not None:  # the workers (this process's too) finish what it accepted
+            p.broker.drain(self.drain_timeout_s)
+            await asyncio.to_thread(p.broker.join, self.drain_timeout_s + 5)
+            if not await _wait(p.publisher.eos, 5.0):
+                log.error("publisher did not see the end of the stream in time")
         if p.worker is not None:
             p.worker.drain()
             await asyncio.to_thread(p.worker.join, self.drain_timeout_s)
-            if p.publisher is not None and not await _wait(p.publisher.eos, self.drain_timeout_s):
-                log.error("publisher did not see the end of the stream in time")
-        elif p.publisher is not None:
-            await _wait(p.publisher.eos, 1.0)  # the encode stage lives elsewhere
         if p.publisher is not None:
             await p.publisher.close_visits()
         if p.server is not None:
@@ -267,6 +287,12 @@ def run_service(config_path: str, stages=STAGES) -> int:
     if "capture" in stages and not cfg.stations and stages != STAGES:
         log.error("%s: stations: none configured, nothing to capture", config_path)
         return 2
+    for stage, key in (("capture", "utterances"), ("encode", "workers")):
+        endpoint = getattr(cfg.stages, key)
+        if stage in stages and "serve" not in stages and endpoint.startswith("inproc://"):
+            log.error("%s: stages.%s: %s only links stages in one process; `emoclapd %s` needs the "
+                      "gateway's ipc:// or tcp:// endpoint", config_path, key, endpoint, stage)
+            return 2
     from emoclap.bundle import BundleError
     from .encoder import EncoderError
     from emoclap.prompts import PromptError

@@ -1,25 +1,30 @@
-"""The encode stage: utterances in, embeddings out, batched across stations.
+"""The encode stage: one worker of the gateway's encode fleet.
 
-It pulls segment messages from every capture agent (and the server's ingest), hands
-the audio to the shared batcher, and pushes each embedding on in the order the
-batches finish. Upstream `status` messages are folded into its own, so drop counts
-survive a full queue. At most `max_pending` utterances wait for the encoder; past
-that it stops reading, the ZeroMQ queues fill and capture counts `queue_full`.
+It connects a DEALER to the broker (`[stages] workers`), says READY with its credit
+(how many utterances it holds at most: two batches, so one fills while the other
+runs), embeds what it is given through the shared batcher, and answers each with
+RESULT (the embedding) or DROP (too short, encoder error), in the order batches finish.
+The socket is served by this thread alone and never waits for the encoder (the batcher
+has its own thread), so heartbeats go out every interval even behind a long batch. A
+broker not heard for `heartbeat_liveness` intervals is taken for dead: the worker drops
+what it holds (the broker gives that work to others), opens a fresh socket after a
+back-off, and says READY again (Paranoid Pirate). Draining (SIGTERM) says READY with
+credit 0, finishes what it holds, then BYE.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from collections import deque
 
 import numpy as np
 import zmq
 
-from emoclap import wire
-from emoclap.record import Utterance
+from emoclap import fleet, wire
 from .config import Config
-from .links import Sender, pull_socket
+from .links import LinkError, context
 
 log = logging.getLogger("emoclapd.worker")
 
@@ -49,108 +54,173 @@ class ObservedEncoder:
 
 
 class EncodeWorker(threading.Thread):
-    QUIET_S = 0.2  # a draining worker ends once no utterance arrived for this long
+    QUIET_S = 0.2  # a draining worker leaves once no work arrived for this long
 
     def __init__(self, cfg: Config, batcher, observed: ObservedEncoder | None = None,
                  max_pending: int | None = None):
         super().__init__(name="encode", daemon=True)
         st = cfg.stages
+        self.endpoint = st.workers
         self.batcher = batcher
         self.observed = observed
         self.forward_audio = cfg.history.store_audio
         self.policy = cfg.privacy.policy()
-        self.max_pending = max_pending or max(st.hwm, 2 * cfg.encoder.max_batch)
-        # Bind here so a taken address fails at start-up, not in a thread.
-        self.pull = pull_socket(st.utterances, st.hwm)
-        self.sender = Sender(st.embeddings, st.hwm, st.status_interval_s)
-        self.pending: deque[tuple[Utterance, object]] = deque()
+        self.credit = min(max_pending or 2 * cfg.encoder.max_batch, fleet.MAX_CREDIT)
+        self.interval_s, self.liveness = st.heartbeat_interval_s, st.heartbeat_liveness
+        self.pending: dict[tuple, tuple] = {}  # key -> (utterance, future)
+        self.sock: zmq.Socket | None = None
+        self.broker: fleet.Liveness | None = None
         self.stop_event = threading.Event()
         self.drain_event = threading.Event()
+        self.connects = 0
+        self._rejoin = False  # the broker said RECONNECT
+        # Connected here, so a bad endpoint fails at start-up, not in a thread.
+        self._connect(self.credit)
 
     def drain(self) -> None:
-        """Finish every utterance already sent here, then send `eos` and stop."""
+        """Take no more work, finish what it holds, say BYE and stop."""
         self.drain_event.set()
 
     def stop(self) -> None:
         self.stop_event.set()
 
+    # ---- the loop
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
-        quiet_since = None
         try:
-            while not self.stop_event.is_set():
-                room = len(self.pending) < self.max_pending
-                timeout = 5 if self.pending else 100
-                got = 0
-                if room and poller.poll(timeout):
-                    got = self._receive()
-                elif not room:
-                    time.sleep(0.002)
-                self._complete()
-                self._report()
-                if self.drain_event.is_set():
-                    now = time.monotonic()
-                    quiet_since = None if got else (quiet_since or now)
-                    if quiet_since and now - quiet_since >= self.QUIET_S and not self.pending:
-                        break
+            self._loop()
         except Exception:  # noqa: BLE001
             log.exception("encode stage failed")
         finally:
-            self.sender.close(eos=self.drain_event.is_set())
-            self.pull.close()
+            if self.sock is not None:
+                self.sock.close(linger=1000 if self.drain_event.is_set() else 0)
 
-    def _receive(self) -> int:
+    def _loop(self) -> None:
+        quiet_since, draining = None, False
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            got = self._receive(5 if self.pending else 50)
+            self._complete()
+            if self.broker.ping_due(now):
+                self._send(fleet.heartbeat(len(self.pending),
+                                           self.observed.take() if self.observed else None,
+                                           self._problem()))
+            if self.drain_event.is_set():
+                if not draining:
+                    draining = True
+                    self._send(fleet.ready(0, *self._who()))
+                quiet_since = None if got else (quiet_since or now)
+                if not self.pending and quiet_since and now - quiet_since >= self.QUIET_S:
+                    self._send(fleet.bye())
+                    return
+                if self.broker.dead(now):
+                    return  # nobody to hand anything to
+            elif self._rejoin or self.broker.dead(now):
+                self._reconnect(now)
+
+    def _problem(self) -> str | None:
+        """What keeps the encoder from working (a Triton server gone), for the heartbeat."""
+        problem = getattr(self.observed.encoder if self.observed else None, "problem", None)
+        try:
+            return problem() if callable(problem) else None
+        except Exception:  # noqa: BLE001 - a health probe never stops the worker
+            log.exception("encode: the encoder's health check failed")
+            return None
+
+    def _who(self) -> tuple[str, str, int]:
+        host = socket.gethostname()
+        return f"{host}:{os.getpid()}", host, os.getpid()
+
+    def _connect(self, credit: int) -> None:
+        self.sock = context().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.set_hwm(4 * fleet.MAX_CREDIT)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 32 << 20)  # a broker gone mad cannot fill memory
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self.sock.close()
+            raise LinkError(f"stages.workers: cannot connect to {self.endpoint}: {exc.strerror}") from None
+        self.connects += 1
+        self.broker = fleet.Liveness(self.interval_s, self.liveness, time.monotonic())
+        self._send(fleet.ready(credit, *self._who()))
+
+    def _reconnect(self, now: float) -> None:
+        """The broker is gone (or does not know us): what we hold is its to give to
+        others; a fresh socket, after a back-off that grows while it stays away."""
+        if self.pending:
+            log.warning("encode: leaving %d utterance(s) to the broker to give to others", len(self.pending))
+        if not self._rejoin:
+            log.warning("encode: broker at %s not heard for %.1f s; reconnecting", self.endpoint,
+                        now - self.broker.heard_at)
+        self.pending.clear()
+        delay = 0.0 if self._rejoin else self.broker.backoff(now)
+        self._rejoin = False
+        self.sock.close(linger=0)
+        if self.stop_event.wait(delay):
+            self.sock = None
+            return
+        liveness = self.broker
+        self._connect(self.credit)
+        self.broker.delay_s = liveness.delay_s  # keep growing until the broker answers
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # no broker connected: it will hear nothing, and requeue
+            pass
+
+    def _receive(self, timeout_ms: int) -> int:
+        if not self.sock.poll(timeout_ms):
+            return 0
         got = 0
-        while len(self.pending) < self.max_pending:
+        while True:
             try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                break
-            got += 1
+                return got
+            now = time.monotonic()
             try:
-                msg = wire.decode(frames)
+                cmd = fleet.decode(frames, "worker")
             except wire.WireError as exc:
-                log.warning("encode: skipped a malformed message: %s", exc)
-                self.sender.drop("?", "bad_message")
+                log.warning("encode: skipped a malformed message from the broker: %s", exc)
                 continue
-            if msg.kind == "status":
-                self.sender.absorb(msg.header)
-            elif msg.kind == "speech":  # nothing to embed: straight on to the score stage
-                if not self.sender.send(frames):
-                    self.sender.drop(msg.utterance.station, "queue_full")
-            elif msg.kind == "segment":
-                utt = msg.utterance
-                if not self.policy.scores(utt.role):  # a capture agent with another policy
-                    self.sender.send_speech([utt])
-                    continue
-                try:
-                    future = self.batcher.submit(utt.audio, utt.station)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("encode: %s: cannot queue: %s", utt.station, exc)
-                    self.sender.drop(utt.station, "encoder_error")
-                    continue
-                self.pending.append((utt, future))
-        return got
+            self.broker.heard(now)
+            if cmd.name == "RECONNECT":
+                log.info("encode: the broker does not know this worker; joining again")
+                self._rejoin = True
+                return got
+            if cmd.name == "WORK":
+                got += 1
+                self._work(cmd.message.utterance)
+
+    def _work(self, utt) -> None:
+        key = fleet.key_of(utt)
+        if key in self.pending:
+            return  # sent again while we hold it: one answer will do
+        if not self.policy.scores(utt.role):  # this worker's policy is stricter than the gateway's
+            self._send(fleet.result(wire.speech(utt)))
+            return
+        try:
+            future = self.batcher.submit(utt.audio, utt.station)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("encode: %s: cannot queue: %s", utt.station, exc)
+            self._send(fleet.drop(key, "encoder_error"))
+            return
+        self.pending[key] = (utt, future)
 
     def _complete(self) -> None:
-        while self.pending and self.pending[0][1].done():
-            utt, future = self.pending.popleft()
+        for key in [k for k, (_, f) in self.pending.items() if f.done()]:
+            utt, future = self.pending.pop(key)
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
-                log.warning("encode: %s seq %s failed: %s", utt.station, utt.seq, exc)
-                self.sender.drop(utt.station, "encoder_error")
+                # An outage the encoder already reported (once) is not logged per utterance.
+                (log.debug if getattr(exc, "reported", False) else log.warning)(
+                    "encode: %s seq %s failed: %s", utt.station, utt.seq, exc)
+                self._send(fleet.drop(key, "encoder_error"))
                 continue
             if result is None:  # shorter than the encoder's minimum
-                self.sender.drop(utt.station, "too_short")
+                self._send(fleet.drop(key, "too_short"))
                 continue
             utt.embedding, utt.encoded = np.asarray(result, np.float32).reshape(-1), time.time()
-            if not self.sender.send(wire.embedding(utt, with_audio=self.forward_audio)):
-                self.sender.drop(utt.station, "queue_full")
-
-    def _report(self) -> None:
-        if self.observed is not None:
-            self.sender.observations.extend(self.observed.take())
-        self.sender.gauges["encode_pending"] = len(self.pending)
-        self.sender.tick()
+            self._send(fleet.result(wire.embedding(utt, with_audio=self.forward_audio)))

@@ -10,6 +10,7 @@ No threads, no sockets, no torch. Both applications build on it: the daemon
 | `prompts` | the prompt-file format: parse, and rewrite with paraphrases |
 | `segmenter` | streaming voice-activity segmentation (webrtcvad) of one station |
 | `station` | one station's stream: resampling + segmenter + sequence numbers → utterances |
+| `quality` | an utterance's quality and the abstain verdict (`insufficient`) |
 | `zeroshot` | pole vectors and bipolar scores: one recipe for runtime, evaluation and export |
 | `rolling` | rolling (smoothed) scores per station and role |
 | `record` | the typed utterance record, from segmenter to event, history row and CSV row |

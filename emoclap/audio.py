@@ -1,13 +1,19 @@
 """Audio in the one form every stage works on: 16 kHz mono float32 in [-1, 1]."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16_000
+# What the audio encoder is given: shorter utterances are not embedded (and not scored);
+# longer ones are embedded in chunks, whose embeddings are averaged.
+MIN_UTTERANCE_S = 0.25
+MAX_CHUNK_S = 10.0
 
 
 class AudioError(ValueError):
@@ -60,3 +66,38 @@ def length_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.
     """Indices grouped into batches of similar length (shortest first), so padding is small."""
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), max(1, batch_size))]
+
+
+def chunks(audio: np.ndarray, chunk_samples: int, long_utterances: str = "split") -> list[np.ndarray]:
+    """The pieces an utterance is embedded in: itself when it fits in `chunk_samples`,
+    else equal chunks ("split"; none a sliver too short to say anything) or its start ("cap")."""
+    n = audio.size
+    if n <= chunk_samples:
+        return [audio]
+    if long_utterances == "cap":
+        return [audio[:chunk_samples]]
+    parts = math.ceil(n / chunk_samples)
+    size = math.ceil(n / parts)
+    return [audio[i:i + size] for i in range(0, n, size)]
+
+
+def embed_in_chunks(audios: list[np.ndarray], chunk_samples: int, long_utterances: str, dim: int,
+                    run: Callable[[list[np.ndarray]], np.ndarray]) -> np.ndarray:
+    """[n, dim] utterance embeddings from `run(rows)` → [len(rows), dim] unit embeddings of
+    their chunks: one chunk's own, or the duration-weighted mean normalised again. The
+    daemon's encoder and the trainer's calibration embed through this, so they agree."""
+    rows, owner, weight = [], [], []
+    for i, a in enumerate(audios):
+        for chunk in chunks(a, chunk_samples, long_utterances):
+            rows.append(chunk)
+            owner.append(i)
+            weight.append(chunk.size)
+    if not rows:
+        return np.zeros((0, dim), np.float32)
+    chunk_emb = run(rows)
+    if len(rows) == len(audios):
+        return chunk_emb
+    mix = np.zeros((len(audios), len(rows)), np.float32)
+    mix[owner, np.arange(len(rows))] = weight
+    emb = mix @ chunk_emb
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -6,7 +6,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -277,4 +277,81 @@ def add_sentences(text: str, pole: str, language: str, sentences: list[str],
         new = text[:open_at] + array + text[_array_end(text, open_at):]
     if getattr(parse_prompt_file(new, "prompt", source), pole).sentences.get(language) != wanted:
         raise PromptError(f"adding sentences to [{pole}] {language} did not read back as written", source)
+    return new
+
+
+KNOBS = ("temperature", "bias")
+_KEY = r"""(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_-]+)"""
+_STATEMENT_RE = re.compile(rf"[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*=[ \t]*")
+
+
+def knob_text(value: float) -> str:
+    """A knob as written into a file: 6 significant digits, always a TOML float."""
+    text = f"{float(value):.6g}"
+    return text if any(c in text for c in ".e") else text + ".0"
+
+
+def _top_level(text: str, source: str) -> tuple[dict[str, tuple[int, int]], int]:
+    """({knob: (start, end) of its value}, index of the end of the last top-level line)."""
+    found: dict[str, tuple[int, int]] = {}
+    pos, last = 0, 0
+    while pos < len(text):
+        eol = text.find("\n", pos)
+        eol = len(text) if eol < 0 else eol
+        stripped = text[pos:eol].strip()
+        if not stripped or stripped.startswith("#"):
+            pos = eol + 1
+            continue
+        if stripped.startswith("["):  # the first table: top level ends here
+            break
+        match = _STATEMENT_RE.match(text, pos)
+        if match is None:
+            raise PromptError("cannot tell where the top-level keys end; set temperature and bias by hand",
+                              source, text.count("\n", 0, pos) + 1)
+        key, start = match.group(1).strip("\"'"), match.end()
+        if text.startswith(("'''", '"""'), start):
+            end = text.index(text[start:start + 3], start + 3) + 3
+        elif text.startswith("[", start):
+            end = _array_end(text, start)
+        else:
+            end = start + len(re.match(r"[^\s#]*", text[start:eol]).group(0))
+        if key in KNOBS:
+            found[key] = (start, end)
+        line_end = text.find("\n", end)
+        last = len(text) if line_end < 0 else line_end
+        pos = last + 1
+    return found, last
+
+
+def set_knobs(text: str, temperature: float, bias: float, source: str = "<prompt>") -> str:
+    """A prompt file's text with `temperature` and `bias` set (rounded by `knob_text`): an
+    existing line's value is replaced, its comment kept; a missing one is added after the
+    last top-level key. Every other line stays byte for byte, so the change reads as a
+    small diff. Raises ValueError for a value outside the file's limits, PromptError for
+    a text that is not a prompt file or a rewrite that would not read back."""
+    if not (math.isfinite(temperature) and 0 < temperature <= 1000):
+        raise ValueError(f"temperature must be finite, greater than 0 and at most 1000, not {temperature!r}")
+    if not (math.isfinite(bias) and abs(bias) <= 100):
+        raise ValueError(f"bias must be finite and between -100 and 100, not {bias!r}")
+    before = parse_prompt_file(text, "prompt", source)
+    values = {"temperature": knob_text(temperature), "bias": knob_text(bias)}
+    try:
+        found, last = _top_level(text, source)
+    except ValueError as exc:  # PromptError included: a value that does not end where TOML says
+        raise exc if isinstance(exc, PromptError) else PromptError(
+            f"cannot find the top-level keys: {exc}; set temperature and bias by hand", source) from None
+    newline = "\r\n" if "\r\n" in text else "\n"
+    edits = [(start, end, values[k]) for k, (start, end) in found.items()]
+    added = "".join(f"{newline}{k} = {values[k]}" for k in KNOBS if k not in found)
+    if added:
+        at = last - 1 if last > 0 and text[last - 1] == "\r" and newline == "\r\n" else last
+        edits.append((at, at, added))
+    new = text
+    for start, end, value in sorted(edits, reverse=True):
+        new = new[:start] + value + new[end:]
+    wanted = (float(values["temperature"]), float(values["bias"]))
+    after = parse_prompt_file(new, "prompt", source)
+    if (after.temperature, after.bias) != wanted or \
+            replace(after, temperature=before.temperature, bias=before.bias) != before:
+        raise PromptError("setting temperature and bias did not read back as written", source)
     return new

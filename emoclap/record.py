@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emoclap import quality as _quality
 from emoclap.voiceprint import check_decision
 
 ROLES = ("customer", "staff", "auto")  # auto: role unknown, every emotion scored
@@ -28,6 +29,8 @@ class Utterance:
     embedding: np.ndarray | None = None  # unit vector from the audio encoder
     encoded: float | None = None         # wall-clock time the encoder finished it
     speaker: dict | None = None          # an auto station's staff/customer decision (voiceprint)
+    quality: dict | None = None          # emoclap.quality: duration_s, level_dbfs, clipped, snr_db
+    insufficient: str | None = None      # why it is too poor to count (emoclap.quality.REASONS)
 
     @property
     def duration(self) -> float:
@@ -55,6 +58,10 @@ def header(utt: Utterance) -> dict:
         out["encoded"] = utt.encoded
     if utt.speaker is not None:
         out["speaker"] = utt.speaker
+    if utt.quality is not None:
+        out["quality"] = utt.quality
+    if utt.insufficient is not None:
+        out["insufficient"] = utt.insufficient
     return out
 
 
@@ -87,7 +94,9 @@ def from_header(fields: dict) -> Utterance:
             raise ValueError(f"field 'speaker': {exc}") from None
         if values["role"] != speaker["decision"]:
             raise ValueError("field 'speaker': the decision is not the role")
-    return Utterance(**values, encoded=None if encoded is None else float(encoded), speaker=speaker)
+    quality, insufficient = _quality.check(fields.get("quality"), fields.get("insufficient"))
+    return Utterance(**values, encoded=None if encoded is None else float(encoded), speaker=speaker,
+                     quality=quality, insufficient=insufficient)
 
 
 @dataclass
@@ -103,7 +112,8 @@ class Scored:
         return {"type": "utterance", "station": u.station, "role": u.role, "seq": u.seq,
                 "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
                 "time": round(u.time, 3), "scores": {k: round(v, 4) for k, v in self.scores.items()},
-                "rolling": rounded(self.rolling), **speaker_fields(u)}
+                "rolling": rounded(self.rolling), "insufficient": u.insufficient, "quality": u.quality,
+                **speaker_fields(u)}
 
 
 def speech_event(u: Utterance) -> dict:
@@ -124,13 +134,19 @@ def rounded(per_emotion: dict) -> dict:
             for k, v in per_emotion.items()}
 
 
+QUALITY_COLUMNS = ["insufficient", *(f"quality_{k}" for k in _quality.KEYS)]
+
+
 def csv_header(lead: list[str], emotions: list[str]) -> list[str]:
-    return [*lead, "start", "end", "duration", *emotions]
+    return [*lead, "start", "end", "duration", *QUALITY_COLUMNS, *emotions]
 
 
 def csv_row(lead: list, event: dict, emotions: list[str]) -> list:
-    """One CSV row of an event: the lead columns, times, one score column per emotion
-    (empty where the emotion does not apply to the role)."""
-    scores = event.get("scores", {})
-    return [*lead, event["start"], event["end"], event["duration"],
+    """One CSV row of an event: the lead columns, times, the abstain reason and quality
+    (empty where unknown: speech events, history from before quality was measured), one
+    score column per emotion (empty where the emotion does not apply to the role)."""
+    scores = event.get("scores") or {}
+    quality = event.get("quality") or {}
+    return [*lead, event["start"], event["end"], event["duration"], event.get("insufficient") or "",
+            *("" if quality.get(k) is None else quality[k] for k in _quality.KEYS),
             *("" if scores.get(k) is None else f"{scores[k]:.4f}" for k in emotions)]

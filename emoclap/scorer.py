@@ -22,7 +22,8 @@ class Scorer:
         scores = score_utterance(utt.embedding, self.bank, utt.scoring_role)
         rolling = self.rolling.setdefault(utt.station, RollingScores(self.half_life_s))
         rolling.half_life_s = self.half_life_s  # a reloaded half-life applies from now on
-        rolling.update(utt.role, utt.time, utt.duration, scores)
+        if utt.insufficient is None:  # an insufficient utterance is sent, never averaged in
+            rolling.update(utt.role, utt.time, utt.duration, scores)
         return Scored(utt, scores, rolling.snapshot().get(utt.role, {}))
 
     def snapshots(self) -> dict[str, dict]:

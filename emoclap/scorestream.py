@@ -1,7 +1,8 @@
 """The `/ws` score-stream protocol (version 1), free of I/O.
 
 Server → client: `hello` on connect, `utterance` per scored utterance, `rolling`
-snapshots, `visit` (made by `emoclap.visits`), `prompts` when the emotion set changes,
+snapshots, `visit` (made by `emoclap.visits`), `alert` (made by `emoclap.alerts`),
+`prompts` when the emotion set changes,
 `subscribed` and `error` answers.
 Client → server: `subscribe` (a station filter). `ScoreSession` is one client's side
 of the conversation; `ClientQueue` is its send policy. The host (an asyncio server)
@@ -34,10 +35,13 @@ def errors_list(errors: dict[str, str] | None) -> list[dict]:
 
 
 def hello(emotions: Iterable[Emotion], stations: list[dict], prompt_errors: dict[str, str] | None = None,
-          scored_roles: Iterable[str] = ("customer",)) -> dict:
+          scored_roles: Iterable[str] = ("customer",), alerts: Iterable[dict] = (),
+          visits: Iterable[dict] = ()) -> dict:
+    """`alerts`: the active (fired, not cleared) `alert` events; `visits`: each open visit's
+    latest `visit` event; so a client that connects mid-visit or mid-alert shows them."""
     return {"type": "hello", "version": PROTOCOL_VERSION, "emotions": emotions_list(emotions),
             "stations": stations, "prompt_errors": errors_list(prompt_errors),
-            "scored_roles": list(scored_roles)}
+            "scored_roles": list(scored_roles), "alerts": list(alerts), "visits": list(visits)}
 
 
 def prompts(emotions: Iterable[Emotion], errors: dict[str, str] | None = None) -> dict:

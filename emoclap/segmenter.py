@@ -8,8 +8,10 @@ import numpy as np
 import webrtcvad
 
 from emoclap.audio import SAMPLE_RATE, to_float
+from emoclap.quality import frame_energy
 
 VAD_RATES = (8000, 16000, 32000, 48000)
+NOISE_WINDOW_S = 5.0  # recent non-speech kept for the noise floor (see emoclap.quality)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Segment:
     start: float  # seconds since the stream began, padding included
     end: float
     audio: np.ndarray  # float32 mono at the segmenter's sample rate
+    voiced: np.ndarray | None = None  # the VAD's decision per frame of `audio`
+    noise: np.ndarray | None = None   # energies of the station's recent non-speech frames
 
     @property
     def duration(self) -> float:
@@ -57,7 +61,7 @@ class Segmenter:
         self.station = station
         self.options = opts = options or SegmenterOptions()
         self._vad = webrtcvad.Vad(opts.aggressiveness)
-        self._frame = opts.sample_rate * opts.frame_ms // 1000
+        self._frame = self.frame_samples = opts.sample_rate * opts.frame_ms // 1000
         ms = lambda v: max(0, round(v / opts.frame_ms))  # noqa: E731
         self._pre_frames = ms(opts.pre_padding_ms)
         self._post_frames = ms(opts.post_padding_ms)
@@ -66,9 +70,12 @@ class Segmenter:
         self._max_frames = max(1, int(opts.max_utterance_s * 1000 / opts.frame_ms))
         self._pending = np.zeros(0, np.float32)
         self._index = 0  # frames consumed so far
-        self._history: deque[np.ndarray] = deque(maxlen=self._pre_frames + self._onset_frames)
+        self._history: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._pre_frames + self._onset_frames)
+        # Idle frames the VAD called non-speech: O(1) per frame, bounded, no audio kept.
+        self._noise: deque[float] = deque(maxlen=max(1, round(NOISE_WINDOW_S * 1000 / opts.frame_ms)))
         self._voiced_run = 0
         self._active: list[np.ndarray] | None = None
+        self._flags: list[bool] = []  # the VAD's decision per frame of `_active`
         self._start = 0  # frame index of the active utterance's first frame
         self._last_voiced = 0  # index (exclusive) after the last voiced frame
         self._onset = 0  # first voiced frame of the active utterance
@@ -109,24 +116,28 @@ class Segmenter:
         voiced = self._vad.is_speech(pcm, self.options.sample_rate)
         self._index += 1
         if self._active is None:
-            self._history.append(frame)
+            self._history.append((frame, voiced))
+            if not voiced:
+                self._noise.append(frame_energy(frame))
             self._voiced_run = self._voiced_run + 1 if voiced else 0
             if self._voiced_run >= self._onset_frames:
                 frames = list(self._history)[-(self._onset_frames + self._pre_frames):]
-                self._active = frames
+                self._active = [f for f, _ in frames]
+                self._flags = [v for _, v in frames]
                 self._start = self._index - len(frames)
                 self._last_voiced = self._index
                 self._onset = self._index - self._onset_frames
                 self._history.clear()
             return None
         self._active.append(frame)
+        self._flags.append(voiced)
         if voiced:
             self._last_voiced = self._index
         if self._index - self._start >= self._max_frames:
             # Overlong speech: emit what we have and keep going as a fresh utterance.
             self.cut_long += 1
             segment = self._emit(self._start, self._index)
-            self._active, self._start = [], self._index
+            self._active, self._flags, self._start = [], [], self._index
             self._last_voiced = self._onset = self._index
             return segment
         if self._index - self._last_voiced >= self._hang_frames:
@@ -137,7 +148,10 @@ class Segmenter:
 
     def _close(self, now: int) -> Segment | None:
         end = min(now, self._last_voiced + self._post_frames)
+        # Frames past the post-padding are all non-speech (the last voiced one came before).
         tail = self._active[end - self._start:] if self._active else []
+        for frame in tail:
+            self._noise.append(frame_energy(frame))
         voiced_span = self._t(self._last_voiced - self._onset)
         segment = None
         if voiced_span >= self.options.min_utterance_s and end > self._start:
@@ -146,10 +160,11 @@ class Segmenter:
             self.dropped_short += 1
         self._active = None
         for frame in tail[-self._history.maxlen:] if self._history.maxlen else []:
-            self._history.append(frame)
+            self._history.append((frame, False))
         return segment
 
     def _emit(self, start: int, end: int) -> Segment:
         frames = self._active[: end - start]
         audio = np.concatenate(frames) if frames else np.zeros(0, np.float32)
-        return Segment(self.station, self._t(start), self._t(end), audio)
+        return Segment(self.station, self._t(start), self._t(end), audio,
+                       np.array(self._flags[: end - start], bool), np.array(self._noise, np.float32))

@@ -1,9 +1,9 @@
 """One station's stream: raw chunks at the input rate → numbered utterances.
 
 Everything per station lives here (resampler, segmenter, stream clock, sequence
-numbers), so two stations' voice activity never mixes even when one sound card, one
-file or one server feeds both. Pure computation: whoever owns the stream sends the
-utterances it returns.
+numbers, the quality check), so two stations' voice activity never mixes even when one
+sound card, one file or one server feeds both. Pure computation: whoever owns the
+stream sends the utterances it returns.
 """
 from __future__ import annotations
 
@@ -14,17 +14,21 @@ import numpy as np
 import soxr
 
 from emoclap.audio import SAMPLE_RATE, to_float
+from emoclap.quality import QualityOptions, measure
 from emoclap.record import Utterance
 from emoclap.segmenter import Segmenter, SegmenterOptions
 
 
 class StationStream:
     def __init__(self, name: str, role: str, options: SegmenterOptions,
-                 input_rate: int = SAMPLE_RATE, clock: Callable[[], float] = time.time):
+                 input_rate: int = SAMPLE_RATE, clock: Callable[[], float] = time.time,
+                 quality: QualityOptions | None = None):
         if options.sample_rate != SAMPLE_RATE:
             raise ValueError(f"the segmenter must run at {SAMPLE_RATE} Hz")
         self.name, self.role = name, role
         self.options = options
+        # Replaced whole by a reload (frozen), so an utterance sees one set of thresholds.
+        self.quality = quality or QualityOptions()
         self.input_rate = input_rate
         self.clock = clock
         self.seq = 0
@@ -51,10 +55,13 @@ class StationStream:
             segments += self.segmenter.flush()
         now = self.clock()
         out = []
+        thresholds = self.quality
         for seg in segments:
             self.seq += 1
+            quality = measure(seg.audio, seg.voiced, seg.noise, self.segmenter.frame_samples)
             out.append(Utterance(self.name, self.role, self.seq, seg.start, seg.end, self.t0, now,
-                                 audio=seg.audio))
+                                 audio=seg.audio, quality=quality.as_dict(),
+                                 insufficient=thresholds.verdict(quality)))
         return out
 
     def finish(self) -> list[Utterance]:

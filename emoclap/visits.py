@@ -5,6 +5,8 @@ customer utterance opens a visit; any speech on the station (staff included) kee
 open and counts towards its talk share; `end_after_s` of silence closes it. Staff speech
 alone opens nothing, and only scored customer utterances enter the purchase-intention
 trajectory, so a visit never carries anything inferred about staff (see Lawful use).
+An `insufficient` customer utterance (emoclap.quality) is counted like staff speech:
+talk share only; it neither opens a visit nor enters its count or trajectory.
 
 State is bounded: one open visit per station, running sums instead of the utterance
 list; a closed visit is handed to the caller and forgotten.
@@ -38,6 +40,7 @@ class _Open:
     sy: float = 0.0
     stt: float = 0.0
     sty: float = 0.0
+    latest: str = "opened"  # the state of its last `visit` event, for `Visits.current`
 
     def add(self, event: dict, start: float, end: float) -> None:
         duration = max(0.0, end - start)
@@ -45,8 +48,10 @@ class _Open:
         self.speech_s += duration
         if event["role"] != OPENER:
             return
+        self.customer_s += duration  # an insufficient utterance is still speech: talk share
+        if event.get("insufficient"):
+            return
         self.utterances += 1
-        self.customer_s += duration
         score = (event.get("scores") or {}).get(INTENTION)
         if score is None:
             return
@@ -100,7 +105,7 @@ class Visits:
             out.append(self._close(station))
             visit = None
         if visit is None:
-            if event["role"] != OPENER:
+            if event["role"] != OPENER or event.get("insufficient"):  # a cough opens nothing
                 return None, out
             # A long utterance whose end came after the close may have begun before it.
             first = max(start, self._last_end.get(station, start))
@@ -109,7 +114,12 @@ class Visits:
             visit.add(event, start, end)
             return visit.id, out + [visit.event("opened")]
         visit.add(event, start, end)
+        visit.latest = "updated"
         return visit.id, out + [visit.event("updated")]
+
+    def current(self) -> list[dict]:
+        """Each open visit's latest `visit` event (for a client that connects mid-visit)."""
+        return [v.event(v.latest) for v in self.open.values()]
 
     def tick(self, now: float) -> list[dict]:
         """`closed` events of visits whose silence exceeded `end_after_s` by `now`."""

@@ -83,10 +83,15 @@ class HasVectors(Protocol):
     def vectors(self) -> BankVectors: ...
 
 
+def bipolar_margins(embeddings: np.ndarray, bank: BankVectors) -> np.ndarray:
+    """[n, K] float64 a·p − a·n: what temperature and bias act on (calibration fits them on it)."""
+    a = np.atleast_2d(np.asarray(embeddings, np.float64))
+    return a @ bank.positive.T.astype(np.float64) - a @ bank.negative.T.astype(np.float64)
+
+
 def bipolar_scores(embeddings: np.ndarray, bank: BankVectors) -> np.ndarray:
     """[n, K] probabilities of the positive pole: softmax(s·[a·n, a·p] + [0, bias])[1]."""
-    a = np.atleast_2d(np.asarray(embeddings, np.float64))
-    margin = a @ bank.positive.T.astype(np.float64) - a @ bank.negative.T.astype(np.float64)
+    margin = bipolar_margins(embeddings, bank)
     logit = bank.scale.astype(np.float64) * margin + bank.bias.astype(np.float64)
     # Two-way softmax == logistic of the logit difference; this form never overflows.
     return (0.5 * (1.0 + np.tanh(0.5 * logit))).astype(np.float32)

@@ -1,8 +1,11 @@
 """The dashboard in a real headless Chromium against a real `emoclapd run`: scores
-appear and update, a prompt file added while it is open shows up as a new emotion, and
-a wrong token is refused. Saves a screenshot to test-artifacts/dashboard.png."""
+appear and update, the customer's visit and an alert show on its card and on the floor
+view, a prompt file added while it is open shows up as a new emotion, and a wrong token
+is refused. Saves a screenshot to test-artifacts/dashboard.png. The floor view with 24
+stations is tests/test_floor_view.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +24,12 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "s3cret-token"
 ARTIFACTS = REPO / "test-artifacts"
+ALERT = """[[alerts]]
+name = "ready to buy"
+emotion = "purchase_intention"
+above = 0.0
+min_utterances = 1
+"""
 CALM = """label = "Calm – tense"
 key_word = "calm"
 [negative]
@@ -39,7 +48,7 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
     port = free_port()
     config = write_replay_config(
         tmp_path, tiny_bundle, dialogue, port, prompts=tmp_path / "prompts",
-        sections=f'token = "{TOKEN}"\n[rolling]\ninterval_s = 1.0\n', station="loop = true\n")
+        sections=f'token = "{TOKEN}"\n[rolling]\ninterval_s = 1.0\n{ALERT}', station="loop = true\n")
     proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -61,8 +70,9 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
         proc.kill()
 
 
-@pytest.fixture
-def browser():
+@contextlib.contextmanager
+def chromium():
+    """A real headless Chromium (also for tests/test_floor_view.py)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium missing: run ./bootstrap test, which installs it")
     with sync_playwright() as p:
@@ -70,8 +80,16 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def browser():
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def bar_count(page, station: str, emotion: str) -> int:
@@ -105,6 +123,20 @@ def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
     score = float(page.get_attribute(f'{customer} .bar[data-emotion="purchase_intention"]',
                                      "data-score"))
     assert 0.0 <= score <= 1.0
+    # The customer's first utterance opened a visit and fired the rule (any score).
+    assert page.inner_text(f"{customer} .visit").startswith("Visit ")
+    page.wait_for_selector(f"{customer}.alert .alerts li", timeout=10000)
+    assert "ready to buy" in page.inner_text(f"{customer} .alerts")
+    assert page.query_selector('#cards-view ul.alert-list li.fired[data-station="customer"]') is not None
+    assert "alert" not in page.get_attribute(staff, "class")
+
+    # Two stations open on the cards; the floor is one click away and shows the same.
+    assert page.get_attribute("body", "data-view") == "cards"
+    page.click('nav.views a[data-view="floor"]')
+    page.wait_for_selector('#floor .tile.alert[data-station="customer"][data-visit]', timeout=5000)
+    assert page.query_selector('#floor .tile.speech-only[data-station="staff"] .intention') is None
+    page.click('nav.views a[data-view="cards"]')
+    page.wait_for_selector(f"{customer}", state="visible", timeout=5000)
 
     # Scores update live: the customer's utterance count grows as the dialogue plays.
     first = bar_count(page, "customer", "purchase_intention")

@@ -137,7 +137,7 @@ def test_failing_history_is_reported_and_scores_still_flow(tmp_path, tiny_bundle
         history = svc.parts.history
         real = history.write_many
 
-        def full(rows, visits=()):
+        def full(rows, visits=(), alerts=()):
             raise sqlite3.OperationalError("database or disk is full")
         history.write_many = full
         async with websockets.connect(url(svc, "/ws")) as ws:

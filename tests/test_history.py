@@ -44,8 +44,9 @@ def test_csv_has_one_column_per_emotion_and_blank_when_not_scored():
     buf = io.StringIO()
     assert export(iter(events), buf, "csv") == 2
     rows = list(csv.reader(io.StringIO(buf.getvalue())))
-    assert rows[0] == ["time", "station", "role", "start", "end", "duration", "pleasant",
-                       "purchase_intention"]
+    assert rows[0] == ["time", "station", "role", "start", "end", "duration", "insufficient",
+                       "quality_duration_s", "quality_level_dbfs", "quality_clipped", "quality_snr_db",
+                       "pleasant", "purchase_intention"]
     assert rows[1][0] == "1970-01-01T00:00:00.000+00:00" and rows[1][-2:] == ["0.7000", "0.4000"]
     assert rows[2][-2:] == ["0.2500", ""]
 

@@ -30,7 +30,7 @@ def test_method_config_fits_exports_and_scores_japanese(tmp_path, capsys):
     _need_speech_tools()
     torch.set_num_threads(1)  # the suite shares 2 cores
     corpus = tmp_path / "corpus"
-    build_corpus(corpus, CorpusOptions.small(language="ja"))
+    build_corpus(corpus, CorpusOptions.small(language="ja", tts="openjtalk"))  # kokoro: minutes
     tokenizer = build_bert_japanese(tmp_path / "line-tokenizer")
 
     run = tmp_path / "run"

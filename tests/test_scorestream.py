@@ -5,9 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emoclap import scorestream
+from emoclap.alerts import Alerts, Rule
 from emoclap.prompts import parse_prompt_file
 from emoclap.record import Scored, Utterance
 from emoclap.scorestream import ClientQueue, ScoreSession
+from emoclap.visits import Visits
 
 PLEASANT = parse_prompt_file("""label = "Pleasant – unpleasant"
 [negative]
@@ -62,13 +64,26 @@ def test_messages_round_trip_as_json():
     assert hello["version"] == scorestream.PROTOCOL_VERSION
     assert hello["emotions"] == [{"name": "pleasant", "label": "Pleasant – unpleasant",
                                   "negative": "Unpleasant", "positive": "Pleasant", "roles": None}]
+    assert hello["alerts"] == [] and hello["visits"] == []
+    # a client that connects mid-visit and mid-alert gets them in `hello`
+    visits = Visits(end_after_s=90)
+    _, [opened] = visits.observe({"type": "utterance", "station": "desk", "role": "customer", "time": 1004.0,
+                                  "duration": 2.0, "scores": {"purchase_intention": 0.8}})
+    alerts = Alerts([Rule("buy", "purchase_intention", "above", 0.7, 0.6)])
+    [fired] = alerts.observe({"type": "utterance", "station": "desk", "role": "customer", "seq": 7,
+                              "time": 1004.0, "visit": opened["visit"],
+                              "rolling": {"purchase_intention": {"score": 0.8, "count": 1, "updated": 1004.0}}})
+    busy = scorestream.hello([PLEASANT], [], alerts=alerts.active(), visits=visits.current())
+    assert busy["alerts"] == [fired] and busy["visits"] == [opened]
+    assert json.loads(scorestream.dumps(busy)) == busy
     utt = Utterance("desk", "customer", 7, 1.23456, 3.5, 1000.0, 1004.0)
     event = Scored(utt, {"pleasant": 0.123456},
                    {"pleasant": {"score": 0.123456, "count": 1, "updated": 1003.5}}).event()
     assert event == {"type": "utterance", "station": "desk", "role": "customer", "seq": 7,
                      "start": 1.235, "end": 3.5, "duration": 2.265, "time": 1003.5,
                      "scores": {"pleasant": 0.1235},
-                     "rolling": {"pleasant": {"score": 0.1235, "count": 1, "updated": 1003.5}}}
+                     "rolling": {"pleasant": {"score": 0.1235, "count": 1, "updated": 1003.5}},
+                     "insufficient": None, "quality": None}
     snap = {"desk": {"customer": {"pleasant": {"score": 0.5, "count": 2, "updated": 1.0}}},
             "door": {"staff": {}}}
     states = {"desk": "online", "door": "ended"}

@@ -131,6 +131,7 @@ def test_stages_in_three_processes(tmp_path, tiny_bundle):
     write_replay_config(tmp_path, tiny_bundle, wav, port, sections=f"""[stages]
 utterances = "ipc://u.sock"
 embeddings = "tcp://127.0.0.1:{link}"
+workers = "ipc://w.sock"
 """, station="realtime = false\n")
     procs = {}
     try:

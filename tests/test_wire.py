@@ -57,11 +57,18 @@ def test_refusals_name_the_problem():
             wire.decode(bad)
 
 
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+# quality: the four keys (sometimes one more or fewer) with any values; insufficient: any reason-like text
+QUALITY = st.dictionaries(st.sampled_from(["duration_s", "level_dbfs", "clipped", "snr_db", "x"]), SCALARS,
+                          min_size=3, max_size=5)
+REASON = st.sampled_from(["too_short", "too_quiet", "clipped", "noisy", "", "Noisy"])
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=3),
        st.dictionaries(st.sampled_from(["v", "kind", "station", "role", "seq", "start", "end", "t0",
-                                        "emitted", "dim"]),
-                       st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)),
+                                        "emitted", "dim", "quality", "insufficient"]),
+                       SCALARS | QUALITY | REASON),
        st.binary(max_size=64))
 def test_any_frames_decode_or_raise_wire_error(frames, header, payload):
     for candidate in (frames, [json.dumps(header).encode(), payload],
@@ -74,3 +81,20 @@ def test_any_frames_decode_or_raise_wire_error(frames, header, payload):
         if msg.utterance is not None:
             u = msg.utterance
             assert u.end >= u.start and np.isfinite([u.start, u.end, u.t0]).all()
+            assert u.insufficient in (None, "too_short", "too_quiet", "clipped", "noisy")
+            assert u.quality is None or np.isfinite(list(u.quality.values())).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(SCALARS | QUALITY | st.lists(SCALARS, max_size=2), SCALARS | REASON)
+def test_hostile_quality_fields_are_refused_by_name(quality, insufficient):
+    head = json.loads(wire.segment(utterance(audio=np.zeros(4, np.float32)))[0])
+    head.update(quality=quality, insufficient=insufficient)
+    try:
+        u = wire.decode([json.dumps(head).encode(), b""]).utterance  # NaN and Infinity included
+    except wire.WireError as exc:
+        assert "field 'quality" in str(exc) or "field 'insufficient'" in str(exc), exc
+        return
+    assert u.insufficient in (None, "too_short", "too_quiet", "clipped", "noisy")
+    assert u.quality is None or (set(u.quality) == {"duration_s", "level_dbfs", "clipped", "snr_db"}
+                                 and np.isfinite(list(u.quality.values())).all())

@@ -21,7 +21,10 @@ def _synth(sub) -> None:
     p.add_argument("--sessions", type=int, help="sales scenarios, one session each (2..6)")
     p.add_argument("--dialogues", type=int, help="dialogues per session")
     p.add_argument("--turns", type=int, help="turns per dialogue (even)")
-    p.add_argument("--workers", type=int, help="parallel espeak-ng/sox processes")
+    p.add_argument("--workers", type=int, help="parallel synthesis and sox processes")
+    p.add_argument("--tts", choices=("espeak", "openjtalk", "kokoro"),
+                   help="speech engine (default: espeak for en; for ja, kokoro when installed, "
+                        "else openjtalk; espeak reads ja from its kana reading)")
     p.set_defaults(handler="trainer.cli:run_synth")
 
 
@@ -124,23 +127,47 @@ def _export_speaker(sub) -> None:
     p.set_defaults(handler="trainer.speaker_export:run")
 
 
-COMMANDS = [_synth, _import, _folds, _paraphrase, _fit, _baseline, _evaluate, _export, _export_speaker]
+def _calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit each prompt file's temperature and bias on labelled clips "
+                       "(Platt scaling) and report calibration before and after")
+    p.add_argument("manifest", type=Path, help="corpus manifest.jsonl with ratings")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle whose scores are calibrated")
+    p.add_argument("--prompts", type=Path, required=True, help="prompt folder (or one file), rewritten in place")
+    p.add_argument("--out", type=Path, default=Path("var/calibration"),
+                   help="report folder: report.md, report.json, reliability.png (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the change to each file as a diff; write none")
+    p.add_argument("--min-per-class", type=int, default=10,
+                   help="fewest positive and negative clips an emotion is fitted on (default: 10)")
+    p.add_argument("--holdout", type=float, help="share of sessions held out, scored but not fitted on "
+                   "(default: 0.3 with two or more sessions; 0: fit on everything)")
+    p.add_argument("--holdout-sessions", metavar="S1,S2", help="these sessions held out instead")
+    p.add_argument("--sessions", metavar="S1,S2", help="use only these sessions of the corpus")
+    p.add_argument("--emotion", action="append", help="calibrate only this emotion (repeatable)")
+    p.add_argument("--normalisation", choices=("pooled", "annotator"), default="pooled")
+    p.add_argument("--seed", type=int, default=0, help="which sessions --holdout draws")
+    p.set_defaults(handler="trainer.calibrate:run")
+
+
+COMMANDS = [_synth, _import, _folds, _paraphrase, _fit, _baseline, _evaluate, _export, _export_speaker,
+            _calibrate]
 
 
 def run_synth(args) -> int:
     from trainer.synth.corpus import CorpusOptions, build_corpus
+    from trainer.synth.voice import VoiceError
 
     chosen = {k: v for k, v in {"sessions": args.sessions,
                                 "dialogues_per_session": args.dialogues,
-                                "turns": args.turns, "workers": args.workers}.items()
+                                "turns": args.turns, "workers": args.workers,
+                                "tts": args.tts}.items()
               if v is not None}
     make = CorpusOptions.small if args.small else CorpusOptions
     try:
         options = make(language=args.language, seed=args.seed, **chosen)
-    except ValueError as exc:
+        build_corpus(args.out, options)
+    except (ValueError, VoiceError) as exc:
         print(f"emoclap-train synth: {exc}", file=sys.stderr)
         return 2
-    build_corpus(args.out, options)
     print(report(args.out / "manifest.jsonl", "pooled"))
     return 0
 

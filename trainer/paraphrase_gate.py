@@ -20,8 +20,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from emoclap.prompts import prompt_files
 from trainer.paraphrase import ParaphraseError, ParaphraseOptions, Paraphraser, augment_file
 
@@ -91,22 +89,10 @@ class Gate:
 
 def bundle_embedder(folder: Path):
     """A bundle's text tower (ONNX Runtime, the bundle's own tokenizer) as texts -> unit vectors."""
-    import onnxruntime as ort
-
     from emoclap.bundle import load_bundle
-    from emoclap.tokenizer import load_text_tokenizer
+    from trainer.bundle_towers import text_embedder
 
-    bundle = load_bundle(folder)
-    tokenizer = load_text_tokenizer(bundle)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(bundle.text_encoder), opts, providers=["CPUExecutionProvider"])
-
-    def embed(texts: list[str]) -> np.ndarray:
-        ids, mask = tokenizer.encode_batch(list(texts))
-        out = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return embed
+    return text_embedder(load_bundle(folder))
 
 
 def smollm2_gguf() -> Path:

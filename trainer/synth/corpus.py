@@ -6,7 +6,8 @@ Layout of the output folder:
   utterances/<dialogue>-NNN.wav  16 kHz mono
   dialogues/<dialogue>.wav       stereo, staff left, customer right
   dialogues/<dialogue>-mix.wav   mono mix
-  dialogues/<dialogue>.json      utterance timing within the dialogue
+  dialogues/<dialogue>.json      utterance timing within the dialogue, the engine (tts)
+  ATTRIBUTION.txt                the voice's credit, when its licence asks for one
 Every random draw comes from a generator seeded by (seed, session, dialogue, turn), so
 the corpus is the same for the same seed whatever the number of workers.
 """
@@ -27,7 +28,7 @@ from trainer.manifest import Utterance, write_manifest
 from trainer.synth.affect import vocal_controls
 from trainer.synth.annotators import rate_utterance
 from trainer.synth.script import SCENARIOS, SPEAKERS, Turn, write_dialogue
-from trainer.synth.voice import check_tools, speak
+from trainer.synth.voice import ENGINES, open_engine
 
 ROLE_CHANNEL = {"staff": 0, "customer": 1}
 
@@ -40,6 +41,7 @@ class CorpusOptions:
     language: str = "en"
     seed: int = 0
     workers: int = os.cpu_count() or 1
+    tts: str | None = None            # voice.ENGINES; None: the language's default
 
     @classmethod
     def small(cls, **overrides) -> "CorpusOptions":
@@ -52,6 +54,10 @@ class CorpusOptions:
             raise ValueError("turns must be an even number >= 2 (staff opens, customer closes)")
         if self.dialogues_per_session < 1:
             raise ValueError("dialogues_per_session must be >= 1")
+        if self.tts is not None and self.tts not in ENGINES:
+            raise ValueError(f"tts must be one of {', '.join(ENGINES)}, got {self.tts!r}")
+        if self.tts not in (None, "espeak") and self.language != "ja":
+            raise ValueError(f"tts {self.tts!r} speaks Japanese only; use espeak for {self.language!r}")
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,10 @@ def _plan(options: CorpusOptions) -> list[_Job]:
     return jobs
 
 
-def _render(job: _Job, language: str):
+def _render(job: _Job, engine):
     rng = _rng(*job.seed, 1)
     controls = vocal_controls(job.turn.affect, rng)
-    audio = speak(job.turn.text, job.turn.speaker, language, controls, rng)
+    audio = engine.speak(job.turn.text, job.turn.speaker, controls, rng)
     ratings = rate_utterance(job.turn.affect, job.turn.role, rng)
     return audio, controls, ratings
 
@@ -113,7 +119,7 @@ def _assemble(jobs: list[_Job], audio: list[np.ndarray], seed: tuple[int, ...]):
 
 def build_corpus(out: str | Path, options: CorpusOptions = CorpusOptions(),
                  log=sys.stderr) -> list[Utterance]:
-    check_tools()
+    engine = open_engine(options.language, options.tts)
     out = Path(out)
     (out / "utterances").mkdir(parents=True, exist_ok=True)
     (out / "dialogues").mkdir(exist_ok=True)
@@ -121,7 +127,7 @@ def build_corpus(out: str | Path, options: CorpusOptions = CorpusOptions(),
     jobs = _plan(options)
     rendered = [None] * len(jobs)
     with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        futures = [pool.submit(_render, job, options.language) for job in jobs]
+        futures = [pool.submit(_render, job, engine) for job in jobs]
         for n, future in enumerate(futures, start=1):
             rendered[n - 1] = future.result()
             if n % 50 == 0 or n == len(jobs):
@@ -155,16 +161,19 @@ def build_corpus(out: str | Path, options: CorpusOptions = CorpusOptions(),
                            "end": round(end, 3), "text": job.turn.text,
                            "audio": str(path.relative_to(out))})
         meta = {"dialogue": dialogue, "session": d_jobs[0].session, "language":
-                options.language, "sample_rate": SAMPLE_RATE,
+                options.language, "tts": engine.name, "sample_rate": SAMPLE_RATE,
                 "duration": round(stereo.shape[1] / SAMPLE_RATE, 3),
                 "channels": ["staff", "customer"], "utterances": timing}
         (out / "dialogues" / f"{dialogue}.json").write_text(json.dumps(meta, indent=1,
                                                             ensure_ascii=False))
     write_manifest(out / "manifest.jsonl", utterances)
+    if engine.attribution:  # the voice's licence asks for it wherever its speech goes
+        (out / "ATTRIBUTION.txt").write_text(engine.attribution + "\n")
     with (out / "truth.jsonl").open("w") as f:
         f.writelines(json.dumps(t) + "\n" for t in truth)
     seconds = sum(u.end - u.start for u in utterances)
     print(f"wrote {len(utterances)} utterances ({seconds / 60:.1f} min of speech) in "
-          f"{len(dialogues)} dialogues to {out} in {time.monotonic() - began:.1f} s",
+          f"{len(dialogues)} dialogues to {out} in {time.monotonic() - began:.1f} s "
+          f"(voices: {engine.name})",
           file=log)
     return utterances

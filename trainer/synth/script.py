@@ -2,8 +2,8 @@
 
 Customer wording leans on the speaker's hidden state (a pleased customer says pleased
 things more often), but every phrase can occur in any mood, so words alone never give
-a label away. Japanese lines are written in kana: espeak-ng's Japanese voice reads kana
-but not kanji.
+a label away. Japanese lines are written as Japanese is, with kanji (voice_ja speaks
+them; espeak-ng gets their kana reading).
 """
 from __future__ import annotations
 
@@ -33,30 +33,30 @@ class Speaker:
 
 
 SCENARIOS = (
-    Scenario("car", {"en": "car", "ja": "くるま"},
+    Scenario("car", {"en": "car", "ja": "車"},
              {"en": ("hybrid engine", "heated seats", "five year warranty"),
-              "ja": ("ハイブリッド", "シートヒーター", "ごねんほしょう")},
-             {"en": "twenty eight thousand dollars", "ja": "にひゃくごじゅうまんえん"}),
-    Scenario("phone", {"en": "phone", "ja": "スマホ"},
+              "ja": ("ハイブリッドエンジン", "シートヒーター", "五年保証")},
+             {"en": "twenty eight thousand dollars", "ja": "二百八十万円"}),
+    Scenario("phone", {"en": "phone", "ja": "スマートフォン"},
              {"en": ("camera", "battery", "screen"),
-              "ja": ("カメラ", "バッテリー", "がめん")},
-             {"en": "nine hundred dollars", "ja": "じゅうまんえん"}),
-    Scenario("sofa", {"en": "sofa", "ja": "ソファ"},
+              "ja": ("カメラ", "バッテリー", "画面")},
+             {"en": "nine hundred dollars", "ja": "十五万円"}),
+    Scenario("sofa", {"en": "sofa", "ja": "ソファー"},
              {"en": ("leather cover", "recliner", "free delivery"),
-              "ja": ("かわのカバー", "リクライニング", "むりょうはいそう")},
-             {"en": "two thousand dollars", "ja": "にじゅうまんえん"}),
-    Scenario("travel", {"en": "holiday package", "ja": "りょこうプラン"},
+              "ja": ("本革のカバー", "リクライニング機能", "無料配送")},
+             {"en": "two thousand dollars", "ja": "二十万円"}),
+    Scenario("travel", {"en": "holiday package", "ja": "旅行プラン"},
              {"en": ("beach hotel", "guided tour", "flight upgrade"),
-              "ja": ("うみのホテル", "ガイドツアー", "アップグレード")},
-             {"en": "three thousand dollars", "ja": "さんじゅうまんえん"}),
+              "ja": ("海辺のホテル", "ガイド付きツアー", "座席のアップグレード")},
+             {"en": "three thousand dollars", "ja": "三十万円"}),
     Scenario("coffee", {"en": "coffee machine", "ja": "コーヒーメーカー"},
              {"en": ("milk frother", "timer", "grinder"),
-              "ja": ("ミルクフォーマー", "タイマー", "ミル")},
-             {"en": "four hundred dollars", "ja": "よんまんえん"}),
-    Scenario("gym", {"en": "gym membership", "ja": "ジムのかいいん"},
+              "ja": ("ミルクフォーマー", "タイマー", "豆を挽くミル")},
+             {"en": "four hundred dollars", "ja": "四万円"}),
+    Scenario("gym", {"en": "gym membership", "ja": "ジムの会員プラン"},
              {"en": ("personal trainer", "pool", "sauna"),
               "ja": ("パーソナルトレーナー", "プール", "サウナ")},
-             {"en": "sixty dollars a month", "ja": "つきろくせんえん"}),
+             {"en": "sixty dollars a month", "ja": "月額六千円"}),
 )
 
 SPEAKERS = (
@@ -89,17 +89,19 @@ _CUSTOMER = {
                     ("I'll think about it.", "Maybe another time.", "It's not for me.")),
     },
     "ja": {
-        "reaction": (("いいですね。", "すてきです。", "それはうれしいです。"),
-                     ("うーん。", "ちょっと、ざんねんです。", "それは、いやですね。")),
-        "interest": (("{feature}について、もっとおしえてください。", "{feature}は、どうですか。",
-                      "{item}を、みせてください。"),
-                     ("そうですか。", "はい。", "べつに。")),
-        "trust": (("なるほど。", "しんじます。", "わかりました。"),
-                  ("ほんとうですか。", "うたがわしいです。", "えーと、わかりません。")),
-        "dominance": (("はっきりこたえてください。", "いちばんやすいねだんは。"),
-                      ("すみません、", "あの、ちょっといいですか。")),
-        "closing": (("これにします。", "かいます。"),
-                    ("かんがえておきます。", "またこんどにします。")),
+        "reaction": (("いいですね。", "素敵ですね。", "それは嬉しいです。", "わあ、気に入りました。"),
+                     ("うーん。", "ちょっと残念ですね。", "それは困りますね。", "正直、がっかりしました。")),
+        "interest": (("{feature}について、もう少し詳しく教えてください。", "{feature}はどういう仕組みですか。",
+                      "{item}を近くで見てもいいですか。", "ほかにはどんな機能がありますか。"),
+                     ("はい。", "そうですか。", "ふーん。", "まあ、どうでもいいです。")),
+        "trust": (("なるほど、納得しました。", "それなら安心です。", "よく分かりました。"),
+                  ("本当ですか。", "ネットでは違うことが書いてありましたけど。", "うーん、どうでしょうね。")),
+        "dominance": (("はっきり答えてください。", "一番安い値段を教えてください。",
+                       "今すぐ{feature}を見せてください。"),
+                      ("すみません、ちょっとよろしいですか。", "あの、一つお聞きしてもいいですか。",
+                       "無理でしたら、大丈夫です。")),
+        "closing": (("これにします。", "じゃあ、買います。", "どこにサインすればいいですか。"),
+                    ("少し考えておきます。", "また今度にします。", "私には合わないと思います。")),
     },
 }
 
@@ -113,15 +115,20 @@ _STAFF = {
            "I can also show you the {feature}.",
            "Do you have any questions?",
            "Thank you for visiting us today."),
-    "ja": ("いらっしゃいませ。なにをおさがしですか。",
-           "この{item}には、{feature}がついています。",
-           "{feature}は、とてもにんきです。",
-           "おねだんは、{price}です。",
-           "こんしゅうは、とくべつセールです。",
-           "{feature}を、ためしてみませんか。",
-           "ごしつもんは、ありますか。",
-           "ありがとうございました。"),
+    "ja": ("いらっしゃいませ。何かお探しですか。",
+           "こちらの{item}には、{feature}が付いています。",
+           "{feature}は、お客様にとても人気があります。",
+           "お値段は{price}です。",
+           "今週は特別キャンペーン中です。",
+           "よろしければ、{feature}をお試しになりませんか。",
+           "{feature}について、詳しくご説明しますね。",
+           "ご予算はどのくらいでお考えですか。",
+           "何かご質問はございますか。",
+           "本日はご来店ありがとうございます。"),
 }
+
+# Japanese writes sentences without spaces between them.
+_JOIN = {"en": " ", "ja": ""}
 
 # Which emotion leans each customer phrase slot, and how often the slot is used.
 _SLOTS = (("reaction", ("positive", "pleasant"), 0.9),
@@ -158,7 +165,7 @@ def _customer_line(rng, affect: Affect, language: str, slots: dict, closing: boo
         parts.append(_lean(rng, level["interested"], bank["interest"]))
     if len(parts) > 2 and rng.random() < 0.5:
         parts[0], parts[1] = parts[1], parts[0]
-    return " ".join(parts).format(**slots)
+    return _JOIN[language].join(parts).format(**slots)
 
 
 def write_dialogue(rng: np.random.Generator, scenario: Scenario, staff: Speaker,

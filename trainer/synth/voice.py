@@ -3,7 +3,9 @@
 Vocal controls (about unit scale, see affect.CONTROLS) map to: espeak-ng pitch, speed
 and word gap, SSML pitch range and sentence breaks; sox pitch bend over the last
 syllables (final contour), overdrive (harshness), tremolo (tremor), treble (brightness);
-gain (loudness). Output: float32 mono at 16 kHz.
+gain (loudness). Output: float32 mono at 16 kHz. The Japanese engines (voice_ja) map
+the same controls onto their own and share `shape`, so a control means the same in
+every voice.
 """
 from __future__ import annotations
 
@@ -19,18 +21,19 @@ import soundfile as sf
 from emoclap.audio import SAMPLE_RATE
 from trainer.synth.script import VOICE_LANGUAGE, Speaker
 
-_SENTENCE_END = re.compile(r"(?<=[.?!。])\s*")
+_SENTENCE_END = re.compile(r"(?<=[.?!。？！])\s*")
+ENGINES = ("espeak", "openjtalk", "kokoro")
 
 
 class VoiceError(RuntimeError):
     pass
 
 
-def check_tools() -> None:
-    missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
+def check_tools(tools: tuple[str, ...] = ("espeak-ng", "sox")) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise VoiceError(f"{' and '.join(missing)} not found: install with "
-                         "`apt-get install espeak-ng sox` (./bootstrap does)")
+                         f"`apt-get install {' '.join(missing)}` (./bootstrap does)")
 
 
 def _run(cmd: list[str], data: bytes | None = None) -> bytes:
@@ -51,22 +54,25 @@ def _clip(value: float, low: float, high: float) -> float:
     return float(min(max(value, low), high))
 
 
-def speak(text: str, speaker: Speaker, language: str, controls: dict[str, float],
-          noise: np.random.Generator) -> np.ndarray:
-    """Render `text` in `speaker`'s voice shaped by `controls`; deterministic given its
-    inputs and the state of `noise` (used for the recording noise floor only)."""
+def rate_factor(c: dict[str, float]) -> float:
+    """Speaking rate relative to the speaker's own."""
+    return _clip(1 + 0.16 * c["rate"], 0.55, 1.7)
+
+
+def pause_ms(c: dict[str, float]) -> int:
+    """Silence between sentences."""
+    return round(_clip(250 + 250 * c["pauses"], 0, 900))
+
+
+def shape(raw: bytes, controls: dict[str, float], noise: np.random.Generator, text: str,
+          before: tuple[str, ...] = ()) -> np.ndarray:
+    """The sox half of the mapping on a WAV file `raw`: sox effects `before` (what an
+    engine lacks), final contour, harshness, tremor, brightness, 16 kHz, loudness, and
+    the recording noise floor (the only use of `noise`)."""
     c = controls
-    espeak = ["espeak-ng", "-m", "--stdout",
-              "-v", VOICE_LANGUAGE[language] + speaker.voice,
-              "-p", str(round(_clip(speaker.pitch + 10 * c["pitch_level"], 0, 99))),
-              "-s", str(round(_clip(speaker.rate * (1 + 0.16 * c["rate"]), 80, 280))),
-              "-g", str(round(_clip(3 + 6 * c["pauses"], 0, 15))),
-              _ssml(text, _clip(70 * c["pitch_range"], -85, 180),
-                    round(_clip(250 + 250 * c["pauses"], 0, 900)))]
-    raw = _run(espeak)
     info = sf.info(io.BytesIO(raw))
     duration = info.frames / info.samplerate
-    effects = []
+    effects = list(before)
     cents = round(_clip(380 * c["final_contour"], -800, 800))
     if cents:  # sox refuses a bend of 0 cents
         # Over-sampling 4 instead of 16: 4x cheaper, no audible difference on espeak voices.
@@ -90,3 +96,49 @@ def speak(text: str, speaker: Speaker, language: str, controls: dict[str, float]
     audio = audio * (level / peak)
     audio += noise.normal(0.0, 10 ** (-55 / 20), audio.size).astype(np.float32)
     return audio.astype(np.float32)
+
+
+class Espeak:
+    """espeak-ng: English, and Japanese from a kana reading (it cannot read kanji)."""
+
+    name = "espeak"
+    attribution = ""
+
+    def __init__(self, language: str, reading=None):
+        check_tools()
+        self.language = language
+        self.reading = reading or (lambda text: text)
+
+    def speak(self, text: str, speaker: Speaker, controls: dict[str, float],
+              noise: np.random.Generator) -> np.ndarray:
+        """Render `text` in `speaker`'s voice shaped by `controls`; deterministic given its
+        inputs and the state of `noise`."""
+        c = controls
+        espeak = ["espeak-ng", "-m", "--stdout",
+                  "-v", VOICE_LANGUAGE[self.language] + speaker.voice,
+                  "-p", str(round(_clip(speaker.pitch + 10 * c["pitch_level"], 0, 99))),
+                  "-s", str(round(_clip(speaker.rate * (1 + 0.16 * c["rate"]), 80, 280))),
+                  "-g", str(round(_clip(3 + 6 * c["pauses"], 0, 15))),
+                  _ssml(self.reading(text), _clip(70 * c["pitch_range"], -85, 180), pause_ms(c))]
+        return shape(_run(espeak), c, noise, text)
+
+
+def default_engine(language: str) -> str:
+    if language != "ja":
+        return "espeak"
+    from trainer.synth.voice_ja import best_installed
+    return best_installed()
+
+
+def open_engine(language: str, tts: str | None = None):
+    """The engine that speaks `language`: `tts` (one of ENGINES), or the default for the
+    language (English: espeak; Japanese: the best Japanese engine installed)."""
+    tts = tts or default_engine(language)
+    if tts not in ENGINES:
+        raise ValueError(f"unknown tts {tts!r}: use one of {', '.join(ENGINES)}")
+    if tts == "espeak" and language != "ja":
+        return Espeak(language)
+    if language != "ja":
+        raise ValueError(f"tts {tts!r} speaks Japanese only; use espeak for {language!r}")
+    from trainer.synth import voice_ja
+    return voice_ja.open_engine(tts)

@@ -1,0 +1,313 @@
+"""The gateway's broker: utterances from the edges, out to the encode workers and back,
+results on to the publisher, in the serve stage's process.
+
+One thread runs `emoclap.dispatcher.Dispatcher` (zguide's Paranoid Pirate queue with
+credit-based flow control) over real sockets: a PULL bound on `[stages] utterances`
+(capture agents and the server's ingest PUSH there, as before), a ROUTER bound on
+`[stages] workers` (encode workers CONNECT DEALERs: any number, over inproc, ipc or
+tcp) and a PUSH to the publisher on `[stages] embeddings`. Status and speech messages
+go straight on; a segment of a role the gateway does not score goes on as speech and
+never reaches a worker. Results wait in the outbox when the publisher's link is full;
+while it is, no work is handed out and no utterance taken, so a slow publisher slows
+the fleet instead of losing results. Every drop is counted with its station and reason.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from emoclap import fleet, wire
+from emoclap.dispatcher import Dispatcher, Options
+
+from .config import Config
+from .links import bind, context, pull_socket
+from .metrics import Metrics
+
+log = logging.getLogger("emoclapd.broker")
+
+MAX_FRAME = 32 << 20  # bytes: about 8 min of audio; a peer that sends more is disconnected
+
+
+class Broker(threading.Thread):
+    QUIET_S = 0.2  # draining ends once no utterance arrived for this long
+    BURST = 256  # messages taken from one socket per turn of the loop
+
+    def __init__(self, cfg: Config, metrics: Metrics):
+        super().__init__(name="broker", daemon=True)
+        st = cfg.stages
+        self.cfg, self.metrics = cfg, metrics
+        self.policy = cfg.privacy.policy()
+        self.dispatcher = Dispatcher(Options(st.heartbeat_interval_s, st.heartbeat_liveness,
+                                             st.max_attempts, st.request_timeout_s, st.broker_queue))
+        self.lock = threading.Lock()  # the dispatcher, between this thread and /healthz
+        self._metrics_lock = threading.Lock()
+        self.outbox: deque[list[bytes]] = deque()
+        self.outbox_limit = st.hwm
+        self.forwarded = 0  # embeddings handed to the publisher's link
+        self.consumed = lambda: self.forwarded  # embeddings the publisher published or dropped (set by the service)
+        self.last_worker = time.monotonic()  # when an encode worker was last heard
+        self.stop_event, self.drain_event = threading.Event(), threading.Event()
+        self.drain_deadline = math.inf
+        self._seen = (0, 0)  # requeued, duplicates: already added to the metrics
+        # Bound here, so an endpoint in use fails at start-up with its key, not in a thread.
+        self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
+        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        self.router = context().socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not silence
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.set_hwm(2 * fleet.MAX_CREDIT)
+        try:
+            bind(self.router, st.workers, "stages.workers")
+        except Exception:
+            self.pull.close()
+            self.router.close()
+            raise
+        self.out = context().socket(zmq.PUSH)
+        self.out.set_hwm(st.hwm)
+        self.out.setsockopt(zmq.LINGER, 2000)
+        self.out.connect(st.embeddings)
+
+    # ---- control, from other threads
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Finish every accepted utterance (or count it dropped), send `eos`, stop."""
+        self.drain_deadline = time.monotonic() + timeout_s
+        self.drain_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def snapshot(self) -> dict:
+        """The fleet for /healthz: workers, queue, in flight, backlog, counts."""
+        now = time.monotonic()
+        with self.lock:
+            d = self.dispatcher
+            return {"workers": d.view(now), "alive": d.alive(), "queue": len(d.queue),
+                    "inflight": d.inflight(), "backlog": self._backlog(), "accepted": d.accepted,
+                    "requeued": d.requeued, "duplicates": d.duplicates}
+
+    def problems(self, stations_online: bool) -> list[str]:
+        with self.lock:
+            alive, pending = self.dispatcher.alive(), self.dispatcher.pending()
+            out = [f"encode worker {p.id.hex()}: {p.info['problem']}"
+                   for p in self.dispatcher.workers.values() if p.info.get("problem")]
+        if alive == 0 and (pending or stations_online):
+            out.insert(0, f"no encode worker alive ({pending} utterance(s) waiting)")
+        return out
+
+    # ---- the loop
+    def run(self) -> None:
+        try:
+            drained = self._loop()
+            if drained:
+                self.outbox.append(wire.eos())
+            self.out.setsockopt(zmq.SNDTIMEO, 2000)
+            while self.outbox:  # what is left goes, waiting at most the linger time each
+                self.out.send_multipart(self.outbox.popleft())
+        except Exception:  # noqa: BLE001
+            log.exception("broker failed")
+        finally:
+            for sock in (self.pull, self.router, self.out):
+                sock.close()
+
+    def _loop(self) -> bool:
+        both, workers_only = zmq.Poller(), zmq.Poller()
+        for poller in (both, workers_only):
+            poller.register(self.router, zmq.POLLIN)
+        both.register(self.pull, zmq.POLLIN)
+        tick_ms = max(5, min(50, int(self.dispatcher.options.heartbeat_interval_s * 250)))
+        quiet_since, next_gauges = None, 0.0
+        while not self.stop_event.is_set():
+            with self.lock:
+                reading = self.dispatcher.room() and len(self.outbox) < self.outbox_limit
+            events = dict((both if reading else workers_only).poll(tick_ms))
+            now, got = time.monotonic(), 0
+            with self.lock:
+                if self.router in events:
+                    self._from_workers(now)
+                if reading and self.pull in events:
+                    got = self._from_edges(now)
+                dead, drops = self.dispatcher.expire(now)
+                for worker in dead:
+                    log.warning("encode worker %s lost: silent for over %.1f s", worker.hex(),
+                                self.dispatcher.timeout_s)
+                self._count(drops)
+                if len(self.outbox) < self.outbox_limit:
+                    for worker, req in self.dispatcher.assign(now):
+                        self._send(worker, fleet.work(req.payload), now)
+                for worker in self.dispatcher.heartbeats(now):
+                    self._send(worker, fleet.broker_heartbeat(), now)
+                self._sync_counters()
+            self._flush()
+            if now >= next_gauges:
+                self.update_metrics()
+                next_gauges = now + 0.25
+            if self.drain_event.is_set():
+                quiet_since = None if got else (quiet_since or now)
+                if self._drained(now, quiet_since):
+                    self.update_metrics()
+                    return True
+        return False
+
+    def _drained(self, now: float, quiet_since: float | None) -> bool:
+        if quiet_since is None or now - quiet_since < self.QUIET_S:
+            return now >= self.drain_deadline and self._give_up()
+        d = self.dispatcher
+        if d.pending() == 0 and not self.outbox:
+            return True
+        if now >= self.drain_deadline or (not d.workers and now - quiet_since >= d.timeout_s):
+            return self._give_up()  # nobody left to finish them
+        return False
+
+    def _give_up(self) -> bool:
+        with self.lock:
+            drops = self.dispatcher.give_up()
+        if drops:
+            log.error("stopping: %d utterance(s) left unencoded, counted dropped", len(drops))
+        self._count(drops)
+        return True
+
+    # ---- edges → queue
+    def _from_edges(self, now: float) -> int:
+        got = 0
+        while got < self.BURST and self.dispatcher.room():
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            got += 1
+            try:
+                self._take(wire.decode(frames), frames, now)
+            except wire.WireError as exc:
+                log.warning("broker: skipped a malformed message: %s", exc)
+                self.metrics.dropped.labels("?", "bad_message").inc()
+            except Exception:  # noqa: BLE001 - one message never stops the broker
+                log.exception("broker: a message from an edge failed")
+                self.metrics.dropped.labels("?", "bad_message").inc()
+        return got
+
+    def _take(self, msg: wire.Message, frames: list[bytes], now: float) -> None:
+        if msg.kind in ("status", "speech"):
+            self.outbox.append(frames)
+        elif msg.kind != "segment":
+            log.warning("broker: skipped a %s message on the utterances link", msg.kind)
+            self.metrics.dropped.labels("?", "bad_message").inc()
+        elif not self.policy.scores(msg.utterance.role):  # an edge with another policy
+            self.outbox.append(wire.speech(msg.utterance))
+        else:
+            reason = self.dispatcher.submit(fleet.key_of(msg.utterance), frames, now)
+            if reason is not None:
+                self.metrics.dropped.labels(msg.utterance.station, reason).inc()
+
+    # ---- workers
+    def _from_workers(self, now: float) -> None:
+        for _ in range(self.BURST):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            worker, body = frames[0].bytes, [f.bytes for f in frames[1:]]
+            try:
+                self._command(worker, fleet.decode(body, "broker"), frames[-1], now)
+            except wire.WireError as exc:
+                log.warning("broker: skipped a malformed message from worker %s: %s", worker.hex(), exc)
+                self.metrics.worker_bad_messages.inc()
+            except Exception:  # noqa: BLE001 - one message never stops the broker
+                log.exception("broker: a message from worker %s failed", worker.hex())
+                self.metrics.worker_bad_messages.inc()
+
+    def _command(self, worker: bytes, cmd: fleet.Command, frame: zmq.Frame, now: float) -> None:
+        d = self.dispatcher
+        if cmd.name == "READY":
+            info = {k: cmd.fields.get(k, "") for k in ("name", "host")}
+            info.update(pid=cmd.fields.get("pid", 0), address=_peer_address(frame))
+            if d.join(worker, cmd.fields["credit"], info, now):
+                log.info("encode worker %s joined: %s pid %s at %s, credit %d", worker.hex(), info["host"],
+                         info["pid"], info["address"] or "in process", cmd.fields["credit"])
+            self.last_worker = now
+            return
+        if cmd.name == "BYE":
+            if worker in d.workers:
+                log.info("encode worker %s left", worker.hex())
+            self._count(d.leave(worker, now))
+            return
+        if cmd.name == "HEARTBEAT":
+            if not d.heard(worker, now):
+                self._send(worker, fleet.reconnect(), now)
+                return
+            worker_info = d.workers[worker].info
+            if worker_info.get("problem") != cmd.fields.get("problem"):
+                worker_info["problem"] = cmd.fields.get("problem")  # shown in /healthz, None when cleared
+            for size, seconds in cmd.fields.get("batches", []):
+                self.metrics.batch_size.observe(size)
+                self.metrics.batch_latency.observe(seconds)
+        else:  # RESULT or DROP
+            f = cmd.fields
+            key = fleet.key_of(cmd.message.utterance) if cmd.message else (f["station"], f["t0"], f["seq"])
+            outcome = d.finish(worker, key, now, f.get("reason"))
+            if outcome == "stale":
+                self._send(worker, fleet.reconnect(), now)
+                return
+            if outcome == "ok" and cmd.message is not None:
+                self.outbox.append(cmd.frames)
+                self.forwarded += cmd.message.kind == "embedding"
+            elif outcome == "ok":
+                self.metrics.dropped.labels(key[0], f["reason"]).inc()
+        self.last_worker = now
+
+    def _send(self, worker: bytes, frames: list[bytes], now: float) -> None:
+        try:
+            self.router.send_multipart([worker, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # gone (EHOSTUNREACH) or not reading (EAGAIN)
+            if worker in self.dispatcher.workers:
+                log.warning("encode worker %s unreachable (%s): its work goes to others",
+                            worker.hex(), exc.strerror)
+                self._count(self.dispatcher.leave(worker, now))
+
+    # ---- publisher
+    def _flush(self) -> None:
+        while self.outbox:
+            try:
+                self.out.send_multipart(self.outbox[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.outbox.popleft()
+
+    # ---- accounting
+    def _count(self, drops: list[tuple[tuple, str]]) -> None:
+        for key, reason in drops:
+            self.metrics.dropped.labels(key[0], reason).inc()
+
+    def _sync_counters(self) -> None:
+        requeued, duplicates = self.dispatcher.requeued, self.dispatcher.duplicates
+        if requeued > self._seen[0]:
+            self.metrics.requeued.inc(requeued - self._seen[0])
+        if duplicates > self._seen[1]:
+            self.metrics.duplicates.inc(duplicates - self._seen[1])
+        self._seen = (requeued, duplicates)
+
+    def _backlog(self) -> int:
+        """Accepted and neither published nor dropped: waiting, in flight, or encoded and
+        not yet taken by the publisher (outbox, link)."""
+        return self.dispatcher.pending() + max(0, self.forwarded - self.consumed())
+
+    def update_metrics(self) -> None:
+        """The fleet gauges: every quarter second, and for each /metrics request."""
+        snap = self.snapshot()
+        with self._metrics_lock:  # this thread and the server's both call it
+            self.metrics.set_workers(snap["workers"])
+        self.metrics.broker_queue.set(snap["queue"])
+        self.metrics.backlog.set(snap["backlog"])
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    """The worker's IP address over tcp (ZeroMQ's Peer-Address); empty otherwise."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""

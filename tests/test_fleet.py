@@ -1,0 +1,349 @@
+"""The encode fleet on one box: a gateway (serve stage, this process) and `emoclapd
+encode` workers as processes over ipc://. Workers join and leave at run time, work
+spreads, a kill -9 mid-stream loses nothing (every accepted utterance published once
+or counted dropped with a reason), a silent fleet is `degraded`, and an endpoint in use
+is refused instead of taken over."""
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import zmq
+
+from daemon.links import LinkError, Sender, bind, context
+from daemon.service import open_encoder
+from emoclap.record import Utterance
+from tests.servicekit import REPO, http_url, service_config, with_service
+
+HEARTBEAT_S = 0.25
+
+
+def segments(n: int, station: str = "desk", seed: int = 0, seconds=(0.4, 1.2)):
+    """Customer utterances with noise for audio, as a capture agent cuts them."""
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    out, at = [], 0.0
+    for seq in range(1, n + 1):
+        length = rng.uniform(*seconds)
+        audio = (rng.standard_normal(int(length * 16000)) * 0.1).astype(np.float32)
+        out.append(Utterance(station, "customer", seq, at, at + length, t0, time.time(), audio=audio))
+        at += length + 0.3
+    return out
+
+
+def fleet_config(tmp_path, bundle, **stages):
+    cfg = service_config(tmp_path, bundle)
+    st = cfg.stages
+    st.utterances, st.workers = f"ipc://{tmp_path}/u.sock", f"ipc://{tmp_path}/w.sock"
+    st.heartbeat_interval_s = HEARTBEAT_S
+    for key, value in stages.items():
+        setattr(st, key, value)
+    return cfg
+
+
+def worker_config(tmp_path, cfg) -> str:
+    """The configuration an `emoclapd encode` process reads: the bundle and the fleet."""
+    path = tmp_path / "worker.toml"
+    st = cfg.stages
+    path.write_text(f'''bundle = "{cfg.bundle}"
+[encoder]
+max_batch = 4
+max_wait_ms = 60
+threads = 1
+[stages]
+workers = "{st.workers}"
+heartbeat_interval_s = {st.heartbeat_interval_s}
+heartbeat_liveness = {st.heartbeat_liveness}
+''')
+    return str(path)
+
+
+def start_worker(config: str, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli", "encode", "--config", config],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def until(predicate, timeout: float, what: str, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}")
+        await asyncio.sleep(step)
+
+
+def peers(broker) -> dict[int, dict]:
+    """The workers the broker hears, by process id."""
+    return {w["pid"]: w for w in broker.snapshot()["workers"]}
+
+
+def feed(cfg, utterances, rate: float | None = None) -> threading.Thread:
+    """An edge: PUSH the segments to the gateway (at `rate` per second), as capture does."""
+    def run():
+        sender = Sender(cfg.stages.utterances, cfg.stages.hwm, block=True)
+        started = time.monotonic()
+        for i, utt in enumerate(utterances):
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            sender.send_utterances([utt])
+        sender.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny_bundle):
+    cfg = fleet_config(tmp_path, tiny_bundle, broker_queue=4)
+
+    async def body(svc):
+        broker, publisher, metrics = svc.parts.broker, svc.parts.publisher, svc.parts.server.metrics
+        await asyncio.to_thread(feed(cfg, segments(10)).join, 10)
+        await until(lambda: broker.snapshot()["accepted"] == 10, 10, "10 segments at the broker")
+        waiting = svc.parts.server.health()
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(http_url(svc, "/metrics"), timeout=10)
+                                       .read().decode())
+        from emoclap.bundle import load_bundle
+        worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+        worker.start()  # a worker joins at run time and takes what waited
+        try:
+            await until(lambda: publisher.published == 4, 20, "the 4 queued utterances published")
+            await until(lambda: broker.snapshot()["backlog"] == 0, 5, "an empty backlog")
+            served = svc.parts.server.health()
+        finally:
+            worker.drain()
+            await asyncio.to_thread(worker.join, 10)
+            batcher.close()
+        return waiting, text, served, metrics.drop_counts()
+
+    waiting, text, served, drops = with_service(cfg, body, stages=("serve",))
+    assert waiting["status"] == "degraded"
+    assert "no encode worker alive (4 utterance(s) waiting)" in waiting["problems"]
+    assert waiting["dropped"] == {"no_worker": 6}
+    assert waiting["fleet"]["backlog"] == 4 and waiting["fleet"]["queue"] == 4
+    assert "emoclap_broker_queue_depth 4.0" in text and "emoclap_workers_alive 0.0" in text
+    assert 'emoclap_dropped_utterances_total{reason="no_worker",station="desk"} 6.0' in text
+    assert served["status"] == "ok", served["problems"]
+    (w,) = served["fleet"]["workers"]
+    assert w["answered"] == 4 and w["pid"] == os.getpid() and w["credit"] == 2 * cfg.encoder.max_batch
+    assert drops == {"no_worker": 6} and served["utterances"] == 4
+
+
+def holding(broker, pid: int) -> set:
+    """What the broker gave the worker of process `pid` and has not had back (call it
+    holding `broker.lock`)."""
+    return set(next(p for p in broker.dispatcher.workers.values() if p.info["pid"] == pid).inflight)
+
+
+async def finished(broker, keys: set, what: str) -> float:
+    def done():
+        with broker.lock:
+            return all(k in broker.dispatcher.done for k in keys)
+    await until(done, 30, what)
+    return time.monotonic()
+
+
+def test_a_rogue_peer_cannot_publish_or_stop_the_broker(tmp_path, tiny_bundle):
+    """Junk, forged answers and a worker that never answers: counted, never published,
+    and the honest worker's results all are."""
+    cfg = fleet_config(tmp_path, tiny_bundle)
+    work = segments(12)
+    forged = segments(3, seed=9)  # keys nobody was asked for
+    for utt in forged:
+        utt.embedding = np.ones(16, np.float32) / 4
+
+    async def body(svc):
+        from emoclap import fleet, wire
+        from emoclap.bundle import load_bundle
+
+        broker, publisher, metrics = svc.parts.broker, svc.parts.publisher, svc.parts.server.metrics
+        rogue = context().socket(zmq.DEALER)
+        rogue.connect(cfg.stages.workers)
+        junk = [[b"hello"], [fleet.PROTOCOL, b"READY", b'{"credit": -1}'], [fleet.PROTOCOL, b"WORK", b"x", b""],
+                [fleet.PROTOCOL, b"RESULT", b"{", b"\x00"], [fleet.PROTOCOL, b"READY", b"[" * 70000]]
+        for frames in junk:
+            rogue.send_multipart(frames)
+        rogue.send_multipart(fleet.heartbeat())  # not READY: told to reconnect
+        reply = fleet.decode(rogue.recv_multipart(), "worker") if rogue.poll(5000) else None
+        rogue.send_multipart(fleet.ready(0, "rogue", "rogue", 1))  # joins, takes no work
+        for utt in forged:
+            rogue.send_multipart(fleet.result(wire.embedding(utt)))
+            rogue.send_multipart(fleet.drop(fleet.key_of(utt), "too_short"))
+        worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+        worker.start()
+        try:
+            await asyncio.to_thread(feed(cfg, work).join, 10)
+            await until(lambda: publisher.published == len(work) and broker.snapshot()["duplicates"] == 6,
+                        20, "the honest results and the forged ones counted")
+            health = svc.parts.server.health()
+        finally:
+            worker.drain()
+            await asyncio.to_thread(worker.join, 10)
+            batcher.close()
+            rogue.close(linger=0)
+        return reply, health, metrics.render().decode(), list(svc.parts.history.events())
+
+    reply, health, text, history = with_service(cfg, body, stages=("serve",))
+    assert reply is not None and reply.name == "RECONNECT"
+    assert sorted(e["seq"] for e in history) == [u.seq for u in work]  # nothing forged published
+    assert health["utterances"] == len(work) and health["dropped"] == {}
+    assert "emoclap_worker_bad_messages_total 5.0" in text
+    assert "emoclap_duplicate_results_total 6.0" in text
+    assert health["fleet"]["alive"] == 2 and health["status"] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle):
+    """a and b share the work; a is killed (-9) holding some, c joins; b hangs (SIGSTOP)
+    holding some, is declared dead by heartbeat, comes back and rejoins, then leaves
+    (SIGTERM). Every utterance is published once; none is dropped."""
+    cfg = fleet_config(tmp_path, tiny_bundle, hwm=1000)
+    config = worker_config(tmp_path, cfg)
+    n, rate = 300, 50.0
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in "abc"}
+    procs: dict[str, subprocess.Popen] = {}
+    t: dict[str, float] = {}
+
+    async def body(svc):
+        broker, publisher = svc.parts.broker, svc.parts.publisher
+        procs["a"], procs["b"] = start_worker(config, logs["a"]), start_worker(config, logs["b"])
+        pid = {k: p.pid for k, p in procs.items()}
+        await until(lambda: {pid["a"], pid["b"]} <= set(peers(broker)), 60, "workers a and b")
+        feeder = feed(cfg, segments(n), rate)
+        # Work spreads: both answer; then a dies by kill -9 holding work.
+        await until(lambda: all(peers(broker)[pid[k]]["answered"] > 2 for k in "ab")
+                    and peers(broker)[pid["a"]]["inflight"] > 0, 30, "work on both workers")
+        with broker.lock:
+            held_a = holding(broker, pid["a"])
+            procs["a"].send_signal(signal.SIGKILL)
+        t["kill"] = time.monotonic()
+        procs["c"] = start_worker(config, logs["c"])  # another joins, mid-stream
+        pid["c"] = procs["c"].pid
+        t["killed_recovered"] = await finished(broker, held_a, "a's utterances finished by the others")
+        await until(lambda: pid["c"] in peers(broker) and peers(broker)[pid["c"]]["answered"] > 0
+                    and peers(broker)[pid["b"]]["inflight"] > 0, 60, "worker c at work, b holding work")
+        # b hangs: its connection stays up, only the heartbeats stop.
+        with broker.lock:
+            held_b = holding(broker, pid["b"])
+            procs["b"].send_signal(signal.SIGSTOP)
+        t["stop"] = time.monotonic()
+        t["hung_recovered"] = await finished(broker, held_b, "b's utterances finished by c")
+        assert pid["b"] not in peers(broker)  # declared dead: no more work for it
+        procs["b"].send_signal(signal.SIGCONT)  # back: its late answers are discarded, it rejoins
+        await until(lambda: pid["b"] in peers(broker), 30, "b back in the fleet")
+        procs["b"].send_signal(signal.SIGTERM)  # b leaves: drains, then says BYE
+        t["b_exit"] = await asyncio.to_thread(procs["b"].wait, 30)
+        await asyncio.to_thread(feeder.join, 30)
+        await until(lambda: broker.snapshot()["accepted"] == n and broker.snapshot()["backlog"] == 0,
+                    60, "every utterance accounted for")
+        return (broker.snapshot(), publisher.published, svc.parts.server.metrics.drop_counts(),
+                list(svc.parts.history.events()), held_a | held_b, svc.parts.server.health())
+
+    try:
+        snap, published, drops, history, held, health = with_service(cfg, body, stages=("serve",))
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(10)
+        for f in logs.values():
+            f.close()
+    out = {k: (tmp_path / f"{k}.log").read_text() for k in "abc"}
+    killed, hung = t["killed_recovered"] - t["kill"], t["hung_recovered"] - t["stop"]
+    timeout = cfg.stages.heartbeat_interval_s * cfg.stages.heartbeat_liveness
+    print(f"\nrecovery: kill -9 {killed:.2f} s (the connection drops), hung worker {hung:.2f} s "
+          f"(heartbeat {HEARTBEAT_S} s x {cfg.stages.heartbeat_liveness}); requeued {snap['requeued']}, "
+          f"duplicate results discarded {snap['duplicates']}")
+    assert held, "the faults hit no work in flight"
+    assert snap["accepted"] == n and published + sum(drops.values()) == n, (published, drops)
+    assert drops == {}, drops  # two faults, three attempts: nothing had to be dropped
+    keys = [(h["station"], h["seq"]) for h in history]
+    assert len(keys) == len(set(keys)) == n  # published once each, in the history too
+    assert snap["requeued"] >= len(held)
+    # The hung one is found by its missing heartbeats: at most one interval before the
+    # timeout (its last one came up to an interval before the stop), never at once.
+    assert killed < timeout + 10 and timeout - HEARTBEAT_S <= hung < timeout + 10
+    assert t["b_exit"] == 0, out["b"]
+    assert [w["pid"] for w in snap["workers"]] == [procs["c"].pid]  # b said BYE; a is dead
+    assert "Traceback" not in out["b"] + out["c"], out
+    assert health["status"] == "ok", health["problems"]
+
+
+def test_an_endpoint_in_use_is_refused_not_taken_over(tmp_path):
+    path = f"{tmp_path}/w.sock"
+    first = context().socket(zmq.ROUTER)
+    bind(first, f"ipc://{path}", "stages.workers")
+    second = context().socket(zmq.ROUTER)
+    try:
+        with pytest.raises(LinkError, match=r"stages.workers: ipc://.*w.sock is in use: something listens"):
+            bind(second, f"ipc://{path}", "stages.workers")
+        other = subprocess.run(
+            [sys.executable, "-c", "import zmq\nfrom daemon.links import bind, context\n"
+             f"bind(context().socket(zmq.ROUTER), 'ipc://{path}', 'stages.workers')"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0
+        assert f"stages.workers: ipc://{path} is in use by another process (it holds {path}.lock)" \
+            in other.stderr
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(LinkError, match=rf"stages.workers: cannot bind tcp://127.0.0.1:{port}: "
+                                                r"Address already in use"):
+                bind(second, f"tcp://127.0.0.1:{port}", "stages.workers")
+    finally:
+        first.close()
+        second.close()
+    # A dead endpoint's file (kill -9 leaves it behind) is taken over: nobody listens on it.
+    third = context().socket(zmq.ROUTER)
+    bind(third, f"ipc://{path}", "stages.workers")
+    third.close()
+
+
+def test_a_worker_outlives_its_gateway_and_joins_the_next(tmp_path, tiny_bundle):
+    """Paranoid Pirate's other half: the broker goes away (a gateway restart), the worker
+    notices and joins the new one by itself."""
+    from emoclap.bundle import load_bundle
+
+    cfg = fleet_config(tmp_path, tiny_bundle)
+    worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+    worker.start()
+
+    def gateway(first_seq: int):
+        async def body(svc):
+            await until(lambda: len(svc.parts.broker.snapshot()["workers"]) == 1, 20, "the worker to join")
+            batch = segments(5, station=f"desk{first_seq}")
+            await asyncio.to_thread(feed(cfg, batch).join, 10)
+            await until(lambda: svc.parts.publisher.published == 5, 20, "5 utterances published")
+            return svc.parts.broker.snapshot()["workers"][0]["id"]
+        return with_service(cfg, body, stages=("serve",))
+
+    try:
+        first = gateway(1)
+        started = time.monotonic()
+        second = gateway(2)  # the same endpoints, a new broker that knows nobody
+        rejoined = time.monotonic() - started
+    finally:
+        worker.drain()
+        worker.join(10)
+        batcher.close()
+    assert first != second and worker.connects >= 2
+    print(f"\nthe worker joined the restarted gateway and its work was published {rejoined:.2f} s after it started")
+
+
+def test_a_stage_alone_refuses_inproc_links(tmp_path, caplog):
+    from daemon.service import run_service
+
+    config = tmp_path / "c.toml"
+    config.write_text('[[stations]]\nname = "s"\nfile = "x.wav"\n')
+    assert run_service(str(config), ("encode",)) == 2
+    assert run_service(str(config), ("capture",)) == 2
+    text = caplog.text
+    assert "stages.workers: inproc://emoclap-workers only links stages in one process; " \
+           "`emoclapd encode` needs the gateway's ipc:// or tcp:// endpoint" in text
+    assert "stages.utterances: inproc://emoclap-utterances only links stages in one process" in text
