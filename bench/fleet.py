@@ -153,7 +153,8 @@ def main() -> None:
     others = set(range(os.cpu_count() or 1)) - set(args.cores)
     if others:  # the gateway (this process) off the workers' cores; taskset overrides for them
         os.sched_setaffinity(0, others)
-    bundle = args.bundle or bundle_for(args.model, args.workdir)
+    # absolute: the workers read it from a config file that lives in another folder
+    bundle = args.bundle.resolve() if args.bundle else bundle_for(args.model, args.workdir)
     with tempfile.TemporaryDirectory(prefix="fleet-", dir="/tmp") as tmp:  # ipc paths must be short
         rows = asyncio.run(run(args, bundle, Path(tmp)))
     print(f"\nbundle {bundle}; {args.n} utterances of {args.seconds[0]:g}-{args.seconds[1]:g} s, "
