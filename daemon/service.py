@@ -44,13 +44,23 @@ class Parts:
 
 
 def open_encoder(cfg: Config, bundle):
-    from .batcher import Batcher, BatcherOptions
+    from .batcher import Batcher
     from .encoder import audio_encoder
     from .worker import EncodeWorker, ObservedEncoder
 
     observed = ObservedEncoder(audio_encoder(cfg, bundle))  # [encoder] backend: ONNX Runtime or Triton
-    batcher = Batcher(observed, BatcherOptions(cfg.encoder.max_batch, cfg.encoder.max_wait_ms))
+    batcher = Batcher(observed, batcher_options(cfg, observed.encoder))
     return EncodeWorker(cfg, batcher, observed), batcher
+
+
+def batcher_options(cfg: Config, encoder):
+    """Batches no larger than the encoder's rows per call: an int8 encoder runs one
+    utterance per call (batch mates would change its scores), and a batch's utterances
+    are published together, so a larger batch would only make the first wait for the rest."""
+    from .batcher import BatcherOptions
+
+    rows = min(cfg.encoder.max_batch, getattr(encoder, "rows_per_call", cfg.encoder.max_batch))
+    return BatcherOptions(rows, cfg.encoder.max_wait_ms)
 
 
 def open_bank(cfg: Config, bundle, on_change):

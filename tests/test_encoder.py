@@ -166,3 +166,9 @@ def test_int8_bundle_keeps_batch_invariance(tiny_bundle, tmp_path):
     utterances = [noise(s, i) * a for i, (s, a) in enumerate(((1.0, 1), (2.0, 5), (0.6, 0.2), (1.5, 3)))]
     single = np.stack([enc.embed([u])[0] for u in utterances])
     assert np.abs(enc.embed(utterances) - single).max() < 1e-4
+    # ... so the daemon batches one at a time: an utterance never waits for batch mates
+    from daemon.config import parse_config
+    from daemon.service import batcher_options
+    assert batcher_options(parse_config("[encoder]\nmax_batch = 8\n"), enc).max_batch == 1
+    fp32 = AudioEncoder(load_bundle(tiny_bundle), options=EncoderOptions(provider="cpu", max_batch=8))
+    assert batcher_options(parse_config("[encoder]\nmax_batch = 8\n"), fp32).max_batch == 8
