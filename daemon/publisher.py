@@ -162,8 +162,10 @@ class Publisher:
         if msg.kind == "status":
             try:
                 self.metrics.record_status(msg.header)
+                now = time.monotonic()
                 for name, state in msg.get("states", {}).items():
                     self.set_state(name, state)
+                    self.stations[name]["reported"] = now  # its capture agent is alive
             except (AttributeError, TypeError, ValueError) as exc:
                 log.warning("serve: skipped a malformed status message: %s", exc)
                 self.metrics.dropped.labels("?", "bad_message").inc()
@@ -270,6 +272,12 @@ class Publisher:
         """What /healthz reports as making the service degraded."""
         out = [f"station {n} is {s['state']}" for n, s in self.stations.items()
                if s["state"] in ("offline", "failed")]
+        # A capture agent reports its stations every status interval while it runs: an
+        # online station whose reports stopped has lost its agent (killed, host down, hung).
+        now, quiet = time.monotonic(), max(1.0, 5 * self.cfg.stages.status_interval_s)
+        out += [f"station {n}: no word from its capture agent for {now - s['reported']:.0f} s"
+                for n, s in self.stations.items()
+                if s["state"] == "online" and now - s.get("reported", now) > quiet]
         if self.bank.errors:
             out.append(f"{len(self.bank.errors)} prompt file(s) not in use as written")
         if self.history_error is not None:

@@ -49,6 +49,14 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
     config = write_replay_config(
         tmp_path, tiny_bundle, dialogue, port, prompts=tmp_path / "prompts",
         sections=f'token = "{TOKEN}"\n[rolling]\ninterval_s = 1.0\n{ALERT}', station="loop = true\n")
+    with emoclapd_run(config, port) as base:
+        yield base, tmp_path / "prompts"
+
+
+@contextlib.contextmanager
+def emoclapd_run(config, port: int):
+    """`emoclapd run` as a process, its base URL once /healthz answers; on the way out
+    SIGTERM, and a clean exit is part of the test (also for tests/test_floor_view.py)."""
     proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -62,7 +70,7 @@ def daemon(tmp_path, tiny_bundle, small_corpus):
                 proc.kill()
                 pytest.fail("emoclapd did not start:\n" + proc.stdout.read())
             time.sleep(0.2)
-    yield base, tmp_path / "prompts"
+    yield base
     proc.send_signal(signal.SIGTERM)
     try:
         assert proc.wait(timeout=30) == 0, proc.stdout.read()

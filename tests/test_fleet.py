@@ -98,6 +98,40 @@ def feed(cfg, utterances, rate: float | None = None) -> threading.Thread:
     return thread
 
 
+def test_a_capture_agent_that_goes_silent_is_degraded_until_it_reports_again(tmp_path, tiny_bundle):
+    """An edge reports its stations every status interval; one killed or hung leaves its
+    stations `online` in the table, so /healthz says their agent went quiet."""
+    cfg = fleet_config(tmp_path, tiny_bundle, status_interval_s=0.1)
+    problem = "station till-3: no word from its capture agent"
+
+    async def body(svc):
+        server = svc.parts.server
+        edge = Sender(cfg.stages.utterances, 100, status_interval_s=0.1)
+        edge.set_state("till-3", "online")
+
+        async def reporting(seconds):  # what a running capture loop does
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                edge.tick()
+                await asyncio.sleep(0.05)
+        try:
+            await reporting(1.5)
+            alive = server.health()
+            await until(lambda: any(p.startswith(problem) for p in server.health()["problems"]), 5,
+                        "the silent agent in /healthz", step=0.1)
+            silent = server.health()
+            await reporting(0.5)
+            back = server.health()
+        finally:
+            edge.sock.close(linger=0)
+        return alive, silent, back
+
+    alive, silent, back = with_service(cfg, body, stages=("serve",))
+    assert not [p for p in alive["problems"] if p.startswith(problem)], alive["problems"]
+    assert silent["status"] == "degraded"
+    assert not [p for p in back["problems"] if p.startswith(problem)], back["problems"]
+
+
 def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny_bundle):
     cfg = fleet_config(tmp_path, tiny_bundle, broker_queue=4)
 

@@ -19,12 +19,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.servicekit import free_port
-from tests.test_dashboard import chromium
+from tests.test_dashboard import chromium, emoclapd_run
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -88,25 +83,8 @@ def floor_daemon(tmp_path, tiny_bundle, small_corpus):
     audio, rate = soundfile.read(small_corpus / "dialogues" / f"{DIALOGUES[22 % 3]}.wav", dtype="float32")
     soundfile.write(tmp_path / "quiet.wav", audio * 10 ** (-40 / 20), rate, subtype="PCM_16")
     config = floor_config(tmp_path, tiny_bundle, small_corpus, port)
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("emoclapd did not start:\n" + proc.stdout.read())
-            time.sleep(0.2)
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=30) == 0, proc.stdout.read()
-    finally:
-        proc.kill()
+    with emoclapd_run(config, port) as base:
+        yield base
 
 
 @pytest.fixture
