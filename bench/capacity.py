@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import floor  # noqa: E402
 from bench.probe import Probe, Setup, Window, probe  # noqa: E402
-from bench.service import free_port  # noqa: E402
+from bench.service import free_port, stop  # noqa: E402
 from bench.workload import tracks, vad_wait_s  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
 from emoclap.segmenter import SegmenterOptions  # noqa: E402
@@ -116,12 +116,7 @@ def triton_server(setup: Setup, command: str, workdir: Path):
                 raise RuntimeError("the Triton server did not start: " + (log.read()[-1000:] or "no output"))
             yield [proc.pid], {"triton_url": f"127.0.0.1:{ports['grpc']}"}
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 30)
 
 
 def bundle_for(row: str, workdir: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.service import REPO, client, free_port, pct, proc_rss_mb, running_daemon, scrape, write_config
+from bench.service import REPO, client, free_port, pct, proc_rss_mb, running_daemon, scrape, stop, write_config
 from bench.workload import Workload
 from emoclap.audio import SAMPLE_RATE
 
@@ -202,11 +202,7 @@ def probe(setup: Setup, n: int, work: Workload, w: Window, workdir: Path, worker
                      seconds=time.monotonic() - started)
     finally:
         for p in spawned:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p, 30)
     lat = r["overheads"]
     received = float(np.mean(r["per_client"])) if r["per_client"] else 0.0
     missing = r["expected"] - received

@@ -87,6 +87,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (the daemon drains), SIGKILL if it takes longer than `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -204,12 +214,7 @@ def running_daemon(workdir: Path, cfg: Path, port: int, threads: int, start_time
                     time.sleep(0.3)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 60)
 
 
 def run_one(workdir, bundle, files, n, m, seconds, warmup, threads) -> dict:
