@@ -6,7 +6,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -63,9 +63,16 @@ class Emotion:
     negative: Pole
     positive: Pole
     source: str = ""
+    # `key_word` is the word for every language without its own entry here: the plain
+    # string, else the table's `en` entry, else the emotion's name.
+    key_words: dict[str, str] = field(default_factory=dict)
 
     def applies_to(self, role: str | None) -> bool:
         return self.roles is None or role is None or role in self.roles
+
+    def key_word_for(self, language: str) -> str:
+        """The word paraphrases in `language` must not contain."""
+        return self.key_words.get(language, self.key_word)
 
 
 def emotion_name(path: str | Path) -> str:
@@ -134,7 +141,15 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
         return float(value)
 
     label = string("label")
-    key_word = string("key_word", name)
+    key_words: dict[str, str] = {}
+    if isinstance(data.get("key_word"), dict):
+        key_words = _key_words(data["key_word"], text, source)
+        key_word = key_words.get("en", name)
+    else:
+        if not isinstance(data.get("key_word", ""), str):
+            fail("'key_word' must be a word (a string) or a table of ISO 639-1 language codes to words, "
+                 "e.g. {en = \"pleasant\", ja = \"心地よい\"}", "key_word")
+        key_word = string("key_word", name)
     roles = data.get("roles")
     if roles is not None:
         if not isinstance(roles, list) or not roles or not all(r in ROLES for r in roles):
@@ -178,7 +193,30 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
                  f"it has {', '.join(sentences)}", table=pole)
         poles[pole] = Pole(label=string("label", table=pole), sentences=sentences)
     return Emotion(name=name, label=label, key_word=key_word, roles=roles, temperature=temperature,
-                   bias=bias, negative=poles["negative"], positive=poles["positive"], source=source)
+                   bias=bias, negative=poles["negative"], positive=poles["positive"], source=source,
+                   key_words=key_words)
+
+
+def _key_words(table: dict, text: str, source: str) -> dict[str, str]:
+    """`key_word = {en = "pleasant", ja = "心地よい"}`: one prohibited word per language."""
+    def fail(message: str, code: str | None = None):
+        # Inline (`key_word = {...}`), or a `[key_word]` table with one line per code.
+        line = ((_line_of(text, code, "key_word") if code else None) or _line_of(text, "key_word")
+                or _line_of(text, "[key_word]"))
+        raise PromptError(message, source, line)
+
+    if not table:
+        fail("'key_word' is an empty table; give a word per ISO 639-1 language code, "
+             "e.g. {en = \"pleasant\", ja = \"心地よい\"}")
+    words = {}
+    for code, word in table.items():
+        if code not in ISO_639_1:
+            fail(f"unknown language {code!r} in 'key_word' (ISO 639-1 codes such as 'en', 'ja')", code)
+        if not isinstance(word, str) or not word.strip() or len(word) > MAX_LABEL_CHARS:
+            fail(f"'key_word' for {code!r} must be a non-empty string of at most {MAX_LABEL_CHARS} "
+                 "characters", code)
+        words[code] = word.strip()
+    return words
 
 
 def prompt_files(folder: str | Path) -> list[Path]:

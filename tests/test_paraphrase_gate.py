@@ -7,7 +7,7 @@ import pytest
 
 from emoclap.prompts import parse_prompt_file
 from tests.test_trainer_paraphrase import PROMPT, Server, completion
-from trainer.paraphrase import ParaphraseError, ParaphraseOptions, Paraphraser, augment_file
+from trainer.paraphrase import ParaphraseOptions, Paraphraser, augment_file
 from trainer.paraphrase_gate import Gate, bundle_embedder, script_problem, smollm2_gguf
 
 
@@ -39,33 +39,36 @@ def test_gate_rejects_wrong_script_and_wrong_pole_and_reports_per_pole(tmp_path)
                              backoff_s=0.01, max_attempts=2)
     gate = Gate("en", toy_embed)
     try:
-        assert augment_file(path, Paraphraser(opts), "en", 3, gate) == 6
+        assert sum(o.kept for o in augment_file(path, Paraphraser(opts), "en", 3, gate)) == 6
     finally:
         server.close()
     emo = parse_prompt_file(path.read_text(encoding="utf-8"), "pleasant")
     assert emo.negative.sentences["en"][1:] == ["I feel uneasy.", "Something bothers me.", "It is awful."]
     assert emo.positive.sentences["en"][1:] == ["I feel good.", "I am content.", "Everything is fine."]
-    assert gate.kept == {"pleasant.negative": 3, "pleasant.positive": 3}
+    assert gate.kept == gate.asked == {"pleasant.negative": 3, "pleasant.positive": 3}
     assert gate.rejected["pleasant.negative"] == {"wrong script (not Latin letters)": 1,
                                                  "nearer the opposite pole": 1}
     assert gate.rejected["pleasant.positive"] == {"nearer the opposite pole": 1, "prohibited word": 1,
                                                  "repeat": 1}
     report = gate.report()
-    assert "| pleasant.negative | 3 | " in report and "nearer the opposite pole: 1" in report
+    assert "| pleasant.negative | 3 of 3 | " in report and "nearer the opposite pole: 1" in report
 
 
-def test_gate_gives_up_naming_the_reasons(tmp_path):
-    server = Server([completion(json.dumps(["It is awful."]))] * 2)
+def test_gate_ends_a_pole_short_naming_the_reasons(tmp_path):
+    server = Server([completion(json.dumps(["It is awful.", "I feel fine."])),
+                     completion(json.dumps(["It is awful!"]))])
     opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
                              max_rounds=2, temperature=0.5, backoff_s=0.01, max_attempts=2)
     gate = Gate("en", toy_embed)
     try:
         para = Paraphraser(opts)
-        with pytest.raises(ParaphraseError, match="nearer the opposite pole"):
-            para.paraphrase("My emotions are pleasant.", "en", "pleasant", 1,
-                            judge=gate.judge("My emotions are pleasant.", "My emotions are uncomfortable."))
+        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2,
+                              judge=gate.judge("My emotions are pleasant.", "My emotions are uncomfortable."))
     finally:
         server.close()
+    assert got == ["I feel fine."] and para.last_rejections == {"nearer the opposite pole": 2}
+    gate.record("pleasant.positive", para.last_rejections, len(got), 2)
+    assert "| pleasant.positive | 1 of 2 (short) | nearer the opposite pole: 2 |" in gate.report()
 
 
 def test_bundle_text_tower_embeds_unit_vectors(tiny_bundle):
@@ -99,8 +102,9 @@ def test_real_local_llm_paraphrases_through_the_gate(tmp_path, capsys):
     code = main(["paraphrase", str(path), "--language", "en", "--n", "2", "--local-smollm2",
                  "--max-rounds", "5", "--cache", str(tmp_path / "cache")])
     out, err = capsys.readouterr()
-    # A 135M model may not find two acceptable paraphrases: then it fails naming why.
-    assert code == 0 or "acceptable paraphrases" in err, err
+    # A 135M model may not find two acceptable paraphrases: then it ends with status 1 naming
+    # the short poles, having written what it did find.
+    assert code == 0 or (code == 1 and "short of 2 paraphrases" in err), err
     assert "| pleasant.negative |" in out and "request(s) to http://127.0.0.1:" in out
     assert list((tmp_path / "cache").glob("*.json"))  # it answered
     if code == 0:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.prompt_bank import PromptBank
-from emoclap.prompts import (MAX_FILE_BYTES, MAX_SENTENCES, PromptError, load_prompt_dir,
-                             parse_prompt_file)
+from emoclap.prompts import (ISO_639_1, MAX_FILE_BYTES, MAX_LABEL_CHARS, MAX_SENTENCES, PromptError,
+                             load_prompt_dir, parse_prompt_file)
 
 GOOD = """label = "Calm – agitated"
 [negative]
@@ -80,6 +80,50 @@ def test_any_file_parses_or_is_refused_with_its_name(top, tables, noise):
         assert emotion.negative.texts() and emotion.positive.texts()
         assert emotion.temperature is None or 0 < emotion.temperature <= 1000
         assert -100 <= emotion.bias <= 100
+
+
+language_codes = st.one_of(st.sampled_from(["en", "ja", "de", "jp", "eng", "EN", "", "label", "en.ja"]),
+                           st.text(max_size=4))
+key_word_values = st.one_of(st.sampled_from(["pleasant", " 心地よい ", "買", "", "  ", "快" * (MAX_LABEL_CHARS + 1)]),
+                            st.text(max_size=MAX_LABEL_CHARS + 20), st.integers(), st.floats(), st.booleans(),
+                            st.lists(st.text(max_size=5), max_size=2),
+                            st.dictionaries(st.sampled_from(["en", "x"]), st.text(max_size=5), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.dictionaries(language_codes, key_word_values, max_size=4), key_word_values),
+       st.sampled_from(["inline", "table"]))
+def test_any_key_word_is_a_word_per_language_or_is_refused_with_its_line(key_word, form):
+    def toml(value) -> str:  # every string valid TOML, so the parser's own checks are what is tested
+        if isinstance(value, str):
+            return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\U{ord(c):08x}"
+                                 for c in value) + '"'
+        if isinstance(value, list):
+            return "[" + ", ".join(toml(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{toml(k)} = {toml(v)}" for k, v in value.items()) + "}"
+        return to_toml(value)
+
+    if form == "table" and isinstance(key_word, dict):
+        text = GOOD.replace("[negative]", "[key_word]\n" + "".join(
+            f"{toml(k)} = {toml(v)}\n" for k, v in key_word.items()) + "[negative]")
+    else:
+        text = GOOD.replace('label = "Calm – agitated"\n', f'label = "Calm – agitated"\nkey_word = {toml(key_word)}\n')
+    try:
+        emotion = parse_prompt_file(text, "calm", "calm.toml")
+    except PromptError as exc:
+        assert str(exc).startswith("calm.toml:") and exc.line is not None
+        assert "key_word" in exc.message or "invalid TOML" in exc.message
+        return
+    for language in ("en", "ja", "de"):
+        word = emotion.key_word_for(language)
+        assert isinstance(word, str) and word == word.strip() and 0 < len(word) <= MAX_LABEL_CHARS
+    assert set(emotion.key_words) <= ISO_639_1
+    if isinstance(key_word, dict):
+        assert emotion.key_words == {k: v.strip() for k, v in key_word.items()}
+        assert emotion.key_word == emotion.key_words.get("en", "calm")
+    else:
+        assert emotion.key_words == {} and emotion.key_word == key_word.strip()
 
 
 def test_oversized_file_is_refused_before_it_is_read(tmp_path):

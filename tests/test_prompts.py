@@ -53,6 +53,51 @@ def test_shipped_prompts_load():
     assert all(e.label and e.negative.label and e.positive.label for e in emotions.values())
 
 
+def test_key_word_per_language_and_its_fallback():
+    def words(key_word, name="pleasant"):
+        text = GOOD.replace('key_word = "pleasant"', key_word) if key_word else GOOD.replace('key_word = "pleasant"\n', "")
+        return parse_prompt_file(text, name, "p.toml")
+
+    e = words('key_word = {en = "pleasant", ja = " 心地よい "}')
+    assert (e.key_word, e.key_word_for("en"), e.key_word_for("ja")) == ("pleasant", "pleasant", "心地よい")
+    assert e.key_word_for("de") == "pleasant"  # no own entry: the `en` entry
+    e = words('key_word = {ja = "心地よい"}')
+    assert (e.key_word, e.key_word_for("ja"), e.key_word_for("en")) == ("pleasant", "心地よい", "pleasant")
+    e = words('key_word = {ja = "心地よい"}', name="calm")  # no `en` entry: the emotion's name
+    assert (e.key_word_for("en"), e.key_word_for("fr")) == ("calm", "calm")
+    e = words('key_word = "nice"')  # a plain string: every language
+    assert (e.key_word_for("ja"), e.key_words) == ("nice", {})
+    assert words("", name="calm").key_word_for("ja") == "calm"
+    table = GOOD.replace('key_word = "pleasant"\n', "").replace("[negative]", '[key_word]\nen = "nice"\nja = "快"\n\n[negative]')
+    assert parse_prompt_file(table, "pleasant").key_words == {"en": "nice", "ja": "快"}
+
+
+def test_bad_key_word_tables_point_at_their_line():
+    def err(key_word):
+        return bad(GOOD.replace('key_word = "pleasant"', key_word))
+
+    assert err("key_word = {}").line == 2 and "empty table" in err("key_word = {}").message
+    e = err('key_word = {en = "pleasant", jp = "快"}')
+    assert e.line == 2 and "unknown language 'jp' in 'key_word'" in e.message
+    for value in ('{ja = ""}', '{ja = "  "}', "{ja = 3}", '{ja = ["快"]}', "{ja = {en = \"x\"}}",
+                  '{ja = "' + "快" * 201 + '"}'):
+        e = err(f"key_word = {value}")
+        assert e.line == 2 and "'key_word' for 'ja' must be a non-empty string of at most 200" in e.message
+    for value in ("3", '["pleasant"]', "true"):
+        assert "a table of ISO 639-1 language codes to words" in err(f"key_word = {value}").message
+    table = GOOD.replace('key_word = "pleasant"\n', "").replace("[negative]", '[key_word]\nen = "nice"\nxx = "快"\n\n[negative]')
+    e = bad(table)
+    assert e.line == 8 and "unknown language 'xx'" in e.message
+
+
+def test_shipped_prompts_prohibit_a_japanese_word_their_japanese_sentence_carries():
+    for folder in (REPO / "prompts", REPO / "prompts" / "alternatives"):
+        for name, e in load_prompt_dir(folder).items():
+            word = e.key_word_for("ja")
+            assert not word.isascii() and e.key_word_for("en") == e.key_word, name
+            assert word in e.positive.sentences["ja"][0], name
+
+
 def bad(text, name="pleasant"):
     with pytest.raises(PromptError) as info:
         parse_prompt_file(text, name, "dir/p.toml")

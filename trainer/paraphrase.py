@@ -17,14 +17,28 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emoclap.prompts import POLES, add_sentences, emotion_name, parse_prompt_file
+from emoclap.prompts import MAX_SENTENCE_CHARS, POLES, add_sentences, emotion_name, parse_prompt_file
 
 LANGUAGE_NAMES = {"en": "English", "ja": "Japanese", "de": "German", "fr": "French", "es": "Spanish",
                   "zh": "Chinese", "ko": "Korean", "it": "Italian", "pt": "Portuguese", "nl": "Dutch"}
 
 
 class ParaphraseError(RuntimeError):
-    """The LLM could not deliver; the message says which server, model and why."""
+    """The LLM could not deliver; the message says which server, model and why. `accepted`:
+    the paraphrases of the pole at hand accepted before it stopped."""
+
+    accepted: list[str] = []
+
+
+@dataclass(frozen=True)
+class PoleOutcome:
+    pole: str  # "emotion.pole"
+    kept: int
+    asked: int
+
+    @property
+    def short(self) -> bool:
+        return self.kept < self.asked
 
 
 @dataclass
@@ -42,6 +56,9 @@ class ParaphraseOptions:
     # Sent as the request's response_format: a local server can then constrain a small
     # model's output to the JSON array asked for (llama-cpp-python takes a JSON schema).
     response_format: dict | None = None
+    # A bound on each answer's length (the request's max_tokens): a small model that
+    # loses the thread otherwise writes until its context is full.
+    max_tokens: int | None = None
 
 
 def normalise(text: str) -> str:
@@ -51,25 +68,51 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def unusable(text: str) -> bool:
+    """A sentence a prompt file cannot hold (too long, a NUL) or should not (control characters)."""
+    return len(text) > MAX_SENTENCE_CHARS or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
 def contains_word(text: str, word: str) -> bool:
     t, w = normalise(text), normalise(word)
     if w.isascii():  # whole words only, and inflections ("pleasantly") count too
         return re.search(rf"(?<![a-z]){re.escape(w)}", t) is not None
-    return w in t
+    # A Japanese adjective inflects its final い (心地よい: 心地よく, 心地よかった, 心地よさ).
+    return w in t or (len(w) > 1 and w.endswith("い") and w[:-1] in t)
 
 
-def messages_for(description: str, n: int, language: str, prohibited: str, avoid: list[str]) -> list[dict]:
+# One worked example per language, asked and answered before the real request: a small
+# model copies the answer's form (a JSON array, the prohibited word left out) far more
+# reliably than it follows the instruction alone. Emotionally neutral, so it pulls no pole.
+DEMONSTRATIONS = {
+    "en": ("The weather is nice today.", "weather",
+           ["It is a lovely, sunny day.", "The sky is clear and bright today.", "Today is a beautiful day outside."]),
+    "ja": ("今日は天気が良いです。", "天気",
+           ["今日は晴れていて気持ちがいいです。", "今日は空がよく晴れています。", "今日は雲ひとつない青空です。"]),
+}
+
+
+def _request_text(sentence: str, n: int, language: str, prohibited: str, avoid: list[str], meaning: str) -> str:
     lang = LANGUAGE_NAMES.get(language, language)
     ask = (f'Paraphrase the following sentence in {n} different ways, in {lang}.\n'
-           f'Sentence: "{description}"\n'
-           f'Each paraphrase must keep the meaning: a speaker describing how they feel. '
+           f'Sentence: "{sentence}"\n'
+           f'Each paraphrase must keep the meaning{meaning}. '
            f'Prohibited word: "{prohibited}". No paraphrase may contain it.\n')
     if avoid:
         ask += "Do not repeat any of these sentences:\n" + "\n".join(f"- {s}" for s in avoid) + "\n"
-    ask += f"Answer with a JSON array of {n} strings and nothing else."
+    return ask + f"Answer with a JSON array of {n} strings and nothing else."
+
+
+def messages_for(description: str, n: int, language: str, prohibited: str, avoid: list[str]) -> list[dict]:
+    """The request, after the demonstration in `language` (English when it has none)."""
+    demo_language = language if language in DEMONSTRATIONS else "en"
+    sentence, word, answer = DEMONSTRATIONS[demo_language]
     return [{"role": "system", "content": "You are an imaginative assistant who writes varied, natural "
                                           "paraphrases of short sentences."},
-            {"role": "user", "content": ask}]
+            {"role": "user", "content": _request_text(sentence, len(answer), demo_language, word, [], "")},
+            {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
+            {"role": "user", "content": _request_text(description, n, language, prohibited, avoid,
+                                                      ": a speaker describing how they feel")}]
 
 
 def parse_answer(content: str | None) -> list[str]:
@@ -137,6 +180,8 @@ class Paraphraser:
             try:
                 self.requests += 1
                 extra = {"response_format": self.opts.response_format} if self.opts.response_format else {}
+                if self.opts.max_tokens:
+                    extra["max_tokens"] = self.opts.max_tokens
                 reply = self.client.chat.completions.create(model=self.opts.model, messages=messages,
                                                             temperature=self.opts.temperature, **extra)
                 content = reply.choices[0].message.content if reply.choices else None
@@ -163,8 +208,10 @@ class Paraphraser:
 
     def paraphrase(self, description: str, language: str, prohibited: str, need: int,
                    existing: list[str] = (), judge=None) -> list[str]:
-        """`need` new paraphrases free of the prohibited word and of repeats, and accepted by
-        `judge` (text -> reason for rejecting it, or None) when given."""
+        """Up to `need` new paraphrases free of the prohibited word and of repeats, and accepted
+        by `judge` (text -> reason for rejecting it, or None) when given: fewer when
+        `max_rounds` rounds did not find them (`last_rejections` says why). A ParaphraseError
+        (the server) carries what was accepted before it in `accepted`."""
         seen = {normalise(description), *(normalise(s) for s in existing)}
         accepted: list[str] = []
         rejected: list[str] = []
@@ -173,8 +220,14 @@ class Paraphraser:
             if len(accepted) >= need:
                 break
             avoid = list(existing) + accepted + rejected
-            for s in self.ask(messages_for(description, need - len(accepted), language, prohibited, avoid)):
-                reason = ("prohibited word" if contains_word(s, prohibited) else
+            try:
+                answer = self.ask(messages_for(description, need - len(accepted), language, prohibited, avoid))
+            except ParaphraseError as exc:
+                exc.accepted = accepted
+                raise
+            for s in answer:
+                reason = ("too long or control characters" if unusable(s) else
+                          "prohibited word" if contains_word(s, prohibited) else
                           "repeat" if normalise(s) in seen or not normalise(s) else
                           judge(s) if judge else None)
                 if reason:
@@ -183,20 +236,23 @@ class Paraphraser:
                 elif len(accepted) < need:
                     accepted.append(s)
                     seen.add(normalise(s))
-        if len(accepted) < need:
-            raise ParaphraseError(f"{description!r}: only {len(accepted)} of {need} acceptable paraphrases "
-                                  f"after {self.opts.max_rounds} rounds (rejected: {rejected[:5]}; "
-                                  f"why: {dict(reasons)})")
         return accepted
 
 
-def augment_file(path: Path, para: Paraphraser, language: str, n: int, gate=None) -> int:
-    """Give each pole of one prompt file n paraphrases in `language`; returns how many were added.
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def augment_file(path: Path, para: Paraphraser, language: str, n: int, gate=None) -> list[PoleOutcome]:
+    """Give each pole of one prompt file n paraphrases in `language`, writing the file after
+    each pole, so what was accepted stays even when a pole ends short or the server fails.
     A `gate` (trainer.paraphrase_gate.Gate) judges each paraphrase and keeps the tally."""
     text = path.read_text(encoding="utf-8")
     name = emotion_name(path)
     emotion = parse_prompt_file(text, name, str(path))
-    added = 0
+    outcomes = []
     for pole in POLES:
         sents = getattr(emotion, pole).sentences.get(language)
         if not sents:
@@ -208,18 +264,18 @@ def augment_file(path: Path, para: Paraphraser, language: str, n: int, gate=None
         if gate is not None:
             other = getattr(emotion, POLES[1 - POLES.index(pole)]).sentences.get(language) or sents[:1]
             judge = gate.judge(sents[0], other[0])
+        new: list[str] = []
         try:
-            new = para.paraphrase(sents[0], language, emotion.key_word, need, sents[1:], judge)
+            new = para.paraphrase(sents[0], language, emotion.key_word_for(language), need, sents[1:], judge)
+        except ParaphraseError as exc:
+            new = list(exc.accepted)
+            raise
         finally:
+            if new:
+                text = add_sentences(text, pole, language, new, str(path))
+                _write(path, text)
             if gate is not None:
-                gate.record(f"{name}.{pole}", para.last_rejections)
-        text = add_sentences(text, pole, language, new, str(path))
-        added += len(new)
-        if gate is not None:
-            gate.kept[f"{name}.{pole}"] += len(new)
-    if added:
-        tmp = path.with_suffix(".toml.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return added
+                gate.record(f"{name}.{pole}", para.last_rejections, len(new), need)
+        outcomes.append(PoleOutcome(f"{name}.{pole}", len(new), need))
+    return outcomes
 

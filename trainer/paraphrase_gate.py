@@ -53,12 +53,14 @@ def script_problem(text: str, language: str) -> str | None:
 
 
 class Gate:
-    """Judges paraphrases and tallies, per 'emotion.pole', what was kept and why the rest went."""
+    """Judges paraphrases and tallies, per 'emotion.pole', how many were asked for and kept,
+    and why the rest went."""
 
     def __init__(self, language: str, embed=None):
         self.language = language
         self.embed = embed  # list[str] -> unit vectors [n, d]; None: no embedding check
         self.kept: Counter = Counter()
+        self.asked: Counter = Counter()
         self.rejected: dict[str, Counter] = {}
 
     def judge(self, own: str, opposite: str):
@@ -74,14 +76,17 @@ class Gate:
             return None
         return reason
 
-    def record(self, pole: str, reasons: Counter) -> None:
+    def record(self, pole: str, reasons: Counter, kept: int, asked: int) -> None:
         self.rejected.setdefault(pole, Counter()).update(reasons)
+        self.kept[pole] += kept
+        self.asked[pole] += asked
 
     def report(self) -> str:
         lines = ["| pole | kept | rejected |", "|---|---|---|"]
-        for pole in sorted(set(self.kept) | set(self.rejected)):
+        for pole in sorted(set(self.kept) | set(self.asked) | set(self.rejected)):
             why = ", ".join(f"{r}: {n}" for r, n in self.rejected.get(pole, Counter()).most_common())
-            lines.append(f"| {pole} | {self.kept[pole]} | {why or '-'} |")
+            short = " (short)" if self.kept[pole] < self.asked[pole] else ""
+            lines.append(f"| {pole} | {self.kept[pole]} of {self.asked[pole]}{short} | {why or '-'} |")
         if self.embed is None:
             lines.append("(no --bundle: the nearer-the-opposite-pole check was off)")
         return "\n".join(lines)
@@ -157,18 +162,27 @@ class LocalServer:
 
 
 def paraphrase_files(args: argparse.Namespace, base_url: str | None, model: str, api_key: str | None,
-                     response_format: dict | None = None) -> int:
+                     response_format: dict | None = None, max_tokens: int | None = None) -> int:
     opts = ParaphraseOptions(model=model, base_url=base_url, api_key=api_key, n=args.n, cache_dir=args.cache,
-                             max_rounds=args.max_rounds, response_format=response_format)
+                             max_rounds=args.max_rounds, response_format=response_format, max_tokens=max_tokens)
     para = Paraphraser(opts)
     gate = Gate(args.language, bundle_embedder(args.bundle) if args.bundle else None)
     files = [f for p in args.prompts for f in (prompt_files(p) if p.is_dir() else [p])]
+    short = []
     try:
         for f in files:
-            print(f"{f}: +{augment_file(f, para, args.language, args.n, gate)} paraphrases")
+            outcomes = augment_file(f, para, args.language, args.n, gate)
+            print(f"{f}: +{sum(o.kept for o in outcomes)} paraphrases")
+            short += [o for o in outcomes if o.short]
     finally:
         print(gate.report())
         print(f"{para.requests} request(s) to {para.server}")
+    if short:
+        # Not an error that stops the run: every pole was tried and what it got is written.
+        print(f"emoclap-train paraphrase: {len(short)} pole(s) short of {args.n} paraphrases after "
+              f"{args.max_rounds} round(s), their acceptable ones written: "
+              + ", ".join(f"{o.pole} (kept {o.kept} of {o.asked})" for o in short), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -176,4 +190,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.local_smollm2:
         return paraphrase_files(args, args.base_url, args.model, None)
     with LocalServer(smollm2_gguf()) as server:
-        return paraphrase_files(args, server.url, server.alias, "local", JSON_ARRAY)
+        # 40 tokens a sentence is generous for these sentences (about 15 in Japanese).
+        return paraphrase_files(args, server.url, server.alias, "local", JSON_ARRAY, max_tokens=40 * args.n + 20)
