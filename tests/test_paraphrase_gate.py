@@ -74,6 +74,21 @@ def test_gate_ends_a_pole_short_naming_the_reasons(tmp_path):
     assert "| pleasant.positive | 1 of 2 (short) | nearer the opposite pole: 2 |" in gate.report()
 
 
+def test_empty_answers_are_counted_so_a_silent_model_shows_in_the_tally(tmp_path):
+    server = Server([completion("[]"), completion(json.dumps(["I feel fine."])), completion("[]")])
+    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
+                             max_rounds=3, backoff_s=0.01, max_attempts=2)
+    gate = Gate("en")
+    try:
+        para = Paraphraser(opts)
+        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2)
+    finally:
+        server.close()
+    assert got == ["I feel fine."] and para.last_rejections == {"empty answer": 2}
+    gate.record("pleasant.positive", para.last_rejections, len(got), 2)
+    assert "| pleasant.positive | 1 of 2 (short) | empty answer: 2 |" in gate.report()
+
+
 def test_bundle_text_tower_embeds_unit_vectors(tiny_bundle):
     embed = bundle_embedder(tiny_bundle)
     e = embed(["I feel good.", "I feel bad.", "My emotions are pleasant."])

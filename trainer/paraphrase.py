@@ -152,14 +152,16 @@ class Paraphraser:
                                     timeout=options.timeout_s)
         self.server = str(self.client.base_url)
 
-    def _cache_path(self, messages: list[dict]) -> Path:
-        key = hashlib.sha256(json.dumps([self.opts.model, messages], ensure_ascii=False,
-                                        sort_keys=True).encode()).hexdigest()
+    def _cache_path(self, messages: list[dict], repeat: int) -> Path:
+        # A sampled model may answer the same prompt differently: each asking is its own entry.
+        what = [self.opts.model, messages] + ([repeat] if repeat else [])
+        key = hashlib.sha256(json.dumps(what, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
         return Path(self.opts.cache_dir) / f"{key}.json"
 
-    def ask(self, messages: list[dict]) -> list[str]:
-        """The parsed answer to one prompt: from the cache, or asked with retries."""
-        path = self._cache_path(messages)
+    def ask(self, messages: list[dict], repeat: int = 0) -> list[str]:
+        """The parsed answer to one prompt: from the cache, or asked with retries. `repeat`: how
+        many times the same prompt was asked before (after an answer that gave nothing new)."""
+        path = self._cache_path(messages, repeat)
         if path.is_file():
             return parse_answer(json.loads(path.read_text(encoding="utf-8"))["content"])
         content = self._request(messages)
@@ -215,16 +217,22 @@ class Paraphraser:
         seen = {normalise(description), *(normalise(s) for s in existing)}
         accepted: list[str] = []
         rejected: list[str] = []
+        asked: Counter = Counter()  # prompt -> times asked in this call
         self.last_rejections = reasons = Counter()
         for _ in range(self.opts.max_rounds):
             if len(accepted) >= need:
                 break
             avoid = list(existing) + accepted + rejected
             try:
-                answer = self.ask(messages_for(description, need - len(accepted), language, prohibited, avoid))
+                messages = messages_for(description, need - len(accepted), language, prohibited, avoid)
+                key = json.dumps(messages, ensure_ascii=False)
+                answer = self.ask(messages, asked[key])
+                asked[key] += 1
             except ParaphraseError as exc:
                 exc.accepted = accepted
                 raise
+            if not answer:  # a valid but empty list: not a rejection, but a round that gave nothing
+                reasons["empty answer"] += 1
             for s in answer:
                 reason = ("too long or control characters" if unusable(s) else
                           "prohibited word" if contains_word(s, prohibited) else
