@@ -27,7 +27,9 @@ FORMAT = 1  # bump when the augmentation or the pooling changes what a view is
 
 
 def _file_key(path) -> str:
-    st = Path(path).stat()
+    # Resolved: a manifest named by a relative or an absolute path reads the same cache.
+    path = Path(path).resolve()
+    st = path.stat()
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
@@ -56,7 +58,8 @@ class AudioFeatures:
             model.audio.eval()
             clips, owner = [], []
             for i in todo:
-                key = zlib.crc32(str(corpus.audio[i]).encode()) if keys[i] else i
+                # The views' noise is seeded by the file, however the manifest named it.
+                key = zlib.crc32(str(Path(corpus.audio[i]).resolve()).encode()) if keys[i] else i
                 clips += augment.views(corpus.clip(i), views, seed, key)
                 owner.append(i)
             pooled = run_batched(model.audio.pooled, clips, model.audio.hidden_size, 8, device)
