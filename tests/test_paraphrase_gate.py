@@ -89,6 +89,18 @@ def test_empty_answers_are_counted_so_a_silent_model_shows_in_the_tally(tmp_path
     assert "| pleasant.positive | 1 of 2 (short) | empty answer: 2 |" in gate.report()
 
 
+def test_the_worked_example_handed_back_is_a_repeat(tmp_path):
+    server = Server([completion(json.dumps(["It is a lovely, sunny day.", "I feel fine."]))])
+    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
+                             max_rounds=1, backoff_s=0.01, max_attempts=2)
+    try:
+        para = Paraphraser(opts)
+        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2)
+    finally:
+        server.close()
+    assert got == ["I feel fine."] and para.last_rejections == {"repeat": 1}
+
+
 def test_bundle_text_tower_embeds_unit_vectors(tiny_bundle):
     embed = bundle_embedder(tiny_bundle)
     e = embed(["I feel good.", "I feel bad.", "My emotions are pleasant."])

@@ -215,6 +215,9 @@ class Paraphraser:
         `max_rounds` rounds did not find them (`last_rejections` says why). A ParaphraseError
         (the server) carries what was accepted before it in `accepted`."""
         seen = {normalise(description), *(normalise(s) for s in existing)}
+        # A small model may hand back the worked example's own sentences: those are repeats too.
+        demo_sentence, _, demo_answer = DEMONSTRATIONS.get(language, DEMONSTRATIONS["en"])
+        seen |= {normalise(s) for s in [demo_sentence, *demo_answer]}
         accepted: list[str] = []
         rejected: list[str] = []
         asked: Counter = Counter()  # prompt -> times asked in this call
