@@ -81,3 +81,24 @@ def test_frozen_baseline_trains_on_cached_features(tmp_path):
 def test_views_must_be_sane():
     with pytest.raises(Exception, match="train.views"):
         load_config("configs/tiny.toml", {"train.views": 0})
+
+
+def test_validation_scores_from_cached_text_features_equal_the_text_towers():
+    """Validation with frozen towers scores from the cached pooled sentences: the same
+    probabilities as running the text tower, without running it every epoch."""
+    from trainer.descriptions import load_descriptions
+    from trainer.features import text_features
+    from trainer.inference import zero_shot_probs
+    from trainer.model import ClapModel, load_tokenizer
+
+    cfg = frozen_cfg()
+    torch.manual_seed(0)
+    model = ClapModel(cfg.model).eval()
+    tok = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
+    desc = load_descriptions(cfg.train.prompts, ["pleasant", "aroused"], "en")
+    texts = text_features(model, tok, [s for _, _, s in desc.all_sentences()])
+    audio = torch.nn.functional.normalize(torch.randn(5, cfg.model.embedding_dim), dim=-1).numpy()
+    with torch.no_grad():
+        cached = zero_shot_probs(model, tok, desc, audio, embed=lambda batch: model.text_from_pooled(
+            torch.stack([texts[s] for s in batch])).numpy())
+    np.testing.assert_allclose(cached, zero_shot_probs(model, tok, desc, audio), atol=1e-6)

@@ -71,16 +71,28 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
         def embed_validation(m):
             m.eval()
             return m.audio_from_pooled(val_pooled).cpu().numpy()
+
+        def embed_sentences(m):  # the frozen tower's cached output: a Whisper decoder costs ~0.1 s a sentence
+            m.eval()
+
+            @torch.no_grad()
+            def embed(batch):
+                return m.text_from_pooled(torch.stack([texts[s] for s in batch]).to(device)).cpu().numpy()
+            return embed
         step = frozen_step(desc, texts, opts.paraphrases, opts.loss)
     else:
         def embed_validation(m):
             return embed_clips(m, val_clips, device=device)
+
+        def embed_sentences(m):
+            return None
         step = clap_step(desc, tokenizer, opts.paraphrases, opts.loss)
 
     def validate(m):
         if not val_clips:
             return None
-        return mean_ua(val_set.labels, zero_shot_probs(m, tokenizer, desc, embed_validation(m), device))
+        return mean_ua(val_set.labels, zero_shot_probs(m, tokenizer, desc, embed_validation(m), device,
+                                                       embed_sentences(m)))
 
     def save_best(path, summary):
         summary = {**summary, "held_out_session": held_out, "train_utterances": len(tr),

@@ -48,8 +48,10 @@ def zero_shot_bank(desc: Descriptions, embed: Callable[[list[str]], np.ndarray],
     return bank_vectors(emotions, poles, logit_scale, dim)
 
 
-def zero_shot_probs(model, tokenizer, desc: Descriptions, audio_emb: np.ndarray, device="cpu") -> np.ndarray:
-    """[N, K] probability of each emotion's positive pole, scored as the runtime scores."""
-    bank = zero_shot_bank(desc, lambda texts: embed_texts(model, tokenizer, texts, device),
+def zero_shot_probs(model, tokenizer, desc: Descriptions, audio_emb: np.ndarray, device="cpu",
+                    embed: Callable[[list[str]], np.ndarray] | None = None) -> np.ndarray:
+    """[N, K] probability of each emotion's positive pole, scored as the runtime scores.
+    `embed` (texts -> unit vectors) replaces running the text tower, e.g. from cached features."""
+    bank = zero_shot_bank(desc, embed or (lambda texts: embed_texts(model, tokenizer, texts, device)),
                           model.zero_shot_scale(), model.opts.embedding_dim)
     return bipolar_scores(audio_emb, bank)
