@@ -138,18 +138,23 @@ def ct2_encoder(files: list[Path], where: str, expected: str | None = None) -> W
     encoder.load_state_dict(state, strict=True)
     del data, model, state
     check_conversion(encoder, actual, files[0].parent if len(files) == 1 else None, name)
+    save_converted(encoder, folder)
+    log.info("converted %s to %s", name, folder)
+    return encoder
+
+
+def save_converted(module, folder: Path) -> None:
+    """A converted model into the cache, whole or not at all (written aside, then renamed)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        encoder.save_pretrained(tmp)
+        module.save_pretrained(tmp)
         tmp.rename(folder)
     except OSError:
         if not (folder / "config.json").is_file():  # not just another process that got there first
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converted %s to %s", name, folder)
-    return encoder
 
 
 def reference_input(n_mels: int) -> torch.Tensor:

@@ -16,8 +16,6 @@ same for every sentence: `TextTower` pools the sentence's own tokens only
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +200,7 @@ def language_codes(tok: Tokenizer) -> list[str]:
 
 def ct2_decoder(files: list[Path], where: str, expected: str | None = None) -> WhisperDecoder:
     """A CTranslate2 Whisper model.bin's decoder, converted once and cached beside the encoder."""
-    from trainer.whisper_sources import cache_dir
+    from trainer.whisper_sources import cache_dir, save_converted
 
     actual = sha256_of(files)
     if expected is not None and actual != expected:
@@ -219,16 +217,7 @@ def ct2_decoder(files: list[Path], where: str, expected: str | None = None) -> W
     decoder.load_state_dict(state, strict=True)
     del model, state
     check_decoder(decoder, actual, name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        decoder.save_pretrained(tmp)
-        tmp.rename(folder)
-    except OSError:
-        if not (folder / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_converted(decoder, folder)
     log.info("converted the decoder of %s to %s", name, folder)
     return decoder
 
