@@ -79,23 +79,28 @@ def pinned_files(name: str) -> list[Path]:
     return files
 
 
+def ct2_source(pretrained: str) -> tuple[list[Path], str | None] | None:
+    """A CTranslate2 model named by `pretrained`: (model.bin parts, the pinned sha256 or None),
+    for a pinned package or a folder holding model.bin; None for anything else."""
+    name = pretrained[len("package:"):] if pretrained.startswith("package:") else None
+    if name in PINNED:
+        return pinned_files(name), PINNED[name].sha256
+    folder = Path(resolve_source(pretrained))
+    return ([folder / "model.bin"], None) if (folder / "model.bin").is_file() else None
+
+
 def load_whisper_encoder(opts: TowerOptions, weights: bool = True) -> WhisperEncoder | None:
     """The tower's Whisper encoder (float32), or None when the tower is not a Whisper model."""
     if opts.config is not None:
         if opts.config.get("model_type") != "whisper":
             return None
         encoder = random_encoder(opts.config)
-    elif opts.pretrained.startswith("package:") and opts.pretrained[len("package:"):] in PINNED:
-        name = opts.pretrained[len("package:"):]
-        encoder = ct2_encoder(pinned_files(name), opts.pretrained, expected=PINNED[name].sha256)
+    elif (ct2 := ct2_source(opts.pretrained)) is not None:
+        encoder = ct2_encoder(ct2[0], opts.pretrained, expected=ct2[1])
     else:
-        source = resolve_source(opts.pretrained)
-        if (Path(source) / "model.bin").is_file():
-            encoder = ct2_encoder([Path(source) / "model.bin"], opts.pretrained)
-        else:
-            encoder = hf_encoder(source, weights)
-            if encoder is None:
-                return None
+        encoder = hf_encoder(resolve_source(opts.pretrained), weights)
+        if encoder is None:
+            return None
     if not opts.trainable:
         for p in encoder.parameters():
             p.requires_grad_(False)

@@ -87,38 +87,18 @@ def silence_states(encoder: WhisperEncoder) -> torch.Tensor:
 
 
 def is_whisper_text(opts: TowerOptions) -> bool:
-    from trainer.whisper_sources import PINNED
-
-    src = opts.pretrained
-    if src is None:
-        return (opts.config or {}).get("model_type") == "whisper"
-    if src.startswith("package:") and src[len("package:"):] in PINNED:
-        return True
     from trainer.model import resolve_source
+    from trainer.whisper_sources import ct2_source
 
-    folder = Path(resolve_source(src))
-    if (folder / "model.bin").is_file():
+    if opts.pretrained is None:
+        return (opts.config or {}).get("model_type") == "whisper"
+    if ct2_source(opts.pretrained) is not None:
         return True
+    folder = Path(resolve_source(opts.pretrained))
     try:
-        return AutoConfig.from_pretrained(str(folder) if folder.exists() else src).model_type == "whisper"
+        return AutoConfig.from_pretrained(str(folder) if folder.exists() else opts.pretrained).model_type == "whisper"
     except (OSError, ValueError):
         return False
-
-
-def _sources(opts: TowerOptions) -> tuple[list[Path] | None, str | None, Path | None]:
-    """(CTranslate2 model.bin parts, their pinned sha256, the folder holding tokenizer.json), or
-    (None, None, None) for a Hugging Face checkpoint."""
-    from trainer.model import resolve_source
-    from trainer.whisper_sources import PINNED, pinned_files
-
-    name = opts.pretrained[len("package:"):] if opts.pretrained.startswith("package:") else None
-    if name in PINNED:
-        files = pinned_files(name)
-        return files, PINNED[name].sha256, files[0].parent
-    folder = Path(resolve_source(opts.pretrained))
-    if (folder / "model.bin").is_file():
-        return [folder / "model.bin"], None, folder
-    return None, None, None
 
 
 def load_whisper_text(opts: TowerOptions, weights: bool = True) -> WhisperTextEncoder:
@@ -132,11 +112,11 @@ def load_whisper_text(opts: TowerOptions, weights: bool = True) -> WhisperTextEn
         encoder = WhisperEncoder(WhisperConfig(**cfg)) if weights else None
     else:
         from trainer.model import resolve_source
+        from trainer.whisper_sources import ct2_encoder, ct2_source
 
-        files, expected, _ = _sources(opts)
-        if files is not None:
-            from trainer.whisper_sources import ct2_encoder
-
+        ct2 = ct2_source(opts.pretrained)
+        if ct2 is not None:
+            files, expected = ct2
             decoder = ct2_decoder(files, opts.pretrained, expected)
             encoder = ct2_encoder(files, opts.pretrained, expected) if weights else None
         elif weights:
@@ -162,8 +142,10 @@ def whisper_text_tokenizer(opts: TowerOptions, language: str, max_tokens: int) -
     if opts.tokenizer is not None:
         tok = _fast_tokenizer(resolve_source(opts.tokenizer))
     else:
-        _, _, folder = _sources(opts)
-        tok = _fast_tokenizer(folder / "tokenizer.json" if folder is not None else resolve_source(opts.pretrained))
+        from trainer.whisper_sources import ct2_source
+
+        ct2 = ct2_source(opts.pretrained)  # a CTranslate2 model keeps tokenizer.json beside model.bin
+        tok = _fast_tokenizer(ct2[0][0].parent / "tokenizer.json" if ct2 else resolve_source(opts.pretrained))
     where = opts.pretrained or opts.tokenizer
     missing = [t for t in ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|notimestamps|>", PAD)
                if tok.token_to_id(t) is None]
