@@ -57,47 +57,38 @@ def test_gate_rejects_wrong_script_and_wrong_pole_and_reports_per_pole(tmp_path)
     assert "| pleasant.negative | 3 of 3 | " in report and "nearer the opposite pole: 1" in report
 
 
-def test_gate_ends_a_pole_short_naming_the_reasons(tmp_path):
-    server = Server([completion(json.dumps(["It is awful.", "I feel fine."])),
-                     completion(json.dumps(["It is awful!"]))])
+def ask_for_two(tmp_path, answers, max_rounds, judge=None):
+    """Two paraphrases of 'My emotions are pleasant.' from a server that gives `answers`, in order."""
+    server = Server([completion(a) for a in answers])
     opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
-                             max_rounds=2, temperature=0.5, backoff_s=0.01, max_attempts=2)
-    gate = Gate("en", toy_embed)
+                             max_rounds=max_rounds, temperature=0.5, backoff_s=0.01, max_attempts=2)
     try:
         para = Paraphraser(opts)
-        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2,
-                              judge=gate.judge("My emotions are pleasant.", "My emotions are uncomfortable."))
+        return para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2, judge=judge), para
     finally:
         server.close()
+
+
+def test_gate_ends_a_pole_short_naming_the_reasons(tmp_path):
+    gate = Gate("en", toy_embed)
+    got, para = ask_for_two(tmp_path, [json.dumps(["It is awful.", "I feel fine."]), json.dumps(["It is awful!"])],
+                            2, gate.judge("My emotions are pleasant.", "My emotions are uncomfortable."))
     assert got == ["I feel fine."] and para.last_rejections == {"nearer the opposite pole": 2}
     gate.record("pleasant.positive", para.last_rejections, len(got), 2)
     assert "| pleasant.positive | 1 of 2 (short) | nearer the opposite pole: 2 |" in gate.report()
 
 
 def test_empty_answers_are_counted_so_a_silent_model_shows_in_the_tally(tmp_path):
-    server = Server([completion("[]"), completion(json.dumps(["I feel fine."])), completion("[]")])
-    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
-                             max_rounds=3, backoff_s=0.01, max_attempts=2)
-    gate = Gate("en")
-    try:
-        para = Paraphraser(opts)
-        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2)
-    finally:
-        server.close()
+    # The same prompt asked again after an empty answer reaches the server, not the cache.
+    got, para = ask_for_two(tmp_path, ["[]", json.dumps(["I feel fine."]), "[]"], 3)
     assert got == ["I feel fine."] and para.last_rejections == {"empty answer": 2}
+    gate = Gate("en")
     gate.record("pleasant.positive", para.last_rejections, len(got), 2)
     assert "| pleasant.positive | 1 of 2 (short) | empty answer: 2 |" in gate.report()
 
 
 def test_the_worked_example_handed_back_is_a_repeat(tmp_path):
-    server = Server([completion(json.dumps(["It is a lovely, sunny day.", "I feel fine."]))])
-    opts = ParaphraseOptions(model="m", api_key="k", base_url=server.url, cache_dir=tmp_path / "c",
-                             max_rounds=1, backoff_s=0.01, max_attempts=2)
-    try:
-        para = Paraphraser(opts)
-        got = para.paraphrase("My emotions are pleasant.", "en", "pleasant", 2)
-    finally:
-        server.close()
+    got, para = ask_for_two(tmp_path, [json.dumps(["It is a lovely, sunny day.", "I feel fine."])], 1)
     assert got == ["I feel fine."] and para.last_rejections == {"repeat": 1}
 
 
