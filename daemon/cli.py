@@ -92,7 +92,10 @@ def score_config(path: str | None):
                   "else the built-in defaults)"),
          arg("--role", default=None,
              help="role of every channel, or one per channel separated by commas "
-                  "(e.g. staff,customer); emotions for other roles are left out"))
+                  "(e.g. staff,customer); emotions for other roles are left out"),
+         arg("--transcripts", action="store_true",
+             help="print what each utterance said as the text path read it (personal data: "
+                  "off unless asked, like [transcripts] publish)"))
 def score_command(args) -> int:
     cfg = score_config(args.config)
     roles = args.role.split(",") if args.role else ["auto"]
@@ -100,9 +103,13 @@ def score_command(args) -> int:
         if role not in ROLES:
             raise ConfigError(f"--role: expected {', '.join(ROLES)}, got {role!r}")
     bundle = load_bundle(args.bundle)
-    encoder = audio_encoder(cfg, bundle, args.provider)  # [encoder] backend: ONNX Runtime or Triton
-    bank = PromptBank(args.prompts, TextEncoder(bundle, provider=args.provider),
-                      PromptBankOptions(cache=args.cache or None))
+    from .transcriber import utterance_reader
+
+    text_encoder = TextEncoder(bundle, provider=args.provider)
+    # [encoder] backend: ONNX Runtime or Triton; the text path where the bundle and [transcripts] allow
+    encoder = utterance_reader(bundle, audio_encoder(cfg, bundle, args.provider), text_encoder,
+                               cfg.transcripts.enabled, args.provider or cfg.provider, cfg.encoder.threads)
+    bank = PromptBank(args.prompts, text_encoder, PromptBankOptions(cache=args.cache or None))
     log.info("bundle %s on %s; emotions: %s", bundle.folder, encoder.provider, ", ".join(bank.vectors.names))
     for message in bank.errors.values():
         print(f"emoclapd score: {message}", file=sys.stderr)
@@ -135,18 +142,22 @@ def score_command(args) -> int:
                                    clock=lambda: 0.0, quality=cfg.quality)
             scored, speech = policy.split(stream.feed(samples) + stream.finish())
             events = [speech_event(u) for u in speech]
-            for utt, embedding in zip(scored, encoder.encode([u.audio for u in scored])):
-                if embedding is None:
+            for utt, reading in zip(scored, encoder.encode([u.audio for u in scored])):
+                if reading is None:
                     skipped += 1
                     continue
-                utt.embedding = embedding
-                events.append(scorer.score(utt).event())
+                utt.embedding, utt.text_embedding, utt.transcript = (reading.embedding, reading.text_embedding,
+                                                                     reading.transcript)
+                events.append(scorer.score(utt).event(transcript=args.transcripts))
             for event in sorted(events, key=lambda e: e["seq"]):
                 if writer is None:
                     row = {"file": str(path), **{k: event[k] for k in ("station", "role", "start", "end",
                                                                        "duration")},
                            "scores": event.get("scores"),  # null: a role that is not scored
+                           "parts": event.get("parts"),    # each path's own scores
                            "insufficient": event.get("insufficient"), "quality": event.get("quality")}
+                    if "transcript" in event:
+                        row["transcript"] = event["transcript"]
                     print(json.dumps(row, ensure_ascii=False))
                 else:
                     writer.writerow(csv_row([str(path), event["station"], event["role"]], event, names))

@@ -92,6 +92,20 @@ class PrivacyConfig:
 
 
 @dataclass
+class TranscriptsConfig:
+    """The text path: each scored utterance's words, read by the bundle's transcriber.
+    Transcripts are personal data: neither published nor stored unless said here."""
+    enabled: bool = True   # read words where the bundle has a transcriber (the fused score)
+    publish: bool = False  # send each transcript in `utterance` events on /ws
+    store: bool = False    # keep each transcript in the history (and its export)
+
+    @property
+    def leave_encoder(self) -> bool:
+        """Whether transcripts travel past the encode stage at all."""
+        return self.enabled and (self.publish or self.store)
+
+
+@dataclass
 class SpeakersConfig:
     """Staff recognised by voice on `auto` stations (shared microphones); see daemon.speakers."""
     enabled: bool = False
@@ -154,6 +168,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    transcripts: TranscriptsConfig = field(default_factory=TranscriptsConfig)
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     stations: list[StationConfig] = field(default_factory=list)

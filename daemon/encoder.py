@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, embed_in_chunks, length_batches, pad_batch
+from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, chunks, embed_in_chunks, length_batches, pad_batch
 from emoclap.bundle import Bundle
 from emoclap.tokenizer import load_text_tokenizer
 
@@ -116,6 +116,7 @@ class AudioEncoder:
 
     Thread-safe: ORT sessions may be run from several threads at once.
     """
+    returns_frames = False  # whether the engine gives the tower's frames (the transcriber reads them)
 
     def __init__(self, bundle: Bundle, provider: str = "auto", options: EncoderOptions | None = None):
         self.bundle = bundle
@@ -140,6 +141,7 @@ class AudioEncoder:
                                     self.options.intra_op_threads)
         _check_io(self.session, self.bundle.audio_encoder, ("waveform", "lengths"), self.bundle.embedding_dim)
         self.provider = _short_name(self.session.get_providers()[0])
+        self.returns_frames = "frames" in [o.name for o in self.session.get_outputs()]
         log.info("audio encoder on %s (%s)", self.provider, self.bundle.audio_encoder)
 
     def _infer(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -156,6 +158,41 @@ class AudioEncoder:
             wave, lengths = pad_batch([rows[i] for i in idx])
             out[idx] = self._infer(wave, lengths)
         return out
+
+    def encode_with_frames(self, audios: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[list[np.ndarray]]]:
+        """Like `encode`, and each utterance's frames from the same pass: one [T, H] array per
+        chunk it was embedded in (padded to its batch's length; `emoclap.transcript.encoder_frames`
+        says how many are its own)."""
+        if not self.returns_frames:
+            raise EncoderError(f"{self.bundle.audio_encoder}: the audio encoder has no 'frames' output")
+        audios = [np.asarray(a, np.float32).reshape(-1) for a in audios]
+        keep = [i for i, a in enumerate(audios) if not self.too_short(a)]
+        with self._lock:
+            self.skipped_short += len(audios) - len(keep)
+        captured: dict[int, np.ndarray] = {}
+
+        def run(rows: list[np.ndarray]) -> np.ndarray:
+            out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
+            for idx in length_batches([r.size for r in rows], self.rows_per_call):
+                wave, lengths = pad_batch([rows[i] for i in idx])
+                emb, frames = self.session.run(["embedding", "frames"], {"waveform": wave, "lengths": lengths})
+                out[idx] = emb
+                captured.update(zip(idx, frames))
+            return out
+
+        embeddings: list[np.ndarray | None] = [None] * len(audios)
+        frames: list[list[np.ndarray]] = [[] for _ in audios]
+        if keep:
+            kept = [audios[i] for i in keep]
+            for i, e in zip(keep, embed_in_chunks(kept, self.chunk_samples, self.options.long_utterances,
+                                                  self.bundle.embedding_dim, run)):
+                embeddings[i] = e
+            row = 0
+            for i, a in zip(keep, kept):
+                n = len(chunks(a, self.chunk_samples, self.options.long_utterances))
+                frames[i] = [captured[r] for r in range(row, row + n)]
+                row += n
+        return embeddings, frames
 
     def embed(self, audios: list[np.ndarray]) -> np.ndarray:
         """[n, D] unit embeddings; every input must be at least `min_samples` long."""
@@ -179,7 +216,9 @@ class AudioEncoder:
 
 
 class TextEncoder:
-    """Sentences → unit embeddings with the bundle's tokenizer and text tower."""
+    """Sentences → unit embeddings with the bundle's tokenizer and text tower: in the shared
+    space (`embedding`), and where the graph has it, in the tower's own sentence space
+    (`sentence`: where the text path compares a transcript with the prompt sentences)."""
 
     def __init__(self, bundle: Bundle, provider: str = "auto", intra_op_threads: int = 0,
                  batch: int = 32):
@@ -191,14 +230,24 @@ class TextEncoder:
         self.session = open_session(bundle.text_encoder, provider, intra_op_threads)
         _check_io(self.session, bundle.text_encoder, ("input_ids", "attention_mask"), bundle.embedding_dim)
         self.provider = _short_name(self.session.get_providers()[0])
+        self.has_sentence = "sentence" in [o.name for o in self.session.get_outputs()]
         self.batch = batch
         self.texts_embedded = 0  # lets tests (and metrics) see that the cache works
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.bundle.embedding_dim), np.float32)
+    def _run(self, texts: list[str], outputs: list[str]) -> np.ndarray:
+        rows = []
         for b in range(0, len(texts), self.batch):
             with self._tokenize_lock:
                 ids, mask = self.tokenizer.encode_batch(texts[b:b + self.batch])
-            out[b:b + len(ids)] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+            rows.append(np.concatenate(self.session.run(outputs, {"input_ids": ids, "attention_mask": mask}), 1))
         self.texts_embedded += len(texts)
-        return out
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.bundle.embedding_dim), np.float32)
+
+    def embed(self, texts: list[str], with_sentence: bool = False) -> np.ndarray:
+        """[n, D] shared-space embeddings; `with_sentence`: [n, D + S], the sentence-space
+        ones after them (where the graph has them)."""
+        return self._run(texts, ["embedding", "sentence"] if with_sentence and self.has_sentence else ["embedding"])
+
+    def embed_sentences(self, texts: list[str]) -> np.ndarray:
+        """The text path's embeddings: the sentence space where the graph has it, else the shared one."""
+        return self._run(texts, ["sentence"] if self.has_sentence else ["embedding"])

@@ -77,6 +77,12 @@ class Metrics:
         self.webhook_deliveries = Counter(
             "emoclap_webhook_deliveries", "Alert webhook deliveries by outcome (ok; failed: every "
             "attempt failed; dropped: queue full or shutdown)", ["outcome"], registry=r)
+        self.score = Gauge("emoclap_utterance_score", "The station's last scored utterance, per emotion and "
+                           "path: fused (what rolling scores, visits and alerts use), audio, text",
+                           ["station", "emotion", "path"], registry=r)
+        self.transcribed = Counter("emoclap_transcribed_utterances", "Scored utterances whose words the "
+                                   "text path read (the rest are scored on the audio path alone)",
+                                   ["station"], registry=r)
         self.webhook_retries = Counter("emoclap_webhook_retries",
                                        "Webhook attempts repeated after a failed one", registry=r)
 
@@ -92,6 +98,17 @@ class Metrics:
             self.worker_age.labels(label).set(w["heard_s"])
         self.workers_alive.set(len(workers))
 
+    def observe_scores(self, event: dict) -> None:
+        station = event["station"]
+        for emotion, value in event.get("scores", {}).items():
+            self.score.labels(station, emotion, "fused").set(value)
+        parts = event.get("parts") or {}
+        for path, scores in parts.items():
+            for emotion, value in scores.items():
+                self.score.labels(station, emotion, path).set(value)
+        if "text" in parts:
+            self.transcribed.labels(station).inc()
+
     def set_state(self, station: str, state: str) -> None:
         for s in STATES:
             self.station_state.labels(station, s).set(1 if s == state else 0)
@@ -99,7 +116,7 @@ class Metrics:
     def forget_station(self, station: str) -> None:
         """An expired station leaves every per-station series."""
         for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,)),
-                               (self.speech, (station,))):
+                               (self.speech, (station,)), (self.transcribed, (station,))):
             try:
                 metric.remove(*labels)
             except KeyError:
@@ -107,6 +124,11 @@ class Metrics:
         for s in STATES:
             try:
                 self.station_state.remove(station, s)
+            except KeyError:
+                pass
+        for sample in [x for m in self.score.collect() for x in m.samples if x.labels["station"] == station]:
+            try:
+                self.score.remove(station, sample.labels["emotion"], sample.labels["path"])
             except KeyError:
                 pass
         for counter in (self.dropped, self.insufficient):

@@ -139,7 +139,7 @@ class PromptBank:
         return stamps
 
     def _embed_poles(self, emotion: Emotion) -> tuple[np.ndarray, np.ndarray]:
-        return emotion_poles(emotion, self.bundle.languages, self._embed_cached)
+        return emotion_poles(emotion, self.bundle.languages, self._embed_cached, self.bundle.embedding_dim)
 
     def _embed_cached(self, texts: list[str]) -> np.ndarray:
         known = self.cache.get(self.bundle.hash, texts)
@@ -148,7 +148,7 @@ class PromptBank:
             if self._stop.is_set():
                 raise PromptBankStopped()
             batch = missing[start:start + self.EMBED_BATCH]
-            fresh = dict(zip(batch, self.encoder.embed(batch)))
+            fresh = dict(zip(batch, self.encoder.embed(batch, with_sentence=True)))
             self.cache.put(self.bundle.hash, fresh)
             known.update(fresh)
         return np.stack([known[t] for t in texts])

@@ -136,12 +136,14 @@ class Publisher:
                 now = time.time()
                 for (event, _, utt), caused, alerts in zip(taken, visit_events, alert_events):
                     self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
-                    self.hub.broadcast(event, station=event["station"])
+                    self.hub.broadcast(event if self.cfg.transcripts.publish else without_transcript(event),
+                                       station=event["station"])
                     for v in caused:
                         self.hub.broadcast(v, station=v["station"])
                     self._announce(alerts)
                     if event["type"] == "utterance":
                         self.metrics.utterances.labels(event["station"]).inc()
+                        self.metrics.observe_scores(event)
                         if event.get("insufficient"):
                             self.metrics.insufficient.labels(event["station"], event["insufficient"]).inc()
                         self.published += 1
@@ -184,7 +186,8 @@ class Publisher:
             # (an encode stage with another policy) is dropped here, never scored.
             return speech_event(utt), None, utt
         try:
-            return self.scorer.score(utt).event(), utt.audio, utt
+            t = self.cfg.transcripts
+            return self.scorer.score(utt).event(transcript=t.publish or t.store), utt.audio, utt
         except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
             log.warning("score: %s seq %s failed: %s", utt.station, utt.seq, exc)
             self.metrics.dropped.labels(utt.station, "score_error").inc()
@@ -194,7 +197,8 @@ class Publisher:
                       alerts: list[dict] = ()) -> None:
         if self.history is None:
             return
-        rows = [(event, audio) for event, audio, _ in taken]
+        store = self.cfg.transcripts.store
+        rows = [(event if store else without_transcript(event), audio) for event, audio, _ in taken]
         try:
             await asyncio.to_thread(self.history.write_many, rows, visits, alerts)
             self.history_error = None
@@ -319,3 +323,8 @@ class Publisher:
             self.upstream_silence()
             await self.publish_alerts([a for name in self.expire_stations()
                                        for a in self.alerts.forget(name, time.time())])
+
+
+def without_transcript(event: dict) -> dict:
+    """The event as published or stored where transcripts are not to be (personal data)."""
+    return event if "transcript" not in event else {k: v for k, v in event.items() if k != "transcript"}

@@ -45,10 +45,16 @@ class Parts:
 
 def open_encoder(cfg: Config, bundle):
     from .batcher import Batcher
-    from .encoder import audio_encoder
+    from .encoder import TextEncoder, audio_encoder
+    from .transcriber import utterance_reader
     from .worker import EncodeWorker, ObservedEncoder
 
-    observed = ObservedEncoder(audio_encoder(cfg, bundle))  # [encoder] backend: ONNX Runtime or Triton
+    encoder = audio_encoder(cfg, bundle)  # [encoder] backend: ONNX Runtime or Triton
+    text = (TextEncoder(bundle, cfg.provider, cfg.encoder.threads)
+            if cfg.transcripts.enabled and bundle.transcriber is not None else None)
+    reader = utterance_reader(bundle, encoder, text, cfg.transcripts.enabled and text is not None,
+                              cfg.provider, cfg.encoder.threads)
+    observed = ObservedEncoder(reader)
     batcher = Batcher(observed, batcher_options(cfg, observed.encoder))
     return EncodeWorker(cfg, batcher, observed), batcher
 

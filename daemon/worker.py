@@ -25,6 +25,7 @@ import zmq
 from emoclap import fleet, wire
 from .config import Config
 from .links import LinkError, context
+from .transcriber import Reading
 
 log = logging.getLogger("emoclapd.worker")
 
@@ -64,6 +65,7 @@ class EncodeWorker(threading.Thread):
         self.batcher = batcher
         self.observed = observed
         self.forward_audio = cfg.history.store_audio
+        self.forward_transcript = cfg.transcripts.leave_encoder
         self.policy = cfg.privacy.policy()
         self.credit = min(max_pending or 2 * cfg.encoder.max_batch, fleet.MAX_CREDIT)
         self.interval_s, self.liveness = st.heartbeat_interval_s, st.heartbeat_liveness
@@ -222,5 +224,9 @@ class EncodeWorker(threading.Thread):
             if result is None:  # shorter than the encoder's minimum
                 self._send(fleet.drop(key, "too_short"))
                 continue
-            utt.embedding, utt.encoded = np.asarray(result, np.float32).reshape(-1), time.time()
-            self._send(fleet.result(wire.embedding(utt, with_audio=self.forward_audio)))
+            if not isinstance(result, Reading):  # an encoder that reads the audio path alone
+                result = Reading(result)
+            utt.embedding, utt.encoded = np.asarray(result.embedding, np.float32).reshape(-1), time.time()
+            utt.text_embedding, utt.transcript = result.text_embedding, result.transcript
+            self._send(fleet.result(wire.embedding(utt, with_audio=self.forward_audio,
+                                                   with_transcript=self.forward_transcript)))

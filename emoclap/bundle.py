@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from emoclap.transcript import DecodingSpec, parse_spec
+
 FORMAT = "emoclap-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -28,11 +30,24 @@ TOKENIZER_KINDS: dict[str, dict[str, Any]] = {
         "sentencepiece.do_lower_case": bool,
     },
 }
+# The optional transcriber (the text path): Whisper's decoder graphs and tokenizer.
+TRANSCRIBER_FILES = ("cross", "step", "tokenizer")
 ADDED_TOKEN_FIELDS = {"content": str, "id": int, "lstrip": bool, "rstrip": bool, "single_word": bool}
 
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the folder and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Transcriber:
+    """The bundle's transcriber: graphs that read each utterance's words from the audio
+    tower's frames (`shares_audio_pass`), and how to decode them."""
+    cross: Path
+    step: Path
+    tokenizer: Path
+    language: str
+    spec: DecodingSpec
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Bundle:
     hash: str
     description: str = ""
     tokenizer_kind: str = "fast"
+    transcriber: Transcriber | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -88,7 +104,8 @@ def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
     manifest["tokenizer"].setdefault("kind", "fast")
     check_tokenizer_section(manifest["tokenizer"], f"{folder}: cannot write manifest")
     files = {}
-    for name in _file_names(manifest).values():
+    extra = [manifest["transcriber"][k] for k in TRANSCRIBER_FILES] if manifest.get("transcriber") else []
+    for name in [*_file_names(manifest).values(), *extra]:
         path = folder / name
         if not path.is_file():
             raise BundleError(f"{folder}: cannot write manifest: {name} is missing")
@@ -197,6 +214,7 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
     for field, value in (("audio_encoder.min_samples", min_samples), ("text_encoder.max_tokens", max_tokens)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise BundleError(f"{where}: field '{field}' must be a positive integer, got {value!r}")
+    transcriber = _transcriber(manifest.get("transcriber"), folder, hashes, where)
     bundle_hash = hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()
     return Bundle(folder=folder, manifest=manifest, sample_rate=rate, embedding_dim=dim,
                   logit_scale=scale, languages=tuple(languages),
@@ -204,4 +222,30 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
                   tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
                   precision=str(sections["audio_encoder"].get("precision", "fp32")),
                   hash=bundle_hash, description=str(manifest.get("description", "")),
-                  tokenizer_kind=tokenizer_kind)
+                  tokenizer_kind=tokenizer_kind, transcriber=transcriber)
+
+
+def _transcriber(section: Any, folder: Path, hashes: dict, where: str) -> Transcriber | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise BundleError(f"{where}: field 'transcriber' must be an object")
+    paths = {}
+    for key in TRANSCRIBER_FILES:
+        name = section.get(key)
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{where}: field 'transcriber.{key}' must be a file name in the bundle")
+        if name not in hashes:
+            raise BundleError(f"{where}: field 'files' has no sha256 for {name}")
+        paths[key] = folder / name
+    language = section.get("language")
+    if not isinstance(language, str) or not language:
+        raise BundleError(f"{where}: field 'transcriber.language' must be a language code")
+    if section.get("shares_audio_pass") is not True:
+        raise BundleError(f"{where}: field 'transcriber.shares_audio_pass' must be true "
+                          "(this emoclapd reads words from the audio encoder's own frames)")
+    try:
+        spec = parse_spec(section, where)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    return Transcriber(language=language, spec=spec, **paths)

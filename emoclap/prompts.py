@@ -21,7 +21,14 @@ ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn
 ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi
 yo za zh zu""".split())
 
-TOP_KEYS = {"label", "key_word", "roles", "temperature", "bias", "negative", "positive"}
+# The scoring knobs (README "How the paths are weighed"), each with its limits: the audio
+# path's temperature and bias, the text path's, and the fused score's weight on each path's
+# logit. A temperature left out is the bundle's logit scale; a bias 0; a weight 1.
+KNOB_LIMITS = {"temperature": (0.0, 1000.0, False), "bias": (-100.0, 100.0, True),
+               "text_temperature": (0.0, 1000.0, False), "text_bias": (-100.0, 100.0, True),
+               "audio_weight": (0.0, 10.0, True), "text_weight": (0.0, 10.0, True)}
+KNOB_DEFAULTS = {"bias": 0.0, "text_bias": 0.0, "audio_weight": 1.0, "text_weight": 1.0}
+TOP_KEYS = {"label", "key_word", "roles", "negative", "positive", *KNOB_LIMITS}
 POLES = ("negative", "positive")
 ROLES = ("customer", "staff")  # the people an emotion may be limited to
 # Limits that keep one file from holding the daemon's text encoder for minutes.
@@ -58,11 +65,15 @@ class Emotion:
     label: str
     key_word: str
     roles: tuple[str, ...] | None  # None: every role
-    temperature: float | None      # None: the bundle's logit scale
+    temperature: float | None      # the audio path's; None: the bundle's logit scale
     bias: float
     negative: Pole
     positive: Pole
     source: str = ""
+    text_temperature: float | None = None  # the text path's; None: the bundle's logit scale
+    text_bias: float = 0.0
+    audio_weight: float = 1.0      # the fused score's weight on the audio path's logit...
+    text_weight: float = 1.0       # ...and on the text path's
     # `key_word` is the word for every language without its own entry here: the plain
     # string, else the table's `en` entry, else the emotion's name.
     key_words: dict[str, str] = field(default_factory=dict)
@@ -155,12 +166,13 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
         if not isinstance(roles, list) or not roles or not all(r in ROLES for r in roles):
             fail(f"'roles' must be a non-empty list of roles from {', '.join(ROLES)}", "roles")
         roles = tuple(dict.fromkeys(roles))
-    temperature = number("temperature")
-    if temperature is not None and not 0 < temperature <= 1000:
-        fail("'temperature' must be greater than 0 and at most 1000", "temperature")
-    bias = number("bias") or 0.0
-    if abs(bias) > 100:
-        fail("'bias' must be between -100 and 100", "bias")
+    knobs = {}
+    for key in KNOB_LIMITS:
+        value = number(key)
+        problem = knob_problem(key, value) if value is not None else None
+        if problem:
+            fail(f"'{key}' {problem}", key)
+        knobs[key] = KNOB_DEFAULTS.get(key) if value is None else value
     keep = None if languages is None else set(languages)
     poles, count = {}, 0
     for pole in POLES:
@@ -192,9 +204,17 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
             fail(f"[{pole}] has no sentences in the model's languages ({', '.join(sorted(keep))}); "
                  f"it has {', '.join(sentences)}", table=pole)
         poles[pole] = Pole(label=string("label", table=pole), sentences=sentences)
-    return Emotion(name=name, label=label, key_word=key_word, roles=roles, temperature=temperature,
-                   bias=bias, negative=poles["negative"], positive=poles["positive"], source=source,
-                   key_words=key_words)
+    return Emotion(name=name, label=label, key_word=key_word, roles=roles, negative=poles["negative"],
+                   positive=poles["positive"], source=source, key_words=key_words, **knobs)
+
+
+def knob_problem(key: str, value: float) -> str | None:
+    """Why `value` cannot be knob `key` ("must be ..."), or None."""
+    low, high, low_ok = KNOB_LIMITS[key]
+    if not (math.isfinite(value) and (low <= value if low_ok else low < value) and value <= high):
+        more = "at least" if low_ok else "greater than"
+        return f"must be {more} {low:g} and at most {high:g}"
+    return None
 
 
 def _key_words(table: dict, text: str, source: str) -> dict[str, str]:
@@ -318,7 +338,7 @@ def add_sentences(text: str, pole: str, language: str, sentences: list[str],
     return new
 
 
-KNOBS = ("temperature", "bias")
+KNOBS = tuple(KNOB_LIMITS)
 _KEY = r"""(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_-]+)"""
 _STATEMENT_RE = re.compile(rf"[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*=[ \t]*")
 
@@ -344,7 +364,7 @@ def _top_level(text: str, source: str) -> tuple[dict[str, tuple[int, int]], int]
             break
         match = _STATEMENT_RE.match(text, pos)
         if match is None:
-            raise PromptError("cannot tell where the top-level keys end; set temperature and bias by hand",
+            raise PromptError("cannot tell where the top-level keys end; set the knobs by hand",
                               source, text.count("\n", 0, pos) + 1)
         key, start = match.group(1).strip("\"'"), match.end()
         if text.startswith(("'''", '"""'), start):
@@ -361,35 +381,41 @@ def _top_level(text: str, source: str) -> tuple[dict[str, tuple[int, int]], int]
     return found, last
 
 
-def set_knobs(text: str, temperature: float, bias: float, source: str = "<prompt>") -> str:
-    """A prompt file's text with `temperature` and `bias` set (rounded by `knob_text`): an
-    existing line's value is replaced, its comment kept; a missing one is added after the
-    last top-level key. Every other line stays byte for byte, so the change reads as a
-    small diff. Raises ValueError for a value outside the file's limits, PromptError for
-    a text that is not a prompt file or a rewrite that would not read back."""
-    if not (math.isfinite(temperature) and 0 < temperature <= 1000):
-        raise ValueError(f"temperature must be finite, greater than 0 and at most 1000, not {temperature!r}")
-    if not (math.isfinite(bias) and abs(bias) <= 100):
-        raise ValueError(f"bias must be finite and between -100 and 100, not {bias!r}")
+def set_knobs(text: str, temperature: float | None = None, bias: float | None = None,
+              source: str = "<prompt>", **more: float) -> str:
+    """A prompt file's text with the knobs given set (rounded by `knob_text`): `temperature`
+    and `bias` (the audio path's), and any of `text_temperature`, `text_bias`,
+    `audio_weight`, `text_weight`. An existing line's value is replaced, its comment kept;
+    a missing one is added after the last top-level key. Every other line stays byte for
+    byte, so the change reads as a small diff. Raises ValueError for a value outside the
+    file's limits, PromptError for a text that is not a prompt file or a rewrite that would
+    not read back."""
+    given = {k: v for k, v in {"temperature": temperature, "bias": bias, **more}.items() if v is not None}
+    for key, value in given.items():
+        if key not in KNOB_LIMITS:
+            raise ValueError(f"{key!r} is not a knob ({', '.join(KNOBS)})")
+        problem = knob_problem(key, float(value))
+        if problem:
+            raise ValueError(f"{key} {problem}, not {value!r}")
     before = parse_prompt_file(text, "prompt", source)
-    values = {"temperature": knob_text(temperature), "bias": knob_text(bias)}
+    values = {k: knob_text(v) for k, v in given.items()}
     try:
         found, last = _top_level(text, source)
     except ValueError as exc:  # PromptError included: a value that does not end where TOML says
         raise exc if isinstance(exc, PromptError) else PromptError(
-            f"cannot find the top-level keys: {exc}; set temperature and bias by hand", source) from None
+            f"cannot find the top-level keys: {exc}; set the knobs by hand", source) from None
     newline = "\r\n" if "\r\n" in text else "\n"
-    edits = [(start, end, values[k]) for k, (start, end) in found.items()]
-    added = "".join(f"{newline}{k} = {values[k]}" for k in KNOBS if k not in found)
+    edits = [(start, end, values[k]) for k, (start, end) in found.items() if k in values]
+    added = "".join(f"{newline}{k} = {values[k]}" for k in KNOBS if k in values and k not in found)
     if added:
         at = last - 1 if last > 0 and text[last - 1] == "\r" and newline == "\r\n" else last
         edits.append((at, at, added))
     new = text
     for start, end, value in sorted(edits, reverse=True):
         new = new[:start] + value + new[end:]
-    wanted = (float(values["temperature"]), float(values["bias"]))
+    wanted = {k: float(v) for k, v in values.items()}
     after = parse_prompt_file(new, "prompt", source)
-    if (after.temperature, after.bias) != wanted or \
-            replace(after, temperature=before.temperature, bias=before.bias) != before:
-        raise PromptError("setting temperature and bias did not read back as written", source)
+    if {k: getattr(after, k) for k in wanted} != wanted or \
+            replace(after, **{k: getattr(before, k) for k in wanted}) != before:
+        raise PromptError("setting the knobs did not read back as written", source)
     return new

@@ -27,6 +27,8 @@ class Utterance:
     emitted: float    # wall-clock time the segmenter emitted it
     audio: np.ndarray | None = None      # 16 kHz mono float32
     embedding: np.ndarray | None = None  # unit vector from the audio encoder
+    text_embedding: np.ndarray | None = None  # its transcript through the text tower (the text path)
+    transcript: str | None = None        # what the customer said; personal data (see [transcripts])
     encoded: float | None = None         # wall-clock time the encoder finished it
     speaker: dict | None = None          # an auto station's staff/customer decision (voiceprint)
     quality: dict | None = None          # emoclap.quality: duration_s, level_dbfs, clipped, snr_db
@@ -101,19 +103,29 @@ def from_header(fields: dict) -> Utterance:
 
 @dataclass
 class Scored:
-    """An utterance with its scores and its station's rolling scores after it."""
+    """An utterance with its scores and its station's rolling scores after it.
+
+    `scores` is what the product acts on (rolling scores, visits, alerts): the fused score
+    where the utterance has a text path, else the audio path's. `parts` holds each path's
+    own score ("audio", and "text" when there is a transcript)."""
     utterance: Utterance
     scores: dict[str, float]
     rolling: dict[str, dict[str, float]] = field(default_factory=dict)  # emotion → score/count/updated
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)    # path → emotion → score
 
-    def event(self) -> dict:
-        """The `utterance` message published on /ws and committed to the history."""
+    def event(self, transcript: bool = False) -> dict:
+        """The `utterance` message published on /ws and committed to the history; the
+        transcript only when `transcript` (it is personal data: `[transcripts] publish`)."""
         u = self.utterance
-        return {"type": "utterance", "station": u.station, "role": u.role, "seq": u.seq,
-                "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
-                "time": round(u.time, 3), "scores": {k: round(v, 4) for k, v in self.scores.items()},
-                "rolling": rounded(self.rolling), "insufficient": u.insufficient, "quality": u.quality,
-                **speaker_fields(u)}
+        out = {"type": "utterance", "station": u.station, "role": u.role, "seq": u.seq,
+               "start": round(u.start, 3), "end": round(u.end, 3), "duration": round(u.duration, 3),
+               "time": round(u.time, 3), "scores": {k: round(v, 4) for k, v in self.scores.items()},
+               "parts": {path: {k: round(v, 4) for k, v in per.items()} for path, per in self.parts.items()},
+               "rolling": rounded(self.rolling), "insufficient": u.insufficient, "quality": u.quality,
+               **speaker_fields(u)}
+        if transcript and u.transcript is not None:
+            out["transcript"] = u.transcript
+        return out
 
 
 def speech_event(u: Utterance) -> dict:

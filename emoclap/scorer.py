@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from emoclap.record import Scored, Utterance
 from emoclap.rolling import RollingScores
-from emoclap.zeroshot import BankVectors, HasVectors, score_utterance
+from emoclap.zeroshot import BankVectors, HasVectors, utterance_scores
 
 
 class Scorer:
@@ -19,12 +19,12 @@ class Scorer:
     def score(self, utt: Utterance) -> Scored:
         if utt.embedding is None:
             raise ValueError(f"{utt.station} seq {utt.seq}: no embedding to score")
-        scores = score_utterance(utt.embedding, self.bank, utt.scoring_role)
+        parts, scores = utterance_scores(utt.embedding, utt.text_embedding, self.bank, utt.scoring_role)
         rolling = self.rolling.setdefault(utt.station, RollingScores(self.half_life_s))
         rolling.half_life_s = self.half_life_s  # a reloaded half-life applies from now on
         if utt.insufficient is None:  # an insufficient utterance is sent, never averaged in
             rolling.update(utt.role, utt.time, utt.duration, scores)
-        return Scored(utt, scores, rolling.snapshot().get(utt.role, {}))
+        return Scored(utt, scores, rolling.snapshot().get(utt.role, {}), parts)
 
     def snapshots(self) -> dict[str, dict]:
         return {name: r.snapshot() for name, r in self.rolling.items()}

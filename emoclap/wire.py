@@ -5,8 +5,11 @@ The header carries `v` (format version) and `kind`:
 
 - `segment`   capture/ingest → encode: the utterance's header fields
               (`record.HEADER_FIELDS`); payload: its 16 kHz audio
-- `embedding` encode → score: the segment header plus `dim` and `encoded`; payload: the
-              embedding (`dim` values), followed by the audio when it is to be stored
+- `embedding` encode → score: the segment header plus `dim`, `encoded` and, where the
+              text path read words, `text_dim` (and `transcript` only where the encode
+              stage is configured to pass transcripts on); payload: the audio embedding
+              (`dim` values), the transcript's embedding (`text_dim`), then the audio when
+              it is to be stored
 - `speech`    capture/ingest → encode → score: an utterance of a role whose emotions are
               not inferred (privacy policy): the header only, no audio, never embedded
 - `status`    any stage → downstream: station states, drop counts by reason since the
@@ -52,12 +55,21 @@ def segment(utt: Utterance) -> list[bytes]:
     return _frames("segment", header(utt), audio)
 
 
-def embedding(utt: Utterance, with_audio: bool = False) -> list[bytes]:
+MAX_TRANSCRIPT_CHARS = 4000
+
+
+def embedding(utt: Utterance, with_audio: bool = False, with_transcript: bool = False) -> list[bytes]:
     emb = np.asarray(utt.embedding, np.float32).reshape(-1)
-    payload = emb
+    parts, fields = [emb], dict(header(utt), dim=int(emb.size))
+    if utt.text_embedding is not None:
+        text = np.asarray(utt.text_embedding, np.float32).reshape(-1)
+        parts.append(text)
+        fields["text_dim"] = int(text.size)
+    if with_transcript and utt.transcript is not None:
+        fields["transcript"] = utt.transcript[:MAX_TRANSCRIPT_CHARS]
     if with_audio and utt.audio is not None:
-        payload = np.concatenate([emb, np.asarray(utt.audio, np.float32).reshape(-1)])
-    return _frames("embedding", dict(header(utt), dim=int(emb.size)), payload)
+        parts.append(np.asarray(utt.audio, np.float32).reshape(-1))
+    return _frames("embedding", fields, np.concatenate(parts) if len(parts) > 1 else emb)
 
 
 def speech(utt: Utterance) -> list[bytes]:
@@ -143,6 +155,16 @@ def decode(frames: list[bytes]) -> Message:
         dim = head.get("dim")
         if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= payload.size:
             raise WireError(f"embedding: field 'dim' is {dim!r} for a payload of {payload.size} values")
+        text_dim = head.get("text_dim", 0)
+        if not isinstance(text_dim, int) or isinstance(text_dim, bool) or not 0 <= text_dim <= payload.size - dim:
+            raise WireError(f"embedding: field 'text_dim' is {text_dim!r} for a payload of {payload.size} "
+                            f"values after {dim} of the audio embedding")
+        transcript = head.get("transcript")
+        if transcript is not None and (not isinstance(transcript, str) or len(transcript) > MAX_TRANSCRIPT_CHARS):
+            raise WireError(f"embedding: field 'transcript' must be a string of at most {MAX_TRANSCRIPT_CHARS} characters")
         utt.embedding = payload[:dim]
-        utt.audio = payload[dim:] if payload.size > dim else None
+        utt.text_embedding = payload[dim:dim + text_dim] if text_dim else None
+        utt.transcript = transcript
+        rest = dim + text_dim
+        utt.audio = payload[rest:] if payload.size > rest else None
     return Message(kind, head, utt)

@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium against a real `emoclapd run`: scores
-appear and update, the customer's visit and an alert show on its card and on the floor
-view, a prompt file added while it is open shows up as a new emotion, and a wrong token
-is refused. Saves a screenshot to test-artifacts/dashboard.png. The floor view with 24
-stations is tests/test_floor_view.py."""
+appear and update (audio only: the tiny bundle has no transcriber), the customer's visit
+and an alert show on its card and on the floor view, a prompt file added while it is
+open shows up as a new emotion, and a wrong token is refused. Saves a screenshot to
+test-artifacts/dashboard.png. The floor view with 24 stations is tests/test_floor_view.py;
+fused audio + words scores and transcripts are tests/test_dashboard_paths.py."""
 from __future__ import annotations
 
 import contextlib
@@ -128,6 +129,12 @@ def test_dashboard_live_scores_new_emotion_and_token(daemon, browser):
     staff_feed = page.query_selector_all('#feed li[data-station="staff"]')
     assert staff_feed and all("not scored" in li.inner_text() and "%" not in li.inner_text()
                               for li in staff_feed)
+    # The tiny bundle has no transcriber: each score is the audio path's, and says so.
+    page.wait_for_selector(f'{customer}[data-basis="audio"]', timeout=10000)
+    assert page.inner_text(f"{customer} .basis") == "Last scored utterance: audio only"
+    scored_feed = page.query_selector_all('#feed li[data-station="customer"]:not(.insufficient)')
+    assert scored_feed and all(li.query_selector('.chip.basis[data-basis="audio"]') and not li.query_selector(".transcript")
+                               for li in scored_feed)
     score = float(page.get_attribute(f'{customer} .bar[data-emotion="purchase_intention"]',
                                      "data-score"))
     assert 0.0 <= score <= 1.0

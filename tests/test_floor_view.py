@@ -287,7 +287,8 @@ KEYS = ["type", "station", "role", "stations", "states", "emotions", "name", "la
         "alerts", "state", "id", "rule", "emotion", "direction", "threshold", "value", "start", "end",
         "utterances", "talk_share", "purchase_intention", "first", "last", "max", "slope_per_min",
         "insufficient", "quality", "level_dbfs", "clipped", "snr_db", "duration_s", "scored_roles",
-        "message", "reason", "customer", "__proto__", "constructor", "toString"]
+        "message", "reason", "customer", "__proto__", "constructor", "toString",
+        "parts", "audio", "text", "transcript"]
 TEXT = st.text(st.characters(blacklist_categories=()), max_size=12) | st.sampled_from(KEYS)
 LEAF = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
         | st.floats(allow_nan=False, allow_infinity=False) | TEXT)
@@ -313,6 +314,8 @@ TEMPLATES = [
      "insufficient": "too_quiet", "quality": {"duration_s": 1.9, "level_dbfs": -60.0, "clipped": 0.0, "snr_db": 9.0}},
     {"type": "utterance", "station": "s1", "role": "customer", "seq": 2, "start": 4.0, "end": 6.0, "duration": 2.0,
      "time": NOW, "scores": {"purchase_intention": 0.8, "pleasant": 0.3}, "rolling": ROLLING, "visit": "s1-1",
+     "parts": {"audio": {"purchase_intention": 0.4, "pleasant": 0.3}, "text": {"purchase_intention": 0.9}},
+     "transcript": "I'll take it.",
      "insufficient": None, "quality": {"duration_s": 1.9, "level_dbfs": -20.0, "clipped": 0.0, "snr_db": 30.0}},
     {"type": "speech", "station": "s2", "role": "staff", "seq": 2, "start": 1.0, "end": 3.0, "duration": 2.0,
      "time": NOW},

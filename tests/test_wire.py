@@ -67,7 +67,8 @@ REASON = st.sampled_from(["too_short", "too_quiet", "clipped", "noisy", "", "Noi
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=3),
        st.dictionaries(st.sampled_from(["v", "kind", "station", "role", "seq", "start", "end", "t0",
-                                        "emitted", "dim", "quality", "insufficient"]),
+                                        "emitted", "dim", "text_dim", "transcript", "quality",
+                                        "insufficient"]),
                        SCALARS | QUALITY | REASON),
        st.binary(max_size=64))
 def test_any_frames_decode_or_raise_wire_error(frames, header, payload):
@@ -98,3 +99,34 @@ def test_hostile_quality_fields_are_refused_by_name(quality, insufficient):
     assert u.insufficient in (None, "too_short", "too_quiet", "clipped", "noisy")
     assert u.quality is None or (set(u.quality) == {"duration_s", "level_dbfs", "clipped", "snr_db"}
                                  and np.isfinite(list(u.quality.values())).all())
+
+
+def test_the_text_path_travels_with_the_embedding_and_the_transcript_only_when_asked():
+    audio = np.linspace(-1, 1, 480, dtype=np.float32)
+    emb, text = np.full(8, 1 / np.sqrt(8), np.float32), np.full(4, 0.5, np.float32)
+    utt = utterance(audio=audio, embedding=emb, text_embedding=text, transcript="I'll take it.")
+    for with_audio in (False, True):
+        for with_transcript in (False, True):
+            got = wire.decode(wire.embedding(utt, with_audio, with_transcript)).utterance
+            np.testing.assert_array_equal(got.embedding, emb)
+            np.testing.assert_array_equal(got.text_embedding, text)
+            assert got.transcript == ("I'll take it." if with_transcript else None)
+            assert (got.audio is not None) == with_audio
+    plain = wire.decode(wire.embedding(utterance(embedding=emb))).utterance
+    assert plain.text_embedding is None and plain.transcript is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-3, 40) | st.booleans() | st.none() | st.text(max_size=3),
+       st.none() | st.text(max_size=20) | st.integers() | st.lists(st.text(max_size=2), max_size=2))
+def test_hostile_text_path_fields_are_refused_by_name(text_dim, transcript):
+    good = wire.embedding(utterance(embedding=np.full(8, 0.1, np.float32), text_embedding=np.full(4, 0.2, np.float32)))
+    head = json.loads(good[0])
+    head["text_dim"], head["transcript"] = text_dim, transcript
+    try:
+        u = wire.decode([json.dumps(head).encode(), good[1]]).utterance
+    except wire.WireError as exc:
+        assert "text_dim" in str(exc) or "transcript" in str(exc)
+        return
+    assert u.embedding.size + (0 if u.text_embedding is None else u.text_embedding.size) <= 12
+    assert u.transcript is None or isinstance(u.transcript, str)

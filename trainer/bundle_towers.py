@@ -1,5 +1,5 @@
-"""An exported bundle's two towers run with ONNX Runtime on the CPU, for the trainer's
-commands that work on a bundle (the paraphrase gate, calibration).
+"""An exported bundle's towers (and its transcriber) run with ONNX Runtime on the CPU, for
+the trainer's commands that work on a bundle (the paraphrase gate, calibration).
 
 Audio goes through `emoclap.audio.embed_in_chunks` with the daemon's default limits, so
 a clip gets the embedding the daemon would give it as one utterance.
@@ -10,7 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, embed_in_chunks, length_batches, pad_batch
+from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, chunks, embed_in_chunks, length_batches, pad_batch
+from emoclap.transcript import encoder_frames
 from emoclap.bundle import Bundle
 
 
@@ -22,20 +23,30 @@ def _session(path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def text_embedder(bundle: Bundle, batch: int = 32) -> Callable[[list[str]], np.ndarray]:
-    """texts → [n, D] unit vectors, with the bundle's own tokenizer (the daemon's)."""
+def text_embedder(bundle: Bundle, batch: int = 32, output: str = "embedding") -> Callable[[list[str]], np.ndarray]:
+    """texts → [n, D] unit vectors, with the bundle's own tokenizer (the daemon's); `output`
+    "sentence" gives the text path's sentence-space vectors (the shared space's where the
+    graph has none), "both" the two side by side, as the daemon's prompt bank caches them."""
     from emoclap.tokenizer import load_text_tokenizer
 
     tokenizer = load_text_tokenizer(bundle)
     session = _session(bundle.text_encoder)
+    has_sentence = "sentence" in [o.name for o in session.get_outputs()]
+    names = {"embedding": ["embedding"], "sentence": ["sentence" if has_sentence else "embedding"],
+             "both": ["embedding", "sentence"] if has_sentence else ["embedding"]}[output]
 
     def embed(texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), bundle.embedding_dim), np.float32)
+        rows = []
         for b in range(0, len(texts), batch):
             ids, mask = tokenizer.encode_batch(list(texts[b:b + batch]))
-            out[b:b + len(ids)] = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            parts = [unit(p) for p in session.run(names, {"input_ids": ids, "attention_mask": mask})]
+            rows.append(np.concatenate(parts, 1))
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, bundle.embedding_dim), np.float32)
     return embed
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 class AudioEmbedder:
@@ -53,16 +64,90 @@ class AudioEmbedder:
     def too_short(self, clip: np.ndarray) -> bool:
         return clip.size < self.min_samples
 
-    def _run(self, rows: list[np.ndarray]) -> np.ndarray:
+    def _run(self, rows: list[np.ndarray], frames: dict | None = None) -> np.ndarray:
         out = np.empty((len(rows), self.bundle.embedding_dim), np.float32)
+        names = ["embedding", "frames"] if frames is not None else ["embedding"]
         for idx in length_batches([r.size for r in rows], self.rows_per_call):
             wave, lengths = pad_batch([rows[i] for i in idx])
-            out[idx] = self.session.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
+            got = self.session.run(names, {"waveform": wave, "lengths": lengths})
+            out[idx] = got[0]
+            if frames is not None:
+                frames.update((int(i), f[:encoder_frames(rows[i].size)]) for i, f in zip(idx, got[1]))
         return out
 
-    def embed(self, clips: list[np.ndarray]) -> np.ndarray:
+    def embed(self, clips: list[np.ndarray], frames: list | None = None) -> np.ndarray:
+        """[n, D]; with a `frames` list, each clip's chunks' valid frames are appended to it."""
         clips = [np.asarray(c, np.float32).reshape(-1) for c in clips]
         short = [i for i, c in enumerate(clips) if self.too_short(c)]
         if short:
             raise ValueError(f"clip {short[0]} is shorter than {self.min_samples} samples")
-        return embed_in_chunks(clips, self.chunk_samples, "split", self.bundle.embedding_dim, self._run)
+        captured = {} if frames is not None else None
+        emb = embed_in_chunks(clips, self.chunk_samples, "split", self.bundle.embedding_dim,
+                              lambda rows: self._run(rows, captured))
+        if frames is not None:
+            row = 0
+            for c in clips:
+                n = len(chunks(c, self.chunk_samples, "split"))
+                frames.append([captured[r] for r in range(row, row + n)])
+                row += n
+        return emb
+
+
+class ClipReader:
+    """Clips → (audio embeddings [n, D], the text path's embeddings [n, S] with NaN rows where
+    nothing was understood, transcripts), as the daemon's encode stage reads utterances."""
+
+    def __init__(self, bundle: Bundle):
+        from tokenizers import Tokenizer
+
+        if bundle.transcriber is None:
+            raise ValueError(f"{bundle.folder}: the bundle has no transcriber")
+        t = bundle.transcriber
+        self.audio = AudioEmbedder(bundle)
+        self.spec = t.spec
+        self.step = onnx_transcriber_step(t.cross, t.step, t.spec)
+        self.tokenizer = Tokenizer.from_file(str(t.tokenizer))
+        self.sentences = text_embedder(bundle, output="sentence")
+        self.rate = bundle.sample_rate
+
+    def too_short(self, clip: np.ndarray) -> bool:
+        return self.audio.too_short(clip)
+
+    def read(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        from emoclap.transcript import greedy_decode
+
+        frames: list = []
+        emb = self.audio.embed(clips, frames)
+        said = []
+        for per in frames:  # one clip at a time: calibration is offline, and a batch would pad
+            words = []
+            for f in per:
+                ids = greedy_decode(self.step(f[None], np.ones((1, f.shape[0]), np.float32)),
+                                    [self.spec.budget(f.shape[0] * 320 / self.rate)], self.spec)[0]
+                words.append(self.tokenizer.decode(ids).strip())
+            said.append(" ".join(w for w in words if w))
+        text = np.full((len(clips), 0), np.nan, np.float32)
+        known = [i for i, s in enumerate(said) if s]
+        if known:
+            vectors = self.sentences([said[i] for i in known])
+            text = np.full((len(clips), vectors.shape[1]), np.nan, np.float32)
+            text[known] = vectors
+        return emb, text, said
+
+
+def onnx_transcriber_step(cross_path, step_path, spec):
+    """frames [B, T, D] + validity [B, T] → a `greedy_decode` step on the bundle's transcriber
+    graphs (the daemon's transcriber runs them the same way)."""
+    cross, step = _session(cross_path), _session(step_path)
+
+    def for_frames(frames: np.ndarray, valid: np.ndarray):
+        ck, cv = cross.run(None, {"frames": np.asarray(frames, np.float32)})
+        empty = np.zeros((spec.layers, frames.shape[0], spec.heads, 0, spec.head_dim), np.float32)
+
+        def run(tokens, state):
+            pk, pv = state or (empty, empty)
+            logits, k, v = step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk, "past_v": pv,
+                                           "cross_k": ck, "cross_v": cv})
+            return logits, (k, v)
+        return run
+    return for_frames

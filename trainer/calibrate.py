@@ -1,8 +1,12 @@
-"""`emoclap-train calibrate`: fit each emotion's `temperature` and `bias` on labelled clips.
+"""`emoclap-train calibrate`: fit each emotion's `temperature` and `bias` on labelled clips,
+and with a bundle that reads words, the text path's `text_temperature` and `text_bias`
+and the fused score's `audio_weight` and `text_weight`.
 
-A score is sigmoid(s·m + bias) of the margin m = a·p − a·n (`emoclap.zeroshot`), so
-Platt scaling — logistic regression of the binary label on m — gives temperature = A
-and bias = B exactly. The fit is on a bundle's own ONNX towers, and scores before and
+A path's score is sigmoid(s·m + bias) of its margin m = a·p − a·n (`emoclap.zeroshot`),
+so Platt scaling — logistic regression of the binary label on m — gives temperature = A
+and bias = B exactly; the fused score σ(w_a·logit_a + w_t·logit_t) gets its weights by
+logistic regression on the two calibrated logits (`platt.fusion_fit`), on the clips whose
+words were read. The fit is on a bundle's own ONNX towers, and scores before and
 after are computed by `emoclap.zeroshot` from the prompt files as written, so the daemon
 scores a calibrated file as the report says.
 """
@@ -24,8 +28,9 @@ from emoclap.audio import AudioError, read_mono
 from emoclap.bundle import Bundle, load_bundle
 from emoclap.prompts import (Emotion, PromptError, emotion_name, parse_prompt_file, parse_prompt_paths,
                              prompt_files, set_knobs)
-from emoclap.zeroshot import bank_vectors, bipolar_margins, bipolar_scores, emotion_poles
-from trainer.platt import L2, Platt, Refused, platt_fit
+from emoclap.zeroshot import (bank_vectors, bipolar_margins, bipolar_scores, emotion_poles, fused_logits,
+                              path_logits, sigmoid)
+from trainer.platt import L2, Platt, Refused, fusion_fit, platt_fit
 from trainer.reliability import BINS, quality, reliability_bins, reliability_diagram
 from trainer.runs import RunError
 
@@ -130,12 +135,14 @@ def label_targets(targets: list[Target], utterances: list, normalisation: str) -
                      "other_role": int((labelled & ~role_ok).sum())}
 
 
-def embed_utterances(utterances: list, rows: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
-    """([len(rows), D] embeddings, bool mask of clips too short for the daemon to score)."""
-    from trainer.bundle_towers import AudioEmbedder
+def embed_utterances(utterances: list, rows: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """([len(rows), D] embeddings, bool mask of clips too short for the daemon to score, and
+    with a transcriber the text path's embeddings [len(rows), S], NaN where no words were read)."""
+    from trainer.bundle_towers import AudioEmbedder, ClipReader
 
-    audio = AudioEmbedder(bundle)
+    audio = ClipReader(bundle) if bundle.transcriber is not None else AudioEmbedder(bundle)
     emb = np.zeros((len(rows), bundle.embedding_dim), np.float32)
+    text = None
     short = np.zeros(len(rows), bool)
     for start in range(0, len(rows), BLOCK):
         block = range(start, min(len(rows), start + BLOCK))
@@ -147,9 +154,15 @@ def embed_utterances(utterances: list, rows: np.ndarray, bundle: Bundle) -> tupl
                 raise CalibrationError(f"manifest line {utterances[rows[i]].line}: {exc}") from None
             short[i] = audio.too_short(clips[i])
         keep = [i for i in block if not short[i]]
-        if keep:
+        if keep and bundle.transcriber is None:
             emb[keep] = audio.embed([clips[i] for i in keep])
-    return emb, short
+        elif keep:
+            emb[keep], said, _ = audio.read([clips[i] for i in keep])
+            if said.shape[1]:  # no column at all: nothing in this block was understood
+                if text is None:
+                    text = np.full((len(rows), said.shape[1]), np.nan, np.float32)
+                text[keep] = said
+    return emb, short, text
 
 
 def _knobs(fit: Platt, margins: np.ndarray, labels: np.ndarray, l2: float,
@@ -179,16 +192,23 @@ def _finite(obj):
 
 
 def calibrate_target(t: Target, bundle: Bundle, emb: np.ndarray, fitted: np.ndarray, embed_text,
-                     min_per_class: int, l2: float = L2) -> tuple[dict, str]:
-    """(report entry, new file text) for one emotion; `emb` rows follow `t.rows`, `fitted`
-    marks the rows fitted on (the rest are held out)."""
+                     min_per_class: int, l2: float = L2, text: np.ndarray | None = None) -> tuple[dict, str]:
+    """(report entry, new file text) for one emotion; `emb` (and `text`, the text path's
+    embeddings, NaN rows where no words were read) rows follow `t.rows`, `fitted` marks the
+    rows fitted on (the rest are held out). Scores before and after are the fused ones."""
     entry = {"file": str(t.path), "skipped": t.skipped, "warnings": [],
              "temperature_before": t.emotion.temperature, "bias_before": t.emotion.bias}
-    poles = {t.emotion.name: emotion_poles(t.emotion, bundle.languages, embed_text)}
+    poles = {t.emotion.name: emotion_poles(t.emotion, bundle.languages, embed_text, bundle.embedding_dim)}
+    read = np.zeros(len(emb), bool) if text is None else ~np.isnan(text).any(1)
 
     def scores(emotion: Emotion) -> np.ndarray:
         bank = bank_vectors([emotion], poles, bundle.logit_scale, bundle.embedding_dim)
-        return bipolar_scores(emb, bank)[:, 0]
+        out = bipolar_scores(emb, bank)[:, 0]
+        if read.any():
+            logit_a = path_logits(emb[read], bank, "audio")[:, 0]
+            logit_t = path_logits(text[read], bank, "text")[:, 0]
+            out[read] = sigmoid(fused_logits(logit_a, logit_t, bank))
+        return out
 
     bank = bank_vectors([t.emotion], poles, bundle.logit_scale, bundle.embedding_dim)
     margins = bipolar_margins(emb, bank)[:, 0]
@@ -209,19 +229,50 @@ def calibrate_target(t: Target, bundle: Bundle, emb: np.ndarray, fitted: np.ndar
             raise Refused(f"the prompt ranks backwards (A = {fit.a:.4g}): its positive pole scores "
                           "higher on the clips labelled negative; fix its sentences")
         knobs = _knobs(fit, margins[fitted], y[fitted], l2, entry["warnings"])
-        new_text = set_knobs(t.text, *knobs, str(t.path))
+        more = _text_knobs(bank, knobs, emb, text, read & fitted, y, min_per_class, l2, entry)
+        new_text = set_knobs(t.text, *knobs, str(t.path), **more)
     except Refused as exc:
         entry.update(status="refused", reason=str(exc))
         return {**entry, "bins": bins}, t.text
     written = parse_prompt_file(new_text, t.emotion.name, str(t.path), bundle.languages)
     after = scores(written)
     entry.update(status="unchanged" if new_text == t.text else "written",
-                 temperature=written.temperature, bias=written.bias)
+                 temperature=written.temperature, bias=written.bias,
+                 **({k: getattr(written, k) for k in ("text_temperature", "text_bias", "audio_weight", "text_weight")}
+                    if read.any() else {}))
     entry["fitted"]["after"] = quality(after[fitted], y[fitted])
     entry["held_out"]["after"] = quality(after[~fitted], y[~fitted])
     bins["fitted"]["after"] = reliability_bins(after[fitted], y[fitted])
     bins["held_out"]["after"] = reliability_bins(after[~fitted], y[~fitted])
     return {**entry, "bins": bins}, new_text
+
+
+def _text_knobs(bank, audio_knobs: tuple[float, float], emb, text, rows: np.ndarray, y: np.ndarray,
+                min_per_class: int, l2: float, entry: dict) -> dict:
+    """The text path's temperature and bias and the fusion weights, fitted on `rows` (fitted
+    clips whose words were read); {} where too few were, with the reason in the report."""
+    if text is None:
+        return {}
+    pos, neg = int((y[rows] == 1).sum()), int((y[rows] == 0).sum())
+    if min(pos, neg) < min_per_class:
+        entry["warnings"].append(f"text path not calibrated: words were read in {pos} positive and {neg} "
+                                 f"negative clips; at least {min_per_class} of each are needed")
+        return {}
+    margins = bipolar_margins(text[rows], bank, "text")[:, 0]
+    try:
+        fit = platt_fit(margins, y[rows], l2)
+        if fit.a <= 0:
+            raise Refused(f"the prompt ranks transcripts backwards (A = {fit.a:.4g})")
+        text_knobs = _knobs(fit, margins, y[rows], l2, entry["warnings"])
+        logit_a = audio_knobs[0] * bipolar_margins(emb[rows], bank)[:, 0] + audio_knobs[1]
+        logit_t = text_knobs[0] * margins + text_knobs[1]
+        fusion = fusion_fit(logit_a, logit_t, y[rows], l2)
+    except Refused as exc:
+        entry["warnings"].append(f"text path not calibrated: {exc}")
+        return {}
+    entry.update(text_A=fit.a, text_B=fit.b, fusion_iterations=fusion.iterations)
+    return {"text_temperature": text_knobs[0], "text_bias": text_knobs[1],
+            "audio_weight": fusion.audio, "text_weight": fusion.text}
 
 
 def calibrate(manifest: Path, bundle_dir: Path, prompts: Path, *, out: Path | None = None,
@@ -248,9 +299,9 @@ def calibrate(manifest: Path, bundle_dir: Path, prompts: Path, *, out: Path | No
     held = held_out_sessions([u.session for u in utterances], holdout, holdout_sessions, seed)
     needed = np.unique(np.concatenate([t.rows for t in targets]))
     log(f"embedding {len(needed)} clips with {bundle.folder}", file=sys.stderr)
-    emb_all, short_all = embed_utterances(utterances, needed, bundle)
+    emb_all, short_all, text_all = embed_utterances(utterances, needed, bundle)
     where = {int(r): i for i, r in enumerate(needed)}
-    embed_text = text_embedder(bundle)
+    embed_text = text_embedder(bundle, output="both")
     report = {"manifest": str(manifest), "bundle": str(bundle.folder), "bundle_hash": bundle.hash,
               "prompts": str(prompts), "normalisation": normalisation, "bins": BINS, "l2": L2,
               "min_per_class": min_per_class, "dry_run": dry_run,
@@ -266,7 +317,8 @@ def calibrate(manifest: Path, bundle_dir: Path, prompts: Path, *, out: Path | No
         t.skipped["too_short"] = int((~keep).sum())
         t.rows, t.labels, idx = t.rows[keep], t.labels[keep], idx[keep]
         fitted = np.array([utterances[r].session not in held for r in t.rows], bool)
-        entry, new_text = calibrate_target(t, bundle, emb_all[idx], fitted, embed_text, min_per_class)
+        entry, new_text = calibrate_target(t, bundle, emb_all[idx], fitted, embed_text, min_per_class,
+                                           text=None if text_all is None else text_all[idx])
         report["emotions"][t.emotion.name] = entry
         if new_text != t.text:
             changes[t.path] = (t.text, new_text)

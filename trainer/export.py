@@ -34,25 +34,38 @@ class ExportError(RuntimeError):
 
 
 class _AudioGraph(nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, frames: bool = False):
         super().__init__()
         self.model = model
+        self.frames = frames
 
     def forward(self, waveform, lengths):
-        return self.model.encode_audio(waveform, lengths)
+        if not self.frames:
+            return self.model.encode_audio(waveform, lengths)
+        # The transcriber reads the tower's frames: one encoder pass serves both paths.
+        frames, mask = self.model.audio(waveform, lengths)
+        from trainer.model import masked_mean
+
+        return self.model.audio_from_pooled(masked_mean(frames, mask)), frames
 
 
 class _TextGraph(nn.Module):
+    """The shared-space `embedding`, and the tower's own `sentence` vector (unit length):
+    the text path compares transcripts with prompt sentences there, where the pretrained
+    text tower's sense of meaning is intact (the head learnt the training corpus's)."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model.encode_text(input_ids, attention_mask)
+        pooled = self.model.text(input_ids, attention_mask)
+        return self.model.text_from_pooled(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-def export_audio(model, path: Path, dynamo: bool = False) -> None:
-    """`waveform` [batch, samples] + `lengths` [batch] → `embedding` [batch, D].
+def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) -> None:
+    """`waveform` [batch, samples] + `lengths` [batch] → `embedding` [batch, D] (and, with
+    `frames`, the tower's `frames` [batch, T, H], zero past each utterance's end).
 
     Traced on a padded batch so the masking path is what gets recorded. The legacy
     TorchScript exporter is the default: its graph ran faster in ONNX Runtime
@@ -60,8 +73,11 @@ def export_audio(model, path: Path, dynamo: bool = False) -> None:
     """
     n = max(model.audio.min_samples * 4, 16000)
     example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
-    _export(_AudioGraph(model), example, path, ["waveform", "lengths"],
-            {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}, dynamo)
+    axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}
+    if frames:
+        axes["frames"] = {0: "batch", 1: "frames"}
+    _export(_AudioGraph(model, frames), example, path, ["waveform", "lengths"], axes, dynamo,
+            ["embedding", "frames"] if frames else ["embedding"])
 
 
 def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
@@ -69,11 +85,13 @@ def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
 
     ids, mask = tokenize(tokenizer, ["a short one", "a somewhat longer example sentence here"])
     _export(_TextGraph(model), (ids, mask), path, ["input_ids", "attention_mask"],
-            {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}, dynamo)
+            {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+             "sentence": {0: "batch"}}, dynamo, ["embedding", "sentence"])
 
 
-def _export(module, example, path, names, axes, dynamo):
+def _export(module, example, path, names, axes, dynamo, outputs=("embedding",)):
     module.eval()
+    outputs = list(outputs)
     axes = {**axes, "embedding": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,11 +101,11 @@ def _export(module, example, path, names, axes, dynamo):
             # Both inputs share the batch dimension.
             batch = torch.export.Dim("batch")
             shapes = {k: {i: (batch if i == 0 else d) for i, d in v.items()} for k, v in dims.items()}
-            torch.onnx.export(module, example, str(path), input_names=names, output_names=["embedding"],
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=outputs,
                               dynamic_shapes=[shapes[n] for n in names], dynamo=True, opset_version=OPSET,
                               external_data=False, verbose=False)
         else:
-            torch.onnx.export(module, example, str(path), input_names=names, output_names=["embedding"],
+            torch.onnx.export(module, example, str(path), input_names=names, output_names=outputs,
                               dynamic_axes=axes, dynamo=False, opset_version=OPSET)
 
 
@@ -159,7 +177,7 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
     with torch.no_grad():
         for clips in batches:
             wave, lengths = pad_batch(clips)
-            got = audio.run(None, {"waveform": wave, "lengths": lengths})[0]
+            got = audio.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
             for i, c in enumerate(clips):
                 ref = model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])).numpy()[0]
                 cos = float(np.dot(got[i], ref) / (np.linalg.norm(got[i]) * np.linalg.norm(ref)))
@@ -167,7 +185,7 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
         text = ort.InferenceSession(str(text_onnx), opts, providers=["CPUExecutionProvider"])
         ids, mask = tokenize(tokenizer, texts)
         run_ids, run_mask = runtime.encode_batch(texts) if runtime else (ids.numpy(), mask.numpy())
-        got = text.run(None, {"input_ids": run_ids, "attention_mask": run_mask})[0]
+        got = text.run(["embedding"], {"input_ids": run_ids, "attention_mask": run_mask})[0]
         ref = model.encode_text(ids, mask).numpy()
         text_worst = float(np.min(np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))))
     return Parity(worst, text_worst, count)
@@ -175,13 +193,19 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
 
 def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources: dict, texts: list[str],
                   real_audio: list[np.ndarray], description: str = "", training: dict | None = None,
-                  metrics: dict | None = None, int8: bool = False, dynamo: bool = False) -> dict:
-    """Write the bundle to `out` and verify it; raises ExportError when parity fails."""
+                  metrics: dict | None = None, int8: bool = False, dynamo: bool = False,
+                  transcriber: bool = True) -> dict:
+    """Write the bundle to `out` and verify it; raises ExportError when parity fails. With
+    `transcriber` and an audio tower whose frames Whisper's decoder can read, the bundle
+    reads words too (the text path)."""
+    from trainer.transcriber import transcriber_source
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
+    decoder = transcriber_source(model) if transcriber else None
     audio_path, text_path = out / "audio_encoder.onnx", out / "text_encoder.onnx"
-    export_audio(model, audio_path, dynamo)
+    export_audio(model, audio_path, dynamo, frames=decoder is not None)
     export_text(model, tokenizer, text_path, dynamo)
     tokenizer_section = write_runtime_tokenizer(tokenizer, out)
     runtime = open_text_tokenizer(out, tokenizer_section, int(model.opts.max_tokens))
@@ -200,6 +224,9 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         fp32_copy.unlink()
         parity["int8"] = check_parity(model, tokenizer, audio_path, text_path, batches, texts, runtime).as_dict()
         precision = "int8"
+    transcriber_section = None
+    if decoder is not None:
+        transcriber_section, parity["transcriber"] = _export_transcriber(model, decoder, languages[0], out, real_audio)
     fields = {
         "description": description,
         "sample_rate": SAMPLE_RATE,
@@ -214,7 +241,27 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         "training": training or {},
         "metrics": {**(metrics or {}), "export_parity": parity},
     }
+    if transcriber_section is not None:
+        fields["transcriber"] = transcriber_section
     return write_manifest(out, fields)
+
+
+def _export_transcriber(model, decoder, language: str, out: Path, clips: list[np.ndarray]) -> tuple[dict, dict]:
+    from trainer.transcriber import check_transcriber, export_transcriber, tower_frames
+    from trainer.whisper_sources import ct2_source
+    from trainer.model import resolve_source
+
+    source = model.opts.audio.pretrained
+    ct2 = ct2_source(source)
+    tokenizer = ct2[0][0].parent / "tokenizer.json" if ct2 else Path(resolve_source(source)) / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ExportError(f"{source}: no tokenizer.json beside the Whisper weights, which the transcriber needs")
+    section = export_transcriber(decoder, tokenizer, language, out)
+    try:
+        check = check_transcriber(decoder, section, out, tower_frames(model, clips))
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    return section, check
 
 
 def tower_sources(opts: ModelOptions) -> dict[str, str]:

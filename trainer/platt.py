@@ -74,3 +74,53 @@ def platt_fit(margins, labels, l2: float = L2, slope: float | None = None, max_i
         if np.max(np.abs(scale * step)) < 1e-10 or f_old - f < 1e-13 * max(1.0, abs(f)):
             break
     return Platt(a=float(w[0] / sd), b=float(w[1] - w[0] * mu / sd), iterations=it)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    audio: float  # the fused score's weight on the audio path's calibrated logit
+    text: float   # and on the text path's
+    iterations: int
+
+
+def fusion_fit(audio_logits, text_logits, labels, l2: float = L2, max_weight: float = 10.0,
+               max_iter: int = 100) -> Fusion:
+    """sigmoid(w_a·logit_a + w_t·logit_t) fitted to labels: logistic regression without an
+    intercept (each path's bias is in its logit) by damped Newton, with the ridge pulling
+    both weights towards 1 (an even product of the two calibrated paths) rather than 0, and
+    the weights kept within [0, max_weight]. Raises Refused for a sample that means nothing."""
+    x = np.stack([np.asarray(audio_logits, np.float64).reshape(-1),
+                  np.asarray(text_logits, np.float64).reshape(-1)], 1)
+    t = np.asarray(labels, np.float64).reshape(-1)
+    if x.shape[0] != t.size or t.size == 0:
+        raise Refused(f"{x.shape[0]} logit pairs for {t.size} labels")
+    if not (np.all(np.isfinite(x)) and np.all((t >= 0) & (t <= 1))):
+        raise Refused("logits must be finite and labels in [0, 1]")
+    if t.min() == t.max():
+        raise Refused("every label is the same")
+    prior = np.ones(2)
+
+    def objective(w):
+        s = x @ w
+        return float(np.sum(np.logaddexp(0.0, s) - t * s) + 0.5 * l2 * np.sum((w - prior) ** 2))
+
+    w, f, it = prior.copy(), objective(prior), 0
+    for it in range(1, max_iter + 1):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (x @ w)))
+        grad = x.T @ (p - t) + l2 * (w - prior)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-10:
+            trial = np.clip(w - scale * step, 0.0, max_weight)
+            ft = objective(trial)
+            if ft < f:  # projected onto the box, so any decrease is accepted
+                break
+            scale *= 0.5
+        else:
+            break
+        moved = float(np.max(np.abs(trial - w)))
+        w, f_old, f = trial, f, ft
+        if moved < 1e-10 or f_old - f < 1e-13 * max(1.0, abs(f)):
+            break
+    return Fusion(audio=float(w[0]), text=float(w[1]), iterations=it)

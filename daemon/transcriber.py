@@ -1,0 +1,148 @@
+"""The text path in the encode stage: the bundle's transcriber graphs (ONNX Runtime) read
+each utterance's words from the audio encoder's own frames, and the text tower embeds
+them, so one encoder pass per utterance gives both paths' embeddings.
+
+`Reader` is what the batcher runs: audio in, a `Reading` (audio embedding, and where the
+text path is on, the transcript and its embedding) out.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from emoclap.audio import chunks
+from emoclap.bundle import Bundle
+from emoclap.transcript import encoder_frames, greedy_decode
+
+from .encoder import EncoderError, open_session
+
+log = logging.getLogger("emoclapd.transcriber")
+MAX_TRANSCRIPT_CHARS = 2000  # bounds what one utterance's words can weigh downstream
+
+
+@dataclass
+class Reading:
+    embedding: np.ndarray
+    text_embedding: np.ndarray | None = None
+    transcript: str | None = None
+
+
+class Transcriber:
+    """Frames of utterances → their transcripts, greedy, batched, bounded in tokens."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", intra_op_threads: int = 0):
+        if bundle.transcriber is None:
+            raise EncoderError(f"{bundle.folder}: the bundle has no transcriber")
+        t = bundle.transcriber
+        self.spec = t.spec
+        self.cross = open_session(t.cross, provider, intra_op_threads)
+        self.step = open_session(t.step, provider, intra_op_threads)
+        self.tokenizer = Tokenizer.from_file(str(t.tokenizer))
+        self.seconds = 0.0  # spent decoding, for /metrics
+        self.tokens = 0
+
+    def _step(self, frames: np.ndarray, valid: np.ndarray):
+        ck, cv = self.cross.run(None, {"frames": frames})
+        s = self.spec
+        empty = np.zeros((s.layers, frames.shape[0], s.heads, 0, s.head_dim), np.float32)
+
+        def run(tokens, state):
+            pk, pv = state or (empty, empty)
+            logits, k, v = self.step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk,
+                                                "past_v": pv, "cross_k": ck, "cross_v": cv})
+            return logits, (k, v)
+        return run
+
+    def transcribe(self, frames: list[np.ndarray], seconds: list[float]) -> list[str]:
+        """Each utterance's words; `frames[i]` its valid frames [T_i, D]."""
+        if not frames:
+            return []
+        started = time.perf_counter()
+        t = max(f.shape[0] for f in frames)
+        batch = np.zeros((len(frames), t, frames[0].shape[1]), np.float32)
+        valid = np.zeros((len(frames), t), np.float32)
+        for i, f in enumerate(frames):
+            batch[i, :f.shape[0]], valid[i, :f.shape[0]] = f, 1.0
+        ids = greedy_decode(self._step(batch, valid), [self.spec.budget(s) for s in seconds], self.spec)
+        self.seconds += time.perf_counter() - started
+        self.tokens += sum(map(len, ids))
+        return [self.tokenizer.decode(row).strip()[:MAX_TRANSCRIPT_CHARS] for row in ids]
+
+
+class Reader:
+    """The batcher's encoder: audio → `Reading`s (None for a too-short utterance). Without a
+    transcriber (none in the bundle, `[transcripts] enabled = false`, or an engine that does
+    not return frames) it reads the audio path only."""
+
+    def __init__(self, encoder, transcriber: Transcriber | None = None, text_encoder=None):
+        self.encoder = encoder
+        self.transcriber = transcriber if text_encoder is not None else None
+        self.text_encoder = text_encoder
+        self.rate = encoder.bundle.sample_rate
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):  # provider, min_samples, skipped_short, ... of the audio encoder
+        return getattr(self.encoder, name)
+
+    @property
+    def reads_words(self) -> bool:
+        return self.transcriber is not None
+
+    def encode(self, audios: list[np.ndarray]) -> list[Reading | None]:
+        if self.transcriber is None:
+            return [None if e is None else Reading(e) for e in self.encoder.encode(audios)]
+        embeddings, frames = self.encoder.encode_with_frames(audios)
+        out: list[Reading | None] = [None if e is None else Reading(e) for e in embeddings]
+        # A long utterance is read chunk by chunk, as its audio embedding was made.
+        rows, owner, seconds = [], [], []
+        for i, (audio, per) in enumerate(zip(audios, frames)):
+            if out[i] is None:
+                continue
+            for chunk, f in zip(chunks(np.asarray(audio).reshape(-1), self.encoder.chunk_samples,
+                                       self.encoder.options.long_utterances), per):
+                rows.append(f[:encoder_frames(chunk.size)])
+                owner.append(i)
+                seconds.append(chunk.size / self.rate)
+        with self._lock:  # the decoder cache is per call, but one batch at a time keeps latency honest
+            texts = self.transcriber.transcribe(rows, seconds)
+        joined: dict[int, list[str]] = {}
+        for i, text in zip(owner, texts):
+            joined.setdefault(i, []).append(text)
+        said = {i: " ".join(t for t in parts if t) for i, parts in joined.items()}
+        words = [i for i, text in said.items() if text]
+        if words:
+            vectors = self.text_encoder.embed_sentences([said[i] for i in words])
+            for i, v in zip(words, vectors):
+                out[i].text_embedding = v / max(float(np.linalg.norm(v)), 1e-12)
+        for i, text in said.items():
+            out[i].transcript = text
+        return out
+
+
+    def read(self, utts: list) -> None:
+        """Sets each utterance's embedding, text embedding and transcript (a too-short one keeps None)."""
+        for u, r in zip(utts, self.encode([u.audio for u in utts])):
+            if r is not None:
+                u.embedding, u.text_embedding, u.transcript = r.embedding, r.text_embedding, r.transcript
+
+
+def utterance_reader(bundle: Bundle, encoder, text_encoder, enabled: bool = True,
+                     provider: str = "auto", intra_op_threads: int = 0) -> Reader:
+    """A `Reader` with the text path where the bundle and the engine allow it."""
+    if not enabled:
+        return Reader(encoder)
+    if bundle.transcriber is None:
+        log.info("text path off: bundle %s has no transcriber (audio path only)", bundle.folder)
+        return Reader(encoder)
+    if not getattr(encoder, "returns_frames", False):
+        log.warning("text path off: the audio encoder's engine (%s) does not return frames",
+                    type(encoder).__name__)
+        return Reader(encoder)
+    transcriber = Transcriber(bundle, provider, intra_op_threads)
+    log.info("text path on: transcripts in %r read from the audio encoder's frames", bundle.transcriber.language)
+    return Reader(encoder, transcriber, text_encoder)

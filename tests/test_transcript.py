@@ -1,0 +1,91 @@
+"""Greedy decoding of transcripts (emoclap.transcript), driven by scripted decoders."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emoclap.transcript import (DecodingSpec, encoder_frames, greedy_decode, loop_start, parse_spec,
+                                spec_section)
+
+EOT, VOCAB = 10, 14  # ids above EOT are special, like Whisper's timestamps and task tokens
+SPEC = DecodingSpec(prompt=(11, 12), eot=EOT, blank=(0,), max_tokens=8, tokens_per_second=2.0,
+                    base_tokens=1, layers=1, heads=1, head_dim=1)
+
+
+def scripted(rows: list[list[int]]):
+    """A decoder that says rows[r][i] at step i (then EOT), with a special token ranked higher
+    still at every step, and records what it was fed."""
+    fed = []
+
+    def step(tokens, state):
+        i = 0 if state is None else state
+        fed.append(tokens.copy())
+        logits = np.zeros((len(rows), VOCAB), np.float32)
+        for r, row in enumerate(rows):
+            logits[r, row[i] if i < len(row) else EOT] = 5.0
+            logits[r, VOCAB - 1] = 9.0  # never emitted: above EOT
+        return logits, i + 1
+    return step, fed
+
+
+def test_rows_stop_at_their_own_end_and_budget_and_specials_never_appear():
+    step, fed = scripted([[3, 4], [5, 6, 7, 8, 9, 1, 2, 3], [2]])
+    out = greedy_decode(step, [8, 3, 8], SPEC)
+    assert out == [[3, 4], [5, 6, 7], [2]]
+    assert fed[0].tolist() == [[11, 12]] * 3  # the prompt first, then one token a row
+    assert all(f.shape == (3, 1) for f in fed[1:])
+
+
+def test_the_first_token_is_never_blank_or_the_end():
+    step, _ = scripted([[EOT, 3], [0, 4]])
+    out = greedy_decode(step, [4, 4], SPEC)
+    assert all(row and row[0] not in (EOT, 0) for row in out)
+
+
+def test_a_loop_is_cut_to_its_first_copy():
+    step, _ = scripted([[1, 2, 3, 1, 2, 3, 1, 2, 3, 4]])
+    spec = DecodingSpec(**{**SPEC.__dict__, "max_tokens": 40})
+    assert greedy_decode(step, [40], spec) == [[1, 2, 3]]
+
+
+def test_loop_start_finds_repeats_and_leaves_speech_alone():
+    assert loop_start([7, 7, 7]) == 1
+    assert loop_start([5, 1, 2, 1, 2, 1, 2]) == 3
+    assert loop_start([1, 2, 3, 4, 5, 1, 2, 3, 4, 5]) == 5  # a long span said twice
+    assert loop_start([4, 1, 2, 1, 2]) is None  # "no, no" is speech
+    assert loop_start(list(range(30))) is None
+
+
+@given(st.lists(st.integers(0, 3), max_size=40))
+def test_cutting_at_loop_start_keeps_a_prefix_with_the_repeat_gone(tokens):
+    cut = loop_start(tokens)
+    if cut is not None:
+        assert 0 < cut < len(tokens)
+        rest = tokens[cut:]
+        # what is cut off is copies of the span just before it
+        assert any(len(rest) % p == 0 and rest == tokens[cut - p:cut] * (len(rest) // p) for p in range(1, cut + 1))
+
+
+def test_budgets_grow_with_duration_and_are_bounded():
+    assert SPEC.budget(0.0) == 1 and SPEC.budget(1.0) == 3 and SPEC.budget(600.0) == 8
+    assert encoder_frames(0) == 0 and encoder_frames(480) == 2 and encoder_frames(16000) == 50
+
+
+def test_a_spec_survives_the_manifest():
+    assert parse_spec(spec_section(SPEC), "m") == SPEC
+
+
+VALUES = st.none() | st.booleans() | st.integers(-2, 2**33) | st.floats(allow_nan=True) | st.text(max_size=3) \
+    | st.lists(st.integers(-2, 2**32) | st.text(max_size=1), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(list(spec_section(SPEC))), VALUES, max_size=9))
+def test_hostile_spec_fields_are_refused_by_name(changes):
+    section = {**spec_section(SPEC), **changes}
+    try:
+        spec = parse_spec(section, "bundle/manifest.json")
+    except ValueError as exc:
+        assert "bundle/manifest.json: field 'transcriber." in str(exc)
+        return
+    assert spec.prompt and 0 < spec.max_tokens and spec.budget(1e9) <= spec.max_tokens
