@@ -148,7 +148,9 @@ class PromptBank:
             if self._stop.is_set():
                 raise PromptBankStopped()
             batch = missing[start:start + self.EMBED_BATCH]
-            fresh = dict(zip(batch, self.encoder.embed(batch, with_sentence=True)))
+            # Both spaces side by side where the text tower has its own (daemon.encoder.TextEncoder).
+            both = getattr(self.encoder, "has_sentence", False)
+            fresh = dict(zip(batch, self.encoder.embed(batch, with_sentence=True) if both else self.encoder.embed(batch)))
             self.cache.put(self.bundle.hash, fresh)
             known.update(fresh)
         return np.stack([known[t] for t in texts])
