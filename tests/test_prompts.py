@@ -49,7 +49,7 @@ def test_shipped_prompts_load():
     assert set(emotions) == {"pleasant", "aroused", "dominant", "credible", "interested",
                              "positive", "purchase_intention"}
     assert emotions["purchase_intention"].roles == ("customer",)
-    assert emotions["purchase_intention"].positive.sentences["en"] == ["I want to buy it."]
+    assert emotions["purchase_intention"].positive.sentences["en"][0] == "I want to buy it."  # the canonical one
     assert all(e.label and e.negative.label and e.positive.label for e in emotions.values())
 
 

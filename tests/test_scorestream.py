@@ -81,7 +81,7 @@ def test_messages_round_trip_as_json():
                    {"pleasant": {"score": 0.123456, "count": 1, "updated": 1003.5}}).event()
     assert event == {"type": "utterance", "station": "desk", "role": "customer", "seq": 7,
                      "start": 1.235, "end": 3.5, "duration": 2.265, "time": 1003.5,
-                     "scores": {"pleasant": 0.1235},
+                     "scores": {"pleasant": 0.1235}, "parts": {},
                      "rolling": {"pleasant": {"score": 0.1235, "count": 1, "updated": 1003.5}},
                      "insufficient": None, "quality": None}
     snap = {"desk": {"customer": {"pleasant": {"score": 0.5, "count": 2, "updated": 1.0}}},

@@ -71,8 +71,8 @@ def test_parity_failure_is_loud(tmp_path, monkeypatch):
 
     real_export = ex.export_audio
 
-    def tampered(m, path, dynamo=False):
-        real_export(m, path, dynamo)
+    def tampered(m, path, dynamo=False, frames=False):
+        real_export(m, path, dynamo, frames)
         import onnx
         g = onnx.load(str(path))
         for init in g.graph.initializer:  # corrupt one weight of the exported graph

@@ -89,3 +89,22 @@ def test_hostile_spec_fields_are_refused_by_name(changes):
         assert "bundle/manifest.json: field 'transcriber." in str(exc)
         return
     assert spec.prompt and 0 < spec.max_tokens and spec.budget(1e9) <= spec.max_tokens
+
+
+def test_fusion_weights_recover_how_much_each_path_knows():
+    from trainer.platt import fusion_fit
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    a, t = rng.normal(0, 2, n), rng.normal(0, 2, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.3 * a + 1.5 * t)))).astype(float)
+    fit = fusion_fit(a, t, y)
+    assert abs(fit.audio - 0.3) < 0.1 and abs(fit.text - 1.5) < 0.2
+
+
+def test_fusion_weights_stay_within_the_files_limits():
+    from trainer.platt import fusion_fit
+
+    a = np.linspace(-1, 1, 200)
+    fit = fusion_fit(a, -a, (a > 0).astype(float))  # the text path ranks backwards
+    assert fit.text == 0.0 and 0 < fit.audio <= 10
