@@ -120,3 +120,42 @@ def test_turned_off_the_text_path_reads_no_words(bundle, clips):
     assert not reader.reads_words
     r = reader.encode(clips[:1])[0]
     assert r.transcript is None and r.text_embedding is None
+
+
+def test_calibrate_fits_the_text_path_and_the_fusion_weights(bundle, tmp_path):
+    """Buyers and browsers said in the same flat voice: the words carry purchase intention,
+    the (untrained) audio head does not, and calibration says so in the weights."""
+    import shutil
+    import subprocess
+
+    from emoclap.prompts import load_prompt_dir
+    from trainer.cli import main
+
+    buyers = ["I will take it, thank you.", "Can I pay for this by card?", "Yes, I want to buy this one.",
+              "Please wrap it up, I am buying it.", "I would like to order two of them.", "Great, I will have it."]
+    browsers = ["No thanks, I am only looking.", "That is too expensive for me.", "I do not need it today.",
+                "Maybe another time, thank you.", "I will leave it, thanks.", "I am not going to buy anything."]
+    lines = []
+    (tmp_path / "clips").mkdir()
+    for session, voice in (("s1", "en-us"), ("s2", "en-gb")):
+        for label, texts in ((7, buyers), (1, browsers)):
+            for i, text in enumerate(texts):
+                wav = tmp_path / "clips" / f"{session}-{label}-{i}.wav"
+                subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+                # varied second ratings, so no one average is the most frequent (the threshold)
+                second = label + (-1, -2, 0)[i % 3] if label == 7 else label + i % 3
+                lines.append({"audio": str(wav), "session": session, "speaker": voice, "role": "customer",
+                              "ratings": {"a": {"purchase_intention": label}, "b": {"purchase_intention": second}}})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    prompts = shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+    code = main(["calibrate", str(manifest), "--bundle", str(bundle), "--prompts", str(prompts),
+                 "--holdout", "0", "--min-per-class", "5", "--emotion", "purchase_intention",
+                 "--out", str(tmp_path / "report")])
+    assert code == 0
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["emotions"]["purchase_intention"]
+    assert entry["status"] == "written", entry
+    written = load_prompt_dir(prompts)["purchase_intention"]
+    assert written.text_temperature is not None and written.text_temperature > 0
+    assert written.text_weight > written.audio_weight, entry
+    assert entry["fitted"]["after"]["log_loss"] <= entry["fitted"]["before"]["log_loss"] + 1e-9

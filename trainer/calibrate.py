@@ -225,10 +225,15 @@ def calibrate_target(t: Target, bundle: Bundle, emb: np.ndarray, fitted: np.ndar
                           "of each are needed (--min-per-class)")
         fit = platt_fit(margins[fitted], y[fitted], l2)
         entry.update(A=fit.a, B=fit.b, iterations=fit.iterations)
-        if fit.a <= 0:
+        if fit.a <= 0 and not read.any():
             raise Refused(f"the prompt ranks backwards (A = {fit.a:.4g}): its positive pole scores "
                           "higher on the clips labelled negative; fix its sentences")
-        knobs = _knobs(fit, margins[fitted], y[fitted], l2, entry["warnings"])
+        if fit.a <= 0:  # the text path may still read it: the fusion weighs the audio path
+            entry["warnings"].append(f"the audio path ranks backwards (A = {fit.a:.4g}): its temperature and "
+                                     "bias are kept, and the fusion weight decides what it counts")
+            knobs = (t.emotion.temperature or bundle.logit_scale, t.emotion.bias)
+        else:
+            knobs = _knobs(fit, margins[fitted], y[fitted], l2, entry["warnings"])
         more = _text_knobs(bank, knobs, emb, text, read & fitted, y, min_per_class, l2, entry)
         new_text = set_knobs(t.text, *knobs, str(t.path), **more)
     except Refused as exc:

@@ -132,7 +132,7 @@ def _export_speaker(sub) -> None:
 
 
 def _calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit each prompt file's temperature and bias on labelled clips "
+    p = sub.add_parser("calibrate", help="fit each prompt file's temperature and bias (and, with a bundle that reads words, the text path's and the fusion weights) on labelled clips "
                        "(Platt scaling) and report calibration before and after")
     p.add_argument("manifest", type=Path, help="corpus manifest.jsonl with ratings")
     p.add_argument("--bundle", type=Path, required=True, help="model bundle whose scores are calibrated")
