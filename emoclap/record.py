@@ -149,16 +149,26 @@ def rounded(per_emotion: dict) -> dict:
 QUALITY_COLUMNS = ["insufficient", *(f"quality_{k}" for k in _quality.KEYS)]
 
 
+PATHS = ("audio", "text")
+
+
 def csv_header(lead: list[str], emotions: list[str]) -> list[str]:
-    return [*lead, "start", "end", "duration", *QUALITY_COLUMNS, *emotions]
+    """The fused score's column per emotion, then each path's (`audio:NAME`, `text:NAME`)."""
+    return [*lead, "start", "end", "duration", *QUALITY_COLUMNS, *emotions,
+            *(f"{path}:{e}" for path in PATHS for e in emotions)]
 
 
 def csv_row(lead: list, event: dict, emotions: list[str]) -> list:
     """One CSV row of an event: the lead columns, times, the abstain reason and quality
     (empty where unknown: speech events, history from before quality was measured), one
-    score column per emotion (empty where the emotion does not apply to the role)."""
+    score column per emotion (empty where the emotion does not apply to the role), then
+    each path's (empty where the path did not score it: no words read, or older history)."""
     scores = event.get("scores") or {}
     quality = event.get("quality") or {}
+    parts = event.get("parts") or {}
+
+    def cells(per: dict) -> list[str]:
+        return ["" if per.get(k) is None else f"{per[k]:.4f}" for k in emotions]
     return [*lead, event["start"], event["end"], event["duration"], event.get("insufficient") or "",
             *("" if quality.get(k) is None else quality[k] for k in _quality.KEYS),
-            *("" if scores.get(k) is None else f"{scores[k]:.4f}" for k in emotions)]
+            *cells(scores), *(c for path in PATHS for c in cells(parts.get(path) or {}))]

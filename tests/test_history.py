@@ -39,16 +39,21 @@ def test_audio_only_when_configured(tmp_path):
     np.testing.assert_array_equal(on.audio(on.write(event(1.0), audio)), audio)
 
 
-def test_csv_has_one_column_per_emotion_and_blank_when_not_scored():
-    events = [event(0.0), event(1.0, role="staff", scores={"pleasant": 0.25})]
+def test_csv_has_one_column_per_emotion_and_path_and_blank_when_not_scored():
+    fused = event(2.0)
+    fused["parts"] = {"audio": {"pleasant": 0.6, "purchase_intention": 0.3},
+                      "text": {"purchase_intention": 0.55}}
+    events = [event(0.0), event(1.0, role="staff", scores={"pleasant": 0.25}), fused]
     buf = io.StringIO()
-    assert export(iter(events), buf, "csv") == 2
+    assert export(iter(events), buf, "csv") == 3
     rows = list(csv.reader(io.StringIO(buf.getvalue())))
     assert rows[0] == ["time", "station", "role", "start", "end", "duration", "insufficient",
                        "quality_duration_s", "quality_level_dbfs", "quality_clipped", "quality_snr_db",
-                       "pleasant", "purchase_intention"]
-    assert rows[1][0] == "1970-01-01T00:00:00.000+00:00" and rows[1][-2:] == ["0.7000", "0.4000"]
-    assert rows[2][-2:] == ["0.2500", ""]
+                       "pleasant", "purchase_intention", "audio:pleasant", "audio:purchase_intention",
+                       "text:pleasant", "text:purchase_intention"]
+    assert rows[1][0] == "1970-01-01T00:00:00.000+00:00" and rows[1][-6:] == ["0.7000", "0.4000", "", "", "", ""]
+    assert rows[2][-6:-4] == ["0.2500", ""]
+    assert rows[3][-4:] == ["0.6000", "0.3000", "", "0.5500"]  # no words read for pleasant: no text part
 
 
 def test_parse_time():
