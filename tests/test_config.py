@@ -34,6 +34,8 @@ def test_shipped_config_replays_stereo_dialogue_on_two_stations():
     ('[encoder]\nmax_batch = 0', "encoder.max_batch: must be greater than 0"),
     ('[stages]\nutterances = "udp://x"', "stages.utterances: expected an inproc://"),
     ('[history]\nstore_audio = "yes"', "history.store_audio: expected boolean"),
+    ('[transcripts]\npublish = "yes"', "transcripts.publish: expected boolean"),
+    ('[transcripts]\nkeep = true', "transcripts.keep: unknown key"),
     ('bundle = [1]', "bundle: expected string"),
     ('[rolling]\nhalf_life_s = nan', "rolling.half_life_s: expected a finite number"),
     ('[server]\ningest_max_rate = inf', "server.ingest_max_rate: expected a finite number"),
@@ -45,6 +47,12 @@ def test_errors_name_the_key(text, message):
         parse_config(text, source="config.toml")
     assert str(err.value).startswith("config.toml: ")
     assert message in str(err.value)
+
+
+def test_transcripts_are_read_but_neither_published_nor_stored_by_default():
+    t = parse_config("", source="config.toml").transcripts
+    assert t.enabled and not t.publish and not t.store and not t.leave_encoder
+    assert parse_config("[transcripts]\nstore = true", source="c").transcripts.leave_encoder
 
 
 def test_token_allows_other_addresses_and_env_overrides(monkeypatch):

@@ -53,3 +53,19 @@ def test_bank_vectors_shape_checked():
     with pytest.raises(ValueError):
         BankVectors(("a",), np.zeros((2, 3)), np.zeros((2, 3)), np.ones(1), np.zeros(1), (None,))
     assert bipolar_scores(np.ones((4, 3)), BankVectors.empty(3)).shape == (4, 0)
+
+
+def test_an_event_carries_a_transcript_only_when_asked_and_the_publisher_strips_it():
+    import numpy as np
+
+    from daemon.publisher import without_transcript
+    from emoclap.record import Scored, Utterance
+
+    utt = Utterance("till", "customer", 1, 0.0, 1.0, 0.0, 0.0, embedding=np.ones(2, np.float32),
+                    transcript="I'll take it.")
+    scored = Scored(utt, {"purchase_intention": 0.9}, {}, {"audio": {"purchase_intention": 0.6},
+                                                           "text": {"purchase_intention": 0.95}})
+    assert "transcript" not in scored.event()
+    event = scored.event(transcript=True)
+    assert event["transcript"] == "I'll take it." and event["parts"]["text"] == {"purchase_intention": 0.95}
+    assert "transcript" not in without_transcript(event) and "transcript" in event  # a copy, not an edit
