@@ -219,6 +219,26 @@ def describe_flops(name: str, flops: GraphFlops, extra: str = "") -> str:
     return f"{name}: GFLOP per audio second: " + ", ".join(parts) + extra
 
 
+def transcriber_flop(folder: Path, seconds: float) -> float | None:
+    """The text path's decoder FLOP for one utterance of `seconds` at the bundle's token
+    bound (bench/transcriber.py counts them; the encoder pass is the audio tower's, shared)."""
+    import json
+
+    from bench.transcriber import decoder_flop
+    from emoclap.transcript import encoder_frames, parse_spec
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    section = manifest.get("transcriber")
+    if not section:
+        return None
+    from tokenizers import Tokenizer
+
+    spec = parse_spec(section, str(folder))
+    vocab = Tokenizer.from_file(str(folder / section["tokenizer"])).get_vocab_size()
+    return decoder_flop(encoder_frames(int(seconds * RATE)), spec.budget(seconds), len(spec.prompt),
+                        spec.heads * spec.head_dim, spec.layers, vocab)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+", type=Path, help="bundle folders (audio_encoder.onnx inside)")
@@ -237,6 +257,12 @@ def main() -> None:
         print(f"  floor at 4-s utterances, share {args.share:g}: {floor_stations(load, rates):.1f} stations "
               f"({args.cores} × one-thread rate), {floor_stations(load, rates, all_cores=True):.1f} "
               f"at the measured {args.cores}-thread rate")
+        text = transcriber_flop(folder, 4.0)
+        if text is not None:
+            load["fp32"] = load.get("fp32", 0.0) + text / 4.0 * args.share
+            print(f"  text path: decoder {text / 1e9:.2f} GFLOP per 4-s utterance at its token bound "
+                  f"({text / 4.0 / 1e9:.2f} per audio second); floor with it: {floor_stations(load, rates):.1f} "
+                  f"stations, {floor_stations(load, rates, all_cores=True):.1f} at the {args.cores}-thread rate")
 
 
 if __name__ == "__main__":
