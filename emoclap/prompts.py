@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
+from emoclap.knobs import KNOB_DEFAULTS, KNOB_LIMITS, KNOBS, knob_problem, knob_text
+
 # ISO 639-1: a key in a pole table must be one of these, so a typo ("eng", "sentences")
 # is caught instead of silently contributing nothing.
 ISO_639_1 = frozenset("""
@@ -21,13 +23,6 @@ ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn
 ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi
 yo za zh zu""".split())
 
-# The scoring knobs (README "How the paths are weighed"), each with its limits: the audio
-# path's temperature and bias, the text path's, and the fused score's weight on each path's
-# logit. A temperature left out is the bundle's logit scale; a bias 0; a weight 1.
-KNOB_LIMITS = {"temperature": (0.0, 1000.0, False), "bias": (-100.0, 100.0, True),
-               "text_temperature": (0.0, 1000.0, False), "text_bias": (-100.0, 100.0, True),
-               "audio_weight": (0.0, 10.0, True), "text_weight": (0.0, 10.0, True)}
-KNOB_DEFAULTS = {"bias": 0.0, "text_bias": 0.0, "audio_weight": 1.0, "text_weight": 1.0}
 TOP_KEYS = {"label", "key_word", "roles", "negative", "positive", *KNOB_LIMITS}
 POLES = ("negative", "positive")
 ROLES = ("customer", "staff")  # the people an emotion may be limited to
@@ -208,14 +203,6 @@ def parse_prompt_file(text: str, name: str, source: str = "<prompt>",
                    positive=poles["positive"], source=source, key_words=key_words, **knobs)
 
 
-def knob_problem(key: str, value: float) -> str | None:
-    """Why `value` cannot be knob `key` ("must be ..."), or None."""
-    low, high, low_ok = KNOB_LIMITS[key]
-    if not (math.isfinite(value) and (low <= value if low_ok else low < value) and value <= high):
-        more = "at least" if low_ok else "greater than"
-        return f"must be {more} {low:g} and at most {high:g}"
-    return None
-
 
 def _key_words(table: dict, text: str, source: str) -> dict[str, str]:
     """`key_word = {en = "pleasant", ja = "心地よい"}`: one prohibited word per language."""
@@ -338,15 +325,8 @@ def add_sentences(text: str, pole: str, language: str, sentences: list[str],
     return new
 
 
-KNOBS = tuple(KNOB_LIMITS)
 _KEY = r"""(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_-]+)"""
 _STATEMENT_RE = re.compile(rf"[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*=[ \t]*")
-
-
-def knob_text(value: float) -> str:
-    """A knob as written into a file: 6 significant digits, always a TOML float."""
-    text = f"{float(value):.6g}"
-    return text if any(c in text for c in ".e") else text + ".0"
 
 
 def _top_level(text: str, source: str) -> tuple[dict[str, tuple[int, int]], int]:

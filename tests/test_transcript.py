@@ -1,6 +1,5 @@
 """Greedy decoding of transcripts (emoclap.transcript), driven by scripted decoders."""
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
