@@ -228,7 +228,9 @@ class PromptBank:
             if err is not None:
                 self._errors[path] = err
                 kept = self._owner.get(name) == path
-                log.error("%s%s", err, "; the last good version stays in use" if kept else "")
+                # The text itself as the message: the log's repeat filter keys on it, and
+                # each file's error is news of its own.
+                log.error(f"{err}{'; the last good version stays in use' if kept else ''}")
             else:
                 self._errors.pop(path, None)
                 if self._emotions.get(name) != emotion:  # a file saved unchanged is no news

@@ -282,8 +282,13 @@ class Publisher:
         out += [f"station {n}: no word from its capture agent for {now - s['reported']:.0f} s"
                 for n, s in self.stations.items()
                 if s["state"] == "online" and now - s.get("reported", now) > quiet]
-        if self.bank.errors:
-            out.append(f"{len(self.bank.errors)} prompt file(s) not in use as written")
+        errors = sorted(self.bank.errors.values())
+        # Each file by name with its reason (the message names file and line), so whoever
+        # edits prompts sees why an emotion is missing; bounded, the count always whole.
+        out += [f"prompt file not in use: {e}" for e in errors[:MAX_NAMED_PROMPT_ERRORS]]
+        if len(errors) > MAX_NAMED_PROMPT_ERRORS:
+            out.append(f"{len(errors) - MAX_NAMED_PROMPT_ERRORS} more prompt file(s) not in use "
+                       f"({len(errors)} in all)")
         if self.history_error is not None:
             out.append(f"history: cannot write: {self.history_error}")
         webhook = self.webhook.problem() if self.webhook is not None else None
@@ -323,6 +328,9 @@ class Publisher:
             self.upstream_silence()
             await self.publish_alerts([a for name in self.expire_stations()
                                        for a in self.alerts.forget(name, time.time())])
+
+
+MAX_NAMED_PROMPT_ERRORS = 20
 
 
 def without_transcript(event: dict) -> dict:

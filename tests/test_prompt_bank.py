@@ -181,3 +181,36 @@ def test_unchanged_save_is_quiet_and_a_vanished_folder_keeps_the_bank(folder, te
     moved.rename(folder)
     (folder / "aroused.toml").unlink()
     assert bank.reload().removed == ("aroused",)
+
+
+def test_every_bad_file_is_logged_by_name_through_the_logs_repeat_filter(tmp_path, text_encoder):
+    """The daemon's log lets one line per message a minute through: distinct files' errors
+    are distinct messages, so none is swallowed by another's."""
+    import logging
+
+    from daemon.notify import RepeatFilter
+
+    prompts = tmp_path / "p"
+    prompts.mkdir()
+    (prompts / "broken.toml").write_text('label = "x"\n[negative\n')
+    (prompts / "garbage.toml").write_bytes(bytes(range(256)))
+    (prompts / "onepole.toml").write_text('label = "C"\n[negative]\nlabel = "n"\nen = ["a"]\n')
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    handler = Keep()
+    handler.addFilter(RepeatFilter())
+    logger = logging.getLogger("emoclapd.prompts")
+    logger.addHandler(handler)
+    try:
+        bank = PromptBank(prompts, text_encoder, PromptBankOptions())
+        (prompts / "later.toml").write_text("not toml at all [")
+        time.sleep(0.05)
+        bank.reload()
+    finally:
+        logger.removeHandler(handler)
+    for name in ("broken.toml", "garbage.toml", "onepole.toml", "later.toml"):
+        assert any(name in line for line in seen), (name, seen)
+    assert len(bank.errors) == 4
