@@ -2,8 +2,9 @@
 
 Routes: `GET /` dashboard, `/ws` score stream, `/ingest` audio in, `/healthz`,
 `/metrics`. Plain HTTP routes are answered from `process_request`, before any
-WebSocket handshake. A token, when configured, is required on every route except
-`/healthz` (header `Authorization: Bearer TOKEN` or `?token=TOKEN`). The protocols
+WebSocket handshake. A token, when configured, is required on every path, known or not, except
+`/healthz` (header `Authorization: Bearer TOKEN`, the scheme in any case, or
+`?token=TOKEN`), which without it answers its status alone. The protocols
 themselves live in `emoclap.scorestream` and `emoclap.ingest`; this module moves
 their messages between sockets and them.
 """
@@ -108,8 +109,8 @@ class Server:
         token = self.cfg.server.token
         if not token:
             return True
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and _equal(header[7:].strip(), token):
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and _equal(credentials.strip(), token):  # schemes are case-insensitive
             return True
         query = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
         return bool(query) and _equal(query, token)
@@ -123,6 +124,11 @@ class Server:
     def _process_request(self, connection, request):
         path = urlsplit(request.path).path
         allowed = ("GET", "HEAD") if path in PAGES else ("GET",)
+        if path != "/healthz" and not self._authorized(request):
+            # Before the route map: without the token, no path says whether it exists.
+            self.metrics.rejected.labels("unauthorized").inc()
+            return self._respond(connection, 401, "401 unauthorized: bearer token required\n",
+                                 "text/plain; charset=utf-8")
         if path not in PAGES and path not in SOCKETS:
             return self._respond(connection, 404, "404 not found\n", "text/plain; charset=utf-8")
         if request.method not in allowed:
@@ -136,11 +142,10 @@ class Server:
 
     def _route(self, connection, request, path):
         if path == "/healthz":
-            return self._respond(connection, 200, json.dumps(self.health()), "application/json")
-        if not self._authorized(request):
-            self.metrics.rejected.labels("unauthorized").inc()
-            return self._respond(connection, 401, "401 unauthorized: bearer token required\n",
-                                 "text/plain; charset=utf-8")
+            health = self.health()
+            if not self._authorized(request):  # anonymous: the verdict, not the floor plan
+                health = {"status": health["status"]}
+            return self._respond(connection, 200, json.dumps(health), "application/json")
         if path == "/metrics":
             if self.publisher.fleet is not None:
                 self.publisher.fleet.update_metrics()  # current at every scrape

@@ -130,6 +130,28 @@ def test_non_ascii_and_wrong_tokens_get_401_not_500(tmp_path, tiny_bundle):
     assert [a[:12] for a in answers] == [b"HTTP/1.1 401"] * 3 + [b"HTTP/1.1 200", b"HTTP/1.1 401"]
 
 
+def test_without_the_token_no_path_says_it_exists_and_health_tells_only_its_status(tmp_path, tiny_bundle):
+    cfg = service_config(tmp_path, tiny_bundle, token="s3cret-token")
+
+    def get(path, auth=b""):
+        return (b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + (b"Authorization: " + auth + b"\r\n" if auth else b"") + b"\r\n")
+
+    async def body(svc):
+        port = svc.parts.server.port
+        requests = [get(b"/nowhere"), get(b"/nowhere", b"Bearer s3cret-token"),
+                    get(b"/metrics", b"bearer s3cret-token"), get(b"/metrics", b"BEARER  s3cret-token"),
+                    get(b"/healthz"), get(b"/healthz", b"Bearer s3cret-token")]
+        return [await asyncio.to_thread(raw_http, port, r) for r in requests]
+
+    unknown, known, lower, upper, anonymous, full = with_service(cfg, body)
+    assert unknown.startswith(b"HTTP/1.1 401") and known.startswith(b"HTTP/1.1 404")
+    assert lower.startswith(b"HTTP/1.1 200") and upper.startswith(b"HTTP/1.1 200")
+    anonymous_body = json.loads(anonymous.split(b"\r\n\r\n", 1)[1])
+    assert set(anonymous_body) == {"status"}
+    assert "stations" in json.loads(full.split(b"\r\n\r\n", 1)[1])
+
+
 def test_failing_history_is_reported_and_scores_still_flow(tmp_path, tiny_bundle):
     cfg = service_config(tmp_path, tiny_bundle)
 
