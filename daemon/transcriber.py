@@ -108,7 +108,7 @@ class Reader:
                 rows.append(f[:encoder_frames(chunk.size)])
                 owner.append(i)
                 seconds.append(chunk.size / self.rate)
-        with self._lock:  # the decoder cache is per call, but one batch at a time keeps latency honest
+        with self._lock:  # the transcriber's time and token counters are shared
             texts = self.transcriber.transcribe(rows, seconds)
         joined: dict[int, list[str]] = {}
         for i, text in zip(owner, texts):
