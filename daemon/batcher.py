@@ -39,12 +39,14 @@ class Batcher:
         self._worker = threading.Thread(target=self._loop, name="emoclapd-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, audio: np.ndarray, station: str = "") -> Future:
+    def submit(self, audio: np.ndarray, station: str = "", read_words: bool = True) -> Future:
+        """`read_words` False: the audio path alone, even where the encoder reads words
+        (an utterance too poor to count is not worth its transcript)."""
         future: Future = Future()
         if self._closed:
             future.set_exception(RuntimeError("batcher is closed"))
             return future
-        self._queue.put((np.asarray(audio, np.float32).reshape(-1), station, future))
+        self._queue.put((np.asarray(audio, np.float32).reshape(-1), station, future, read_words))
         return future
 
     def close(self, timeout: float = 5.0) -> None:
@@ -75,20 +77,24 @@ class Batcher:
                 return
             batch = self._collect(first)
             live = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            audios = [item[0] for item in live]
             if not live:
                 continue
             try:
-                results = self.encoder.encode([audio for audio, _, _ in live])
+                if getattr(self.encoder, "reads_words", False):
+                    results = self.encoder.encode(audios, words=[item[3] for item in live])
+                else:
+                    results = self.encoder.encode(audios)
             except Exception as exc:  # one bad batch must not stop the daemon
                 self.failures += 1
                 if getattr(exc, "reported", False):  # e.g. Triton down: logged once, where it arose
                     log.debug("encoder failed on a batch of %d: %s", len(live), exc)
                 else:
                     log.exception("encoder failed on a batch of %d", len(live))
-                for _, _, future in live:
+                for _, _, future, _ in live:
                     future.set_exception(exc)
                 continue
             self.batches += 1
             self.utterances += len(live)
-            for (_, _, future), result in zip(live, results):
+            for (_, _, future, _), result in zip(live, results):
                 future.set_result(result)

@@ -142,7 +142,9 @@ def score_command(args) -> int:
                                    clock=lambda: 0.0, quality=cfg.quality)
             scored, speech = policy.split(stream.feed(samples) + stream.finish())
             events = [speech_event(u) for u in speech]
-            for utt, reading in zip(scored, encoder.encode([u.audio for u in scored])):
+            # As live: an utterance too poor to count is read on the audio path alone.
+            words = [u.insufficient is None for u in scored] if encoder.reads_words else None
+            for utt, reading in zip(scored, encoder.encode([u.audio for u in scored], words=words)):
                 if reading is None:
                     skipped += 1
                     continue

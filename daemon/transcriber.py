@@ -93,7 +93,8 @@ class Reader:
     def reads_words(self) -> bool:
         return self.transcriber is not None
 
-    def encode(self, audios: list[np.ndarray]) -> list[Reading | None]:
+    def encode(self, audios: list[np.ndarray], words: list[bool] | None = None) -> list[Reading | None]:
+        """`words[i]` False: utterance i on the audio path alone (no transcript)."""
         if self.transcriber is None:
             return [None if e is None else Reading(e) for e in self.encoder.encode(audios)]
         embeddings, frames = self.encoder.encode_with_frames(audios)
@@ -101,7 +102,7 @@ class Reader:
         # A long utterance is read chunk by chunk, as its audio embedding was made.
         rows, owner, seconds = [], [], []
         for i, (audio, per) in enumerate(zip(audios, frames)):
-            if out[i] is None:
+            if out[i] is None or (words is not None and not words[i]):
                 continue
             for chunk, f in zip(chunks(np.asarray(audio).reshape(-1), self.encoder.chunk_samples,
                                        self.encoder.options.long_utterances), per):

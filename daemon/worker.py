@@ -41,9 +41,9 @@ class ObservedEncoder:
     def __getattr__(self, name):
         return getattr(self.encoder, name)
 
-    def encode(self, audios):
+    def encode(self, audios, **options):
         started = time.perf_counter()
-        out = self.encoder.encode(audios)
+        out = self.encoder.encode(audios, **options)
         with self._lock:
             self._seen.append((len(audios), time.perf_counter() - started))
         return out
@@ -203,7 +203,7 @@ class EncodeWorker(threading.Thread):
             self._send(fleet.result(wire.speech(utt)))
             return
         try:
-            future = self.batcher.submit(utt.audio, utt.station)
+            future = self.batcher.submit(utt.audio, utt.station, read_words=utt.insufficient is None)
         except Exception as exc:  # noqa: BLE001
             log.warning("encode: %s: cannot queue: %s", utt.station, exc)
             self._send(fleet.drop(key, "encoder_error"))

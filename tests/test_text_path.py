@@ -159,3 +159,23 @@ def test_calibrate_fits_the_text_path_and_the_fusion_weights(bundle, tmp_path):
     assert written.text_temperature is not None and written.text_temperature > 0
     assert written.text_weight > written.audio_weight, entry
     assert entry["fitted"]["after"]["log_loss"] <= entry["fitted"]["before"]["log_loss"] + 1e-9
+
+
+def test_an_utterance_too_poor_to_count_is_not_transcribed(bundle, clips):
+    from daemon.batcher import Batcher
+    from daemon.encoder import AudioEncoder, TextEncoder
+    from daemon.transcriber import utterance_reader
+    from emoclap.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    reader = utterance_reader(b, AudioEncoder(b, provider="cpu"), TextEncoder(b, provider="cpu"), provider="cpu")
+    read, skipped = reader.encode(clips[:2], words=[True, False])
+    assert read.transcript and skipped.transcript is None and skipped.text_embedding is None
+    batcher = Batcher(reader)
+    try:
+        got = [batcher.submit(clips[0], "s", read_words=False).result(timeout=60),
+               batcher.submit(clips[0], "s").result(timeout=60)]
+    finally:
+        batcher.close()
+    assert got[0].transcript is None and got[1].transcript
+    np.testing.assert_allclose(got[0].embedding, got[1].embedding, atol=1e-5)
