@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from emoclap.audio import chunks
 from emoclap.bundle import Bundle
-from emoclap.transcript import encoder_frames, greedy_decode
+from emoclap.transcript import encoder_frames, graph_step, greedy_decode, pad_frames
 
 from .encoder import EncoderError, open_session
 
@@ -46,29 +46,14 @@ class Transcriber:
         self.seconds = 0.0  # spent decoding, for /metrics
         self.tokens = 0
 
-    def _step(self, frames: np.ndarray, valid: np.ndarray):
-        ck, cv = self.cross.run(None, {"frames": frames})
-        s = self.spec
-        empty = np.zeros((s.layers, frames.shape[0], s.heads, 0, s.head_dim), np.float32)
-
-        def run(tokens, state):
-            pk, pv = state or (empty, empty)
-            logits, k, v = self.step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk,
-                                                "past_v": pv, "cross_k": ck, "cross_v": cv})
-            return logits, (k, v)
-        return run
-
     def transcribe(self, frames: list[np.ndarray], seconds: list[float]) -> list[str]:
         """Each utterance's words; `frames[i]` its valid frames [T_i, D]."""
         if not frames:
             return []
         started = time.perf_counter()
-        t = max(f.shape[0] for f in frames)
-        batch = np.zeros((len(frames), t, frames[0].shape[1]), np.float32)
-        valid = np.zeros((len(frames), t), np.float32)
-        for i, f in enumerate(frames):
-            batch[i, :f.shape[0]], valid[i, :f.shape[0]] = f, 1.0
-        ids = greedy_decode(self._step(batch, valid), [self.spec.budget(s) for s in seconds], self.spec)
+        batch, valid = pad_frames(frames)
+        ids = greedy_decode(graph_step(self.cross, self.step, self.spec, batch, valid),
+                            [self.spec.budget(s) for s in seconds], self.spec)
         self.seconds += time.perf_counter() - started
         self.tokens += sum(map(len, ids))
         return [self.tokenizer.decode(row).strip()[:MAX_TRANSCRIPT_CHARS] for row in ids]

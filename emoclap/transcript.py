@@ -105,6 +105,31 @@ def loop_start(tokens: list[int]) -> int | None:
 Step = Callable[[np.ndarray, object], tuple[np.ndarray, object]]
 
 
+def pad_frames(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Utterances' valid frames [T_i, D] → a zero-padded batch [B, T, D] and its validity [B, T]."""
+    t = max(f.shape[0] for f in frames)
+    batch = np.zeros((len(frames), t, frames[0].shape[1]), np.float32)
+    valid = np.zeros((len(frames), t), np.float32)
+    for i, f in enumerate(frames):
+        batch[i, :f.shape[0]], valid[i, :f.shape[0]] = f, 1.0
+    return batch, valid
+
+
+def graph_step(cross, step, spec: DecodingSpec, frames: np.ndarray, valid: np.ndarray) -> Step:
+    """The `Step` of the bundle's two transcriber graphs for one padded batch: `cross` and
+    `step` are anything with ONNX Runtime's `run(outputs, feeds)` (the daemon's sessions,
+    calibration's). The cross-attention keys and values are computed once, here."""
+    ck, cv = cross.run(None, {"frames": np.asarray(frames, np.float32)})
+    empty = np.zeros((spec.layers, frames.shape[0], spec.heads, 0, spec.head_dim), np.float32)
+
+    def run(tokens, state):
+        pk, pv = state or (empty, empty)
+        logits, k, v = step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk, "past_v": pv,
+                                       "cross_k": ck, "cross_v": cv})
+        return logits, (k, v)
+    return run
+
+
 def greedy_decode(step: Step, budgets: list[int], spec: DecodingSpec) -> list[list[int]]:
     """Each row's text tokens (prompt and <|endoftext|> excluded), greedy, at most
     `budgets[i]` tokens for row i; a loop is cut to its first copy."""

@@ -105,6 +105,8 @@ def bank_vectors(emotions: Sequence[Emotion], poles: dict[str, tuple[np.ndarray,
     `temperature` (else the model's logit scale) and `bias`."""
     if not emotions:
         return BankVectors.empty(dim)
+    # Four vectors an emotion where the text encoder has a sentence space of its own.
+    text = len(poles[emotions[0].name]) > 2
     return BankVectors(
         names=tuple(e.name for e in emotions),
         negative=np.stack([poles[e.name][0] for e in emotions]).astype(np.float32),
@@ -116,8 +118,8 @@ def bank_vectors(emotions: Sequence[Emotion], poles: dict[str, tuple[np.ndarray,
         text_bias=np.array([e.text_bias for e in emotions], np.float32),
         audio_weight=np.array([e.audio_weight for e in emotions], np.float32),
         text_weight=np.array([e.text_weight for e in emotions], np.float32),
-        text_negative=np.stack([poles[e.name][2] for e in emotions]) if len(poles[emotions[0].name]) > 2 else None,
-        text_positive=np.stack([poles[e.name][3] for e in emotions]) if len(poles[emotions[0].name]) > 2 else None)
+        text_negative=np.stack([poles[e.name][2] for e in emotions]) if text else None,
+        text_positive=np.stack([poles[e.name][3] for e in emotions]) if text else None)
 
 
 class HasVectors(Protocol):

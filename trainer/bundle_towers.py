@@ -15,7 +15,7 @@ from emoclap.transcript import encoder_frames
 from emoclap.bundle import Bundle
 
 
-def _session(path):
+def cpu_session(path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -30,7 +30,7 @@ def text_embedder(bundle: Bundle, batch: int = 32, output: str = "embedding") ->
     from emoclap.tokenizer import load_text_tokenizer
 
     tokenizer = load_text_tokenizer(bundle)
-    session = _session(bundle.text_encoder)
+    session = cpu_session(bundle.text_encoder)
     has_sentence = "sentence" in [o.name for o in session.get_outputs()]
     names = {"embedding": ["embedding"], "sentence": ["sentence" if has_sentence else "embedding"],
              "both": ["embedding", "sentence"] if has_sentence else ["embedding"]}[output]
@@ -54,7 +54,7 @@ class AudioEmbedder:
 
     def __init__(self, bundle: Bundle, batch: int = 16):
         self.bundle = bundle
-        self.session = _session(bundle.audio_encoder)
+        self.session = cpu_session(bundle.audio_encoder)
         self.min_samples = max(bundle.min_samples, int(MIN_UTTERANCE_S * bundle.sample_rate))
         self.chunk_samples = max(self.min_samples, int(MAX_CHUNK_S * bundle.sample_rate))
         # int8 activations are scaled over the whole batch: batch mates would shift each
@@ -105,7 +105,7 @@ class ClipReader:
         t = bundle.transcriber
         self.audio = AudioEmbedder(bundle)
         self.spec = t.spec
-        self.step = onnx_transcriber_step(t.cross, t.step, t.spec)
+        self.cross, self.step = cpu_session(t.cross), cpu_session(t.step)
         self.tokenizer = Tokenizer.from_file(str(t.tokenizer))
         self.sentences = text_embedder(bundle, output="sentence")
         self.rate = bundle.sample_rate
@@ -114,18 +114,16 @@ class ClipReader:
         return self.audio.too_short(clip)
 
     def read(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from emoclap.transcript import greedy_decode
+        from emoclap.transcript import HOP, CONV_STRIDE, graph_step, greedy_decode, pad_frames
 
         frames: list = []
         emb = self.audio.embed(clips, frames)
         said = []
-        for per in frames:  # one clip at a time: calibration is offline, and a batch would pad
-            words = []
-            for f in per:
-                ids = greedy_decode(self.step(f[None], np.ones((1, f.shape[0]), np.float32)),
-                                    [self.spec.budget(f.shape[0] * 320 / self.rate)], self.spec)[0]
-                words.append(self.tokenizer.decode(ids).strip())
-            said.append(" ".join(w for w in words if w))
+        for per in frames:  # one clip's chunks at a time: calibration is offline
+            batch, valid = pad_frames(per)
+            budgets = [self.spec.budget(f.shape[0] * HOP * CONV_STRIDE / self.rate) for f in per]
+            ids = greedy_decode(graph_step(self.cross, self.step, self.spec, batch, valid), budgets, self.spec)
+            said.append(" ".join(w for w in (self.tokenizer.decode(i).strip() for i in ids) if w))
         text = np.full((len(clips), 0), np.nan, np.float32)
         known = [i for i, s in enumerate(said) if s]
         if known:
@@ -134,20 +132,3 @@ class ClipReader:
             text[known] = vectors
         return emb, text, said
 
-
-def onnx_transcriber_step(cross_path, step_path, spec):
-    """frames [B, T, D] + validity [B, T] → a `greedy_decode` step on the bundle's transcriber
-    graphs (the daemon's transcriber runs them the same way)."""
-    cross, step = _session(cross_path), _session(step_path)
-
-    def for_frames(frames: np.ndarray, valid: np.ndarray):
-        ck, cv = cross.run(None, {"frames": np.asarray(frames, np.float32)})
-        empty = np.zeros((spec.layers, frames.shape[0], spec.heads, 0, spec.head_dim), np.float32)
-
-        def run(tokens, state):
-            pk, pv = state or (empty, empty)
-            logits, k, v = step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk, "past_v": pv,
-                                           "cross_k": ck, "cross_v": cv})
-            return logits, (k, v)
-        return run
-    return for_frames

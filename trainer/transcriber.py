@@ -179,14 +179,17 @@ def export_transcriber(decoder: WhisperDecoder, tokenizer_json: Path, language: 
 def check_transcriber(decoder: WhisperDecoder, section: dict, out: Path, frames: list[np.ndarray]) -> dict:
     """The exported graphs against torch on real frames, each utterance alone and all in one
     batch: the same tokens, and first-step logits within MAX_LOGIT_ERROR. Raises ValueError."""
-    from emoclap.transcript import parse_spec
-    from trainer.bundle_towers import onnx_transcriber_step
+    from emoclap.transcript import graph_step, pad_frames, parse_spec
+    from trainer.bundle_towers import cpu_session
 
     spec = parse_spec(section, str(out))
     step = StepGraph(decoder.float().eval()).eval()
-    run = onnx_transcriber_step(out / section["cross"], out / section["step"], spec)
+    cross_graph, step_graph = cpu_session(out / section["cross"]), cpu_session(out / section["step"])
+
+    def run(f, valid):
+        return graph_step(cross_graph, step_graph, spec, f, valid)
     worst, rows = 0.0, 0
-    batch, valid = _padded(frames)
+    batch, valid = pad_frames(frames)
     onnx_batch = greedy_decode(run(batch, valid), [spec.max_tokens] * len(frames), spec)
     for i, f in enumerate(frames):
         ref_step = torch_step(step, torch.from_numpy(f[None]), torch.ones(1, f.shape[0]))
@@ -202,15 +205,6 @@ def check_transcriber(decoder: WhisperDecoder, section: dict, out: Path, frames:
     if worst > MAX_LOGIT_ERROR:
         raise ValueError(f"{out}: the exported transcriber's logits differ from torch's by {worst:.2e}")
     return {"clips": rows, "max_logit_error": round(worst, 7)}
-
-
-def _padded(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    t = max(f.shape[0] for f in frames)
-    batch = np.zeros((len(frames), t, frames[0].shape[1]), np.float32)
-    valid = np.zeros((len(frames), t), np.float32)
-    for i, f in enumerate(frames):
-        batch[i, :f.shape[0]], valid[i, :f.shape[0]] = f, 1.0
-    return batch, valid
 
 
 def tower_frames(model, clips: list[np.ndarray]) -> list[np.ndarray]:
