@@ -7,8 +7,8 @@ ROC AUCs per condition and path beside the targets, and a supervised linear prob
 Needs espeak-ng and flite: `apt-get install espeak-ng flite` (flite: a second speech
 engine, BSD-style licence, voices kal16, awb, rms, slt).
 
-Speech: espeak-ng in accent x variant pairs trainer/synth never uses (it speaks en-us
-+m1 +m3 +m6 +f2 +f4), and flite, which the corpus never uses; sentences of this file's
+Speech: espeak-ng in accents and variants trainer/synth never uses (it speaks en-us and
+en with other variants), and flite, which the corpus never uses; sentences of this file's
 own, in none of trainer/synth, prompts/ or bench/heldout_check.py (`check_held_out`
 refuses to run otherwise). Each sentence is spoken by k voices, rotating through the
 voice list, so every voice speaks both classes. 16 kHz mono float32 via read_mono (soxr).
@@ -137,8 +137,11 @@ def voices(styled: bool) -> list[str]:
 
 
 def check_held_out(prompts: Path = REPO / "prompts") -> None:
-    from trainer.synth.script import SPEAKERS, VOICE_LANGUAGE
-    trained = {VOICE_LANGUAGE["en"] + s.voice for s in SPEAKERS} & set(ESPEAK)
+    from trainer.synth.script import speakers
+    accents = {s.accent for s in speakers("en")}
+    variants = {s.voice for s in speakers("en")}
+    # Held out: neither the voice's accent nor its variant speaks in training.
+    trained = {v for v in ESPEAK if v.split("+")[0] in accents or "+" + v.split("+")[1] in variants}
     seen = " ".join(p.read_text().lower() for p in [REPO / "bench" / "heldout_check.py",
                     *(REPO / "trainer" / "synth").glob("*.py"), *Path(prompts).rglob("*.toml")])
     reused = [s for s in BUYER + NON_BUYER + NEUTRAL + BABBLE if s.lower() in seen]

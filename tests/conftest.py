@@ -26,7 +26,7 @@ def small_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """The default corpus: 6 sessions x 2 dialogues x 26 turns (312 utterances), seed 0."""
+    """The default corpus: 6 sessions x 4 dialogues x 20 turns (480 utterances), seed 0."""
     _need_speech_tools()
     out = tmp_path_factory.mktemp("corpus")
     build_corpus(out, CorpusOptions())

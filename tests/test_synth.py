@@ -119,7 +119,7 @@ def test_folds_command_reports_a_bad_manifest(tmp_path):
 
 def test_default_corpus_labels_are_balanced_enough(corpus):
     utterances = load_manifest(corpus / "manifest.jsonl")
-    assert len(utterances) == 312
+    assert len(utterances) == 480
     for emotion in (*EMOTIONS, PURCHASE):
         labels = label_emotion(utterances, emotion)
         share = labels.positives / (labels.positives + labels.negatives)

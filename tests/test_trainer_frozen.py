@@ -102,3 +102,30 @@ def test_validation_scores_from_cached_text_features_equal_the_text_towers():
         cached = zero_shot_probs(model, tok, desc, audio, embed=lambda batch: model.text_from_pooled(
             torch.stack([texts[s] for s in batch])).numpy())
     np.testing.assert_allclose(cached, zero_shot_probs(model, tok, desc, audio), atol=1e-6)
+
+
+def test_a_telephone_or_cheap_microphone_removes_the_band_outside_it():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(SAMPLE_RATE)
+    for seed in range(6):
+        out = augment._microphone(np.random.default_rng(seed), noise)
+        spectrum = np.abs(np.fft.rfft(out)) ** 2
+        f = np.fft.rfftfreq(out.size, 1 / SAMPLE_RATE)
+        assert out.size == noise.size
+        assert spectrum[f > 7500].sum() < 1e-6 * spectrum.sum()
+        assert spectrum[f < 60].sum() < 1e-6 * spectrum.sum()
+
+
+def test_babble_is_other_talkers_at_the_drawn_level():
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    talkers = [(0.3 * np.sin(2 * np.pi * f * t[: 4000 + 900 * k])).astype(np.float32)
+               for k, f in enumerate((1500, 2100, 2700, 3300))]
+    mix = augment._babble(np.random.default_rng(0), tone.size, talkers)
+    assert mix.size == tone.size and abs(mix.std() - 1) < 1e-6  # short talkers looped to length
+    power = np.abs(np.fft.rfft(mix)) ** 2
+    f = np.fft.rfftfreq(mix.size, 1 / SAMPLE_RATE)
+    assert power[(f > 1400) & (f < 3400)].sum() > 0.95 * power.sum()  # the talkers (and the loop seams)
+    with_babble = augment.views(tone, 8, seed=1, key=7, babble=talkers)
+    without = augment.views(tone, 8, seed=1, key=7)
+    assert any(not np.array_equal(a, b) for a, b in zip(with_babble[1:], without[1:]))

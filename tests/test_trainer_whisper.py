@@ -31,9 +31,12 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = load_config("configs/tiny.toml", {"model.audio.config": TINY})
+@pytest.fixture(scope="module", params=[("last", "mean"), ("last", "stats"), ("all", "stats")],
+                ids=lambda p: "-".join(p))
+def tiny(request):
+    layers, pooling = request.param
+    cfg = load_config("configs/tiny.toml", {"model.audio.config": TINY, "model.audio_layers": layers,
+                                            "model.audio_pooling": pooling})
     torch.manual_seed(0)
     return cfg, ClapModel(cfg.model).eval()
 

@@ -17,6 +17,7 @@ from trainer.inference import run_batched
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
 from trainer.model import build_audio_tower
+from trainer.pooling import AudioPooling
 from trainer.runs import load_corpus, parse_overrides, seed_everything, split_validation, train_folds
 
 
@@ -24,15 +25,21 @@ class BaselineModel(nn.Module):
     def __init__(self, cfg: Config, n_outputs: int, hidden: int = 256, weights: bool = True):
         super().__init__()
         self.audio = build_audio_tower(cfg.model, weights)
-        self.linear = nn.Linear(self.audio.hidden_size, hidden)
+        # The CLAP model's pooling: both read the same statistics (and share their cache).
+        self.audio_pool = AudioPooling(self.audio.hidden_size, self.audio.depth, cfg.model.audio_layers,
+                                       cfg.model.audio_pooling)
+        self.linear = nn.Linear(self.audio_pool.width, hidden)
         self.fc = nn.Linear(hidden, n_outputs)
 
     def forward(self, waveform, lengths):
-        return self.from_pooled(self.audio.pooled(waveform, lengths))
+        return self.from_pooled(self.audio_statistics(waveform, lengths))
 
-    def from_pooled(self, pooled):
-        """The classifier on the tower's pooled output (cached when the tower is frozen)."""
-        return self.fc(torch.relu(self.linear(pooled)))
+    def audio_statistics(self, waveform, lengths):
+        return self.audio_pool.statistics(*self.audio_pool.states(self.audio, waveform, lengths))
+
+    def from_pooled(self, stats):
+        """The classifier on the pooled statistics (cached when the tower is frozen)."""
+        return self.fc(torch.relu(self.linear(self.audio_pool(stats))))
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -45,7 +52,7 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def predict_probs(model: BaselineModel, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> np.ndarray:
     model.eval()
     return run_batched(lambda wave, lengths: torch.sigmoid(model(wave, lengths).float()), clips,
-                       model.fc.out_features, batch_size, device)
+                       batch_size, device)
 
 
 def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, device: str = "cpu",
@@ -92,7 +99,7 @@ def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False
                     "emotions": corpus.emotions, "thresholds": thr,
                     "summary": {**summary, "held_out_session": held_out}}, path)
 
-    groups = param_groups([*model.linear.parameters(), *model.fc.parameters()],
+    groups = param_groups([*model.audio_pool.parameters(), *model.linear.parameters(), *model.fc.parameters()],
                           [p for p in model.audio.parameters() if p.requires_grad], opts)
     return train(model, corpus=train_set, opts=opts, out=out, groups=groups, resume=resume, device=device,
                  step_loss=step, validate=lambda m: thresholds_and_ua(m)[1], save_best=save_best, **frozen)

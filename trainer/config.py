@@ -43,6 +43,10 @@ class ModelOptions:
     # are nearly identical across utterances; centring them lets a tower trained from scratch
     # learn in minutes instead of collapsing. "none" for pretrained towers, as in the method.
     audio_norm: str = "none"
+    # Which encoder layers the audio head reads ("last", or "all" mixed by learned weights)
+    # and what of their frames ("mean", or "stats": mean and standard deviation).
+    audio_layers: str = "last"
+    audio_pooling: str = "mean"
     normalize_waveform: bool = False  # zero mean, unit variance over the valid samples
     max_tokens: int = 64
     init_logit_scale: float = 1 / 0.07
@@ -127,6 +131,8 @@ def _check(cfg: Config) -> None:
         ("model", "head"): ("linear", "residual"),
         ("model", "text_pooling"): ("cls", "mean"),
         ("model", "audio_norm"): ("none", "batch"),
+        ("model", "audio_layers"): ("last", "all"),
+        ("model", "audio_pooling"): ("mean", "stats"),
         ("train", "loss"): ("ce", "kl"),
         ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     }

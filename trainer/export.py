@@ -43,10 +43,8 @@ class _AudioGraph(nn.Module):
         if not self.frames:
             return self.model.encode_audio(waveform, lengths)
         # The transcriber reads the tower's frames: one encoder pass serves both paths.
-        frames, mask = self.model.audio(waveform, lengths)
-        from trainer.model import masked_mean
-
-        return self.model.audio_from_pooled(masked_mean(frames, mask)), frames
+        states, mask = self.model.audio_states(waveform, lengths)
+        return self.model.audio_from_pooled(self.model.audio_pool.statistics(states, mask)), states[-1]
 
 
 class _TextGraph(nn.Module):

@@ -3,8 +3,9 @@ pooled text features per sentence, so that training touches only the heads.
 
 With a pretrained tower frozen (as the demo's Whisper-base is), every epoch would
 otherwise run the same large encoder over the same audio. Features are cached on disk
-next to the run (keyed by the tower, the augmentation settings and each file's size and
-modification time), so the folds of one run, a resumed run and a rerun share them.
+next to the run (keyed by the tower, the pooling, the augmentation settings and each
+utterance's content), so the folds of one run, a resumed run and a rerun of the same
+corpus share them.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import hashlib
 import json
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +23,26 @@ from trainer import augment
 from trainer.inference import run_batched
 from trainer.model import tokenize
 
-FORMAT = 1  # bump when the augmentation or the pooling changes what a view is
+FORMAT = 2  # bump when the augmentation or the pooling changes what a view is
 
 
-def _file_key(path) -> str:
-    # Resolved: a manifest named by a relative or an absolute path reads the same cache.
-    path = Path(path).resolve()
-    st = path.stat()
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+def audio_key(audio) -> str:
+    """The utterance's content: a file's bytes or an array's samples, however it was named."""
+    if isinstance(audio, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()[:24]
+    return hashlib.sha256(Path(audio).read_bytes()).hexdigest()[:24]
 
 
 def tower_key(cfg, views: int) -> str:
     spec = {"format": FORMAT, "audio": vars(cfg.model.audio), "normalize": cfg.model.normalize_waveform,
+            "layers": cfg.model.audio_layers, "pooling": cfg.model.audio_pooling,
             "views": views, "seed": cfg.train.seed}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class AudioFeatures:
-    """[views, N, H] pooled features of the frozen audio tower, computed where missing."""
+    """[views, N, L, S] pooled statistics of the frozen audio tower (`model.audio_statistics`),
+    keyed by each utterance's content and computed where missing."""
 
     def __init__(self, folder: Path, key: str):
         self.path = Path(folder) / f"audio-{key}.npz"
@@ -50,36 +52,30 @@ class AudioFeatures:
                 self._rows = dict(zip(data["keys"].tolist(), data["features"]))
 
     def get(self, model, corpus, views: int, seed: int, device="cpu") -> np.ndarray:
-        keys = [_file_key(a) if not isinstance(a, np.ndarray) else None for a in corpus.audio]
-        todo = [i for i, k in enumerate(keys) if k is None or k not in self._rows]
+        keys = [audio_key(a) for a in corpus.audio]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._rows}.values())
         if todo:
             started = time.time()
             print(f"frozen audio tower: {len(todo)} utterances × {views} views", file=sys.stderr)
-            model.audio.eval()
-            clips, owner = [], []
-            for i in todo:
-                # The views' noise is seeded by the file, however the manifest named it.
-                key = zlib.crc32(str(Path(corpus.audio[i]).resolve()).encode()) if keys[i] else i
-                clips += augment.views(corpus.clip(i), views, seed, key)
-                owner.append(i)
-            pooled = run_batched(model.audio.pooled, clips, model.audio.hidden_size, 8, device)
-            for n, i in enumerate(owner):
-                rows = pooled[n * views:(n + 1) * views]
-                if keys[i] is not None:
-                    self._rows[keys[i]] = rows
-                else:
-                    self._rows[f"array:{i}"] = rows
+            model.eval()
+            clean = [corpus.clip(i) for i in todo]
+            clips = []
+            for n, i in enumerate(todo):
+                # Seeded by the content, so a view is the same whatever the manifest calls it;
+                # the other utterances computed with it are its background talkers.
+                others = clean[:n] + clean[n + 1:]
+                clips += augment.views(clean[n], views, seed, int(keys[i][:8], 16), others)
+            pooled = run_batched(model.audio_statistics, clips, 8, device)
+            for n, i in enumerate(todo):
+                self._rows[keys[i]] = pooled[n * views:(n + 1) * views].astype(np.float16)
             self._save()
             print(f"frozen audio tower: {time.time() - started:.0f} s", file=sys.stderr)
-        rows = [self._rows[k if k is not None else f"array:{i}"] for i, k in enumerate(keys)]
-        return np.stack(rows, axis=1)
+        return np.stack([self._rows[k] for k in keys], axis=1).astype(np.float32)
 
     def _save(self) -> None:
-        keys = [k for k in self._rows if not k.startswith("array:")]
-        if not keys:
-            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        keys = list(self._rows)
         np.savez(tmp, keys=np.array(keys), features=np.stack([self._rows[k] for k in keys]))
         tmp.replace(self.path)
 

@@ -14,21 +14,24 @@ from trainer.model import tokenize
 
 
 @torch.no_grad()
-def run_batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], clips: list[np.ndarray], width: int,
+def run_batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], clips: list[np.ndarray],
                 batch_size: int = 16, device="cpu") -> np.ndarray:
-    """[N, width]: `fn(waveform, lengths)` over clips batched by length, so little is
+    """[N, ...]: `fn(waveform, lengths)` over clips batched by length, so little is
     spent on padding; rows in the order of `clips`."""
-    out = np.zeros((len(clips), width), np.float32)
+    out = None
     for idx in length_batches([len(c) for c in clips], batch_size):
         wave, lengths = pad_batch([clips[i] for i in idx])
-        out[idx] = fn(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device)).float().cpu().numpy()
+        rows = fn(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(clips), *rows.shape[1:]), np.float32)
+        out[idx] = rows
     return out
 
 
 def embed_clips(model, clips: list[np.ndarray], batch_size: int = 16, device="cpu") -> np.ndarray:
     """[N, D] unit audio embeddings."""
     model.eval()
-    return run_batched(model.encode_audio, clips, model.opts.embedding_dim, batch_size, device)
+    return run_batched(model.encode_audio, clips, batch_size, device)
 
 
 @torch.no_grad()

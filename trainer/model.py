@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from trainer.config import ModelOptions, TowerOptions
+from trainer.pooling import AudioPooling
 from trainer.tokenization import is_bert_japanese, is_fast, load_bert_japanese, tokenize_slow
 
 
@@ -144,6 +145,7 @@ class AudioTower(nn.Module):
         self.kernels = list(cfg.conv_kernel)
         self.strides = list(cfg.conv_stride)
         self.hidden_size = cfg.hidden_size
+        self.depth = cfg.num_hidden_layers + 1
         self.min_samples = self.receptive_field()
 
     def receptive_field(self) -> int:
@@ -156,8 +158,7 @@ class AudioTower(nn.Module):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder._get_feat_extract_output_lengths(lengths).to(torch.long)
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames [B, T, H] and their validity mask [B, T]."""
+    def _encode(self, waveform: torch.Tensor, lengths: torch.Tensor, every: bool):
         lengths = lengths.to(torch.long)
         if self.normalize_waveform:
             waveform = normalize_valid(waveform, lengths)
@@ -184,8 +185,17 @@ class AudioTower(nn.Module):
             hidden = hidden[0]
         if self.training:
             hidden = self.encoder._mask_hidden_states(hidden, attention_mask=frame_mask)
-        out = self.encoder.encoder(hidden, attention_mask=frame_mask)
-        return out[0], frame_mask
+        out = self.encoder.encoder(hidden, attention_mask=frame_mask, output_hidden_states=every)
+        return (list(out.hidden_states) if every else [out[0]]), frame_mask
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [B, T, H] and their validity mask [B, T]."""
+        states, mask = self._encode(waveform, lengths, every=False)
+        return states[-1], mask
+
+    def states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden state [B, T, H] (the transformer's input first, its output last) and the mask."""
+        return self._encode(waveform, lengths, every=True)
 
     def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         frames, mask = self(waveform, lengths)
@@ -259,21 +269,29 @@ class ClapModel(nn.Module):
         self.audio = build_audio_tower(opts, weights)
         self.text = build_text_tower(opts, weights)
         d = opts.embedding_dim
-        self.audio_norm = (nn.BatchNorm1d(self.audio.hidden_size, affine=False) if opts.audio_norm == "batch"
-                           else nn.Identity())
-        self.audio_head = ProjectionHead(self.audio.hidden_size, d, opts.head, opts.head_dropout)
+        self.audio_pool = AudioPooling(self.audio.hidden_size, self.audio.depth, opts.audio_layers, opts.audio_pooling)
+        width = self.audio_pool.width
+        self.audio_norm = nn.BatchNorm1d(width, affine=False) if opts.audio_norm == "batch" else nn.Identity()
+        self.audio_head = ProjectionHead(width, d, opts.head, opts.head_dropout)
         self.text_head = ProjectionHead(self.text.hidden_size, d, opts.head, opts.head_dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(opts.init_logit_scale)))
 
     def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.audio_from_pooled(self.audio.pooled(waveform, lengths))
+        return self.audio_from_pooled(self.audio_statistics(waveform, lengths))
+
+    def audio_states(self, waveform: torch.Tensor, lengths: torch.Tensor):
+        return self.audio_pool.states(self.audio, waveform, lengths)
+
+    def audio_statistics(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, L, S]: the pooled statistics the head reads (what a frozen tower's cache stores)."""
+        return self.audio_pool.statistics(*self.audio_states(waveform, lengths))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_from_pooled(self.text(input_ids, attention_mask))
 
-    def audio_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The audio head on the tower's pooled output (cached when the tower is frozen)."""
-        return F.normalize(self.audio_head(self.audio_norm(pooled)).float(), dim=-1)
+    def audio_from_pooled(self, stats: torch.Tensor) -> torch.Tensor:
+        """The audio head on the pooled statistics [B, L, S] (cached when the tower is frozen)."""
+        return F.normalize(self.audio_head(self.audio_norm(self.audio_pool(stats))).float(), dim=-1)
 
     def text_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(pooled).float(), dim=-1)
@@ -298,8 +316,8 @@ class ClapModel(nn.Module):
         return self.encode_audio(waveform, lengths), self.encode_text(input_ids, attention_mask), self.scale()
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.audio_norm.parameters(), *self.audio_head.parameters(), *self.text_head.parameters(),
-                self.logit_scale]
+        return [*self.audio_pool.parameters(), *self.audio_norm.parameters(), *self.audio_head.parameters(),
+                *self.text_head.parameters(), self.logit_scale]
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.audio.parameters(), *self.text.parameters()] if p.requires_grad]

@@ -88,12 +88,18 @@ class WhisperTower(nn.Module):
         self.normalize_waveform = normalize_waveform
         self.front = LogMel(encoder.config.num_mel_bins)
         self.hidden_size = encoder.config.d_model
+        self.depth = encoder.config.encoder_layers + 1
         self.max_samples = encoder.config.max_source_positions * CONV_STRIDE * HOP
         # Three mel frames give two encoder frames: the least that is still a sequence.
         self.min_samples = 3 * HOP
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [B, T, H] and their validity mask [B, T]."""
+        states, mask = self.states(waveform, lengths)
+        return states[-1], mask
+
+    def states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden state [B, T, H] (the layers' input first, the normed output last) and the mask."""
         lengths = lengths.to(torch.long)
         if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and waveform.shape[1] > self.max_samples:
             raise ValueError(f"Whisper's encoder takes at most {self.max_samples} samples "
@@ -101,10 +107,14 @@ class WhisperTower(nn.Module):
         if self.normalize_waveform:
             waveform = normalize_valid(waveform, lengths)
         features, mels = self.front(waveform, lengths)
-        return self.encode_features(features, mels)
+        return self.encode_states(features, mels)
 
     def encode_features(self, features: torch.Tensor, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whisper's encoder on log-mel features [B, n_mels, T] of which the first `mels` frames are valid."""
+        states, mask = self.encode_states(features, mels)
+        return states[-1], mask
+
+    def encode_states(self, features: torch.Tensor, mels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         enc = self.encoder
         mel_mask = _length_mask(mels, features.shape[-1])[:, None, :].to(features.dtype)
         # conv2 looks one frame ahead: conv1's outputs past the end must be the zeros an
@@ -115,11 +125,14 @@ class WhisperTower(nn.Module):
         x = F.dropout(x, p=enc.dropout, training=self.training)
         mask = _length_mask(encoder_frames(mels), x.shape[1])
         bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
+        states = [x]
         for layer in enc.layers:
             if self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop:
                 continue
             x = layer(x, bias)
-        return enc.layer_norm(x), mask
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        return states, mask
 
     def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         frames, mask = self(waveform, lengths)

@@ -27,7 +27,7 @@ from emoclap.audio import SAMPLE_RATE, write_wav
 from trainer.manifest import Utterance, write_manifest
 from trainer.synth.affect import vocal_controls
 from trainer.synth.annotators import rate_utterance
-from trainer.synth.script import SCENARIOS, SPEAKERS, Turn, write_dialogue
+from trainer.synth.script import SCENARIOS, Turn, speakers, write_dialogue
 from trainer.synth.voice import ENGINES, open_engine
 
 ROLE_CHANNEL = {"staff": 0, "customer": 1}
@@ -36,8 +36,8 @@ ROLE_CHANNEL = {"staff": 0, "customer": 1}
 @dataclass(frozen=True)
 class CorpusOptions:
     sessions: int = 6                 # one session per sales scenario
-    dialogues_per_session: int = 2
-    turns: int = 26                   # per dialogue, alternating staff/customer
+    dialogues_per_session: int = 4
+    turns: int = 20                   # per dialogue, alternating staff/customer
     language: str = "en"
     seed: int = 0
     workers: int = os.cpu_count() or 1
@@ -73,10 +73,11 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(list(key)))
 
 
-def _speakers(session: int, dialogue: int):
-    staff = SPEAKERS[(session + dialogue) % len(SPEAKERS)]
-    customer = SPEAKERS[(session + 2 * dialogue + 2) % len(SPEAKERS)]
-    return staff, customer
+def _speakers(options: CorpusOptions, session: int, dialogue: int):
+    """Every voice in turn, as staff in one dialogue and as a customer in another."""
+    pool = speakers(options.language)
+    g = 2 * (session * options.dialogues_per_session + dialogue)
+    return pool[g % len(pool)], pool[(g + 1) % len(pool)]
 
 
 def _plan(options: CorpusOptions) -> list[_Job]:
@@ -85,7 +86,7 @@ def _plan(options: CorpusOptions) -> list[_Job]:
         scenario = SCENARIOS[s]
         session = f"s{s + 1}-{scenario.key}"
         for d in range(options.dialogues_per_session):
-            staff, customer = _speakers(s, d)
+            staff, customer = _speakers(options, s, d)
             turns = write_dialogue(_rng(options.seed, s, d), scenario, staff, customer,
                                    options.turns, options.language)
             dialogue = f"{session}-d{d + 1}"
@@ -96,7 +97,7 @@ def _plan(options: CorpusOptions) -> list[_Job]:
 
 def _render(job: _Job, engine):
     rng = _rng(*job.seed, 1)
-    controls = vocal_controls(job.turn.affect, rng)
+    controls = vocal_controls(job.turn.delivery, rng)
     audio = engine.speak(job.turn.text, job.turn.speaker, controls, rng)
     ratings = rate_utterance(job.turn.affect, job.turn.role, rng)
     return audio, controls, ratings
@@ -155,6 +156,7 @@ def build_corpus(out: str | Path, options: CorpusOptions = CorpusOptions(),
                 start=round(start, 3), end=round(end, 3), transcript=job.turn.text))
             truth.append({"audio": str(path.relative_to(out)),
                           "intensities": job.turn.affect.as_dict(),
+                          "delivery": job.turn.delivery.as_dict(),
                           "controls": {k: round(v, 4) for k, v in controls.items()}})
             timing.append({"index": job.index, "role": job.turn.role,
                            "speaker": job.turn.speaker.id, "start": round(start, 3),

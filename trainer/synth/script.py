@@ -1,9 +1,9 @@
-"""Scripted sales dialogues: scenarios, synthetic voices, and wording that follows mood.
+"""Scripted sales dialogues: scenarios, synthetic voices, customer words and delivery.
 
-Customer wording leans on the speaker's hidden state (a pleased customer says pleased
-things more often), but every phrase can occur in any mood, so words alone never give
-a label away. Japanese lines are written as Japanese is, with kanji (voice_ja speaks
-them; espeak-ng gets their kana reading).
+A customer's words (synth.wording) and the mood in their voice (affect.MoodWalk) are
+drawn independently, and the ratings mix the two, so the model must hear both: what
+was said and how. Japanese lines are written as Japanese is, with kanji (voice_ja
+speaks them; espeak-ng gets their kana reading).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.synth.affect import EMOTIONS, Affect, MoodWalk
+from trainer.synth.wording import customer_words, rated
 
 LANGUAGES = ("en", "ja")
 
@@ -27,9 +28,10 @@ class Scenario:
 @dataclass(frozen=True)
 class Speaker:
     id: str
-    voice: str          # espeak-ng voice+variant
+    voice: str          # espeak-ng variant ("+m3")
     pitch: int          # espeak-ng base pitch, 0..99
     rate: int           # espeak-ng base speed, words per minute
+    accent: str = ""    # espeak-ng voice ("en" is British); "": the language's default
 
 
 SCENARIOS = (
@@ -68,42 +70,21 @@ SPEAKERS = (
 )
 VOICE_LANGUAGE = {"en": "en-us", "ja": "ja"}
 
-# Customer phrases per emotion: (phrases of the positive pole, of the negative pole).
-_CUSTOMER = {
-    "en": {
-        "reaction": (("That sounds great.", "Oh, I like that.", "Nice, really nice.",
-                      "That's lovely."),
-                     ("Hmm.", "I'm not so sure.", "That's a bit disappointing.",
-                      "Oh, no.")),
-        "interest": (("Tell me more about the {feature}.", "How does the {feature} work?",
-                      "Can I see the {item} up close?", "What else does it have?"),
-                     ("Okay.", "Fine.", "I see.", "Right, whatever.")),
-        "trust": (("That makes sense.", "I believe you.", "Good to know."),
-                  ("Are you sure about that?", "Really? I read otherwise.",
-                   "Well, um, I don't know.")),
-        "dominance": (("I want a straight answer.", "Give me your best price.",
-                       "Show me the {feature} now."),
-                      ("Sorry, if you don't mind,", "Um, could I maybe ask something?",
-                       "I hope that's okay.")),
-        "closing": (("I think I'll take it.", "Let's do it.", "Where do I sign?"),
-                    ("I'll think about it.", "Maybe another time.", "It's not for me.")),
-    },
-    "ja": {
-        "reaction": (("いいですね。", "素敵ですね。", "それは嬉しいです。", "わあ、気に入りました。"),
-                     ("うーん。", "ちょっと残念ですね。", "それは困りますね。", "正直、がっかりしました。")),
-        "interest": (("{feature}について、もう少し詳しく教えてください。", "{feature}はどういう仕組みですか。",
-                      "{item}を近くで見てもいいですか。", "ほかにはどんな機能がありますか。"),
-                     ("はい。", "そうですか。", "ふーん。", "まあ、どうでもいいです。")),
-        "trust": (("なるほど、納得しました。", "それなら安心です。", "よく分かりました。"),
-                  ("本当ですか。", "ネットでは違うことが書いてありましたけど。", "うーん、どうでしょうね。")),
-        "dominance": (("はっきり答えてください。", "一番安い値段を教えてください。",
-                       "今すぐ{feature}を見せてください。"),
-                      ("すみません、ちょっとよろしいですか。", "あの、一つお聞きしてもいいですか。",
-                       "無理でしたら、大丈夫です。")),
-        "closing": (("これにします。", "じゃあ、買います。", "どこにサインすればいいですか。"),
-                    ("少し考えておきます。", "また今度にします。", "私には合わないと思います。")),
-    },
-}
+# English: every espeak-ng variant that sounds like a person, in the American and the
+# British voice, each with its own base pitch and rate. (Other accents and a few
+# variants are left to the held-out benchmarks: bench/generalisation.py.)
+_ENGLISH_VARIANTS = ("m1", "m3", "m5", "m6", "m8", "f2", "f3", "f4", "Alicia", "Andy",
+                     "belinda", "benjamin", "david", "edward", "linda", "steph", "john",
+                     "max", "paul", "robert", "quincy", "aunty")
+ENGLISH_SPEAKERS = tuple(
+    Speaker(f"en{i + 1:02d}", f"+{variant}", 30 + (i * 37) % 40, 145 + (i * 23) % 40,
+            "en-us" if i % 2 == 0 else "en")
+    for i, variant in enumerate(_ENGLISH_VARIANTS))
+
+
+def speakers(language: str) -> tuple[Speaker, ...]:
+    """The corpus's voices in `language` (Japanese: the ones voice_ja knows)."""
+    return ENGLISH_SPEAKERS if language == "en" else SPEAKERS
 
 _STAFF = {
     "en": ("Welcome! How can I help you today?",
@@ -127,45 +108,14 @@ _STAFF = {
            "本日はご来店ありがとうございます。"),
 }
 
-# Japanese writes sentences without spaces between them.
-_JOIN = {"en": " ", "ja": ""}
-
-# Which emotion leans each customer phrase slot, and how often the slot is used.
-_SLOTS = (("reaction", ("positive", "pleasant"), 0.9),
-          ("interest", ("interested",), 0.8),
-          ("trust", ("credible",), 0.5),
-          ("dominance", ("dominant",), 0.35))
-
 
 @dataclass(frozen=True)
 class Turn:
     role: str
     speaker: Speaker
     text: str
-    affect: Affect
-
-
-def _lean(rng: np.random.Generator, intensity: float, phrases: tuple[tuple[str, ...], ...]):
-    """Pick the positive-pole phrases with probability rising with the intensity."""
-    positive = rng.random() < 1.0 / (1.0 + np.exp(-2.5 * intensity))
-    options = phrases[0] if positive else phrases[1]
-    return options[rng.integers(len(options))]
-
-
-def _customer_line(rng, affect: Affect, language: str, slots: dict, closing: bool) -> str:
-    bank = _CUSTOMER[language]
-    level = dict(zip(EMOTIONS, affect.intensities))
-    parts = []
-    for slot, emotions, use in _SLOTS:
-        if rng.random() < use:
-            parts.append(_lean(rng, float(np.mean([level[e] for e in emotions])), bank[slot]))
-    if closing:
-        parts.append(_lean(rng, affect.purchase, bank["closing"]))
-    if not parts:
-        parts.append(_lean(rng, level["interested"], bank["interest"]))
-    if len(parts) > 2 and rng.random() < 0.5:
-        parts[0], parts[1] = parts[1], parts[0]
-    return _JOIN[language].join(parts).format(**slots)
+    affect: Affect      # what a listener perceives: words and voice (the ratings)
+    delivery: Affect    # the voice alone (the vocal controls)
 
 
 def write_dialogue(rng: np.random.Generator, scenario: Scenario, staff: Speaker,
@@ -182,10 +132,12 @@ def write_dialogue(rng: np.random.Generator, scenario: Scenario, staff: Speaker,
                  "price": scenario.price[language]}
         if i % 2 == 0:
             k = 0 if i == 0 else 1 + rng.integers(len(staff_lines) - 1)
-            script.append(Turn("staff", staff, staff_lines[k].format(**slots),
-                               staff_mood.next()))
+            mood = staff_mood.next()
+            script.append(Turn("staff", staff, staff_lines[k].format(**slots), mood, mood))
         else:
-            affect = customer_mood.next()
-            line = _customer_line(rng, affect, language, slots, closing=i >= turns - 2)
-            script.append(Turn("customer", customer, line, affect))
+            delivery = customer_mood.next()
+            line, lean = customer_words(rng, language, slots, closing=i >= turns - 2)
+            heard = rated(lean, np.append(delivery.intensities, delivery.purchase))
+            affect = Affect(intensities=heard[:len(EMOTIONS)], purchase=float(heard[-1]))
+            script.append(Turn("customer", customer, line, affect, delivery))
     return script

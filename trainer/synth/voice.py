@@ -115,7 +115,7 @@ class Espeak:
         inputs and the state of `noise`."""
         c = controls
         espeak = ["espeak-ng", "-m", "--stdout",
-                  "-v", VOICE_LANGUAGE[self.language] + speaker.voice,
+                  "-v", (speaker.accent or VOICE_LANGUAGE[self.language]) + speaker.voice,
                   "-p", str(round(_clip(speaker.pitch + 10 * c["pitch_level"], 0, 99))),
                   "-s", str(round(_clip(speaker.rate * (1 + 0.16 * c["rate"]), 80, 280))),
                   "-g", str(round(_clip(3 + 6 * c["pauses"], 0, 15))),
