@@ -129,3 +129,36 @@ def test_babble_is_other_talkers_at_the_drawn_level():
     with_babble = augment.views(tone, 8, seed=1, key=7, babble=talkers)
     without = augment.views(tone, 8, seed=1, key=7)
     assert any(not np.array_equal(a, b) for a, b in zip(with_babble[1:], without[1:]))
+
+
+def test_the_transcript_term_draws_each_clip_to_what_was_said(tmp_path):
+    from dataclasses import replace
+
+    from trainer.config import ConfigError
+    from trainer.fit import frozen_step, transcript_rows
+
+    corpus = on_disk(toy_corpus(24), tmp_path)
+    said = ["I'll take it.", "No thanks.", ""]
+    corpus = replace(corpus, transcripts=[said[i % 3] for i in range(24)])
+    sentences, rows = transcript_rows(corpus)
+    assert sentences == ["I'll take it.", "No thanks."] and rows[:3].tolist() == [0, 1, -1]
+    with_term = fit_clap(corpus, frozen_cfg(**{"train.transcript_weight": 1.0}), tmp_path / "a" / "fold")
+    without = fit_clap(corpus, frozen_cfg(), tmp_path / "b" / "fold")
+    # The term adds to the loss from the first step on (same seed, same batches).
+    assert with_term["history"][0]["loss"] > without["history"][0]["loss"]
+    # A step with no utterance's transcript known is the plain loss.
+    from trainer.model import ClapModel
+    from trainer.descriptions import load_descriptions
+    cfg = frozen_cfg()
+    net = ClapModel(cfg.model)
+    desc = load_descriptions("prompts", corpus.emotions, "en")
+    texts = {s: torch.randn(net.text.hidden_size) for _, _, s in desc.all_sentences()}
+    pooled = torch.randn(4, 1, net.audio_pool.width)
+    labels = torch.as_tensor(corpus.labels[:4])
+    unknown = torch.cat([labels, torch.full((4, 1), -1)], 1)
+    plain = frozen_step(desc, texts, False, "ce")(net, (pooled, labels), np.random.default_rng(0))
+    none_said = frozen_step(desc, texts, False, "ce", torch.randn(2, net.text.hidden_size), 1.0)(
+        net, (pooled, unknown), np.random.default_rng(0))
+    assert torch.allclose(plain, none_said)
+    with pytest.raises(ConfigError, match="transcript_weight"):
+        frozen_cfg(**{"train.transcript_weight": -1.0})

@@ -75,6 +75,11 @@ class TrainOptions:
     # utterance, the clean one and views-1 augmented ones (trainer/augment.py), one drawn
     # per epoch. Crops do not apply there: a view is the whole utterance, as at inference.
     views: int = 1
+    # Frozen towers only: weight of a second contrastive term that draws each utterance's
+    # audio embedding to the text head's embedding of its own transcript (the same
+    # sentence is the positive, other sentences in the batch the negatives), so the audio
+    # path learns what was said in the space the prompt sentences live in. 0: off.
+    transcript_weight: float = 0.0
     val_fraction: float = 0.1
     patience: int = 20  # epochs without a better validation UA before stopping; 0 = never
     seed: int = 0
@@ -144,6 +149,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{cfg.source}: train.batch_size must be at least 2 (contrastive loss)")
     if not 1 <= cfg.train.views <= 64:
         raise ConfigError(f"{cfg.source}: train.views must be 1 to 64")
+    if not 0.0 <= cfg.train.transcript_weight <= 10.0:
+        raise ConfigError(f"{cfg.source}: train.transcript_weight must be 0 to 10")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

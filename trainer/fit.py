@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainer.checkpoint import save_checkpoint
@@ -13,7 +14,7 @@ from trainer.descriptions import Descriptions, load_descriptions
 from trainer.features import AudioFeatures, FeatureDataset, collate_features, text_features, tower_key
 from trainer.inference import embed_clips, zero_shot_probs
 from trainer.loop import Corpus, param_groups, resolve_device, train
-from trainer.loss import multitask_loss
+from trainer.loss import contrastive_loss, multitask_loss
 from trainer.model import ClapModel, load_tokenizer, tokenize
 from trainer.runs import load_corpus, mean_ua, parse_overrides, seed_everything, split_validation, train_folds
 
@@ -31,17 +32,32 @@ def clap_step(desc: Descriptions, tokenizer, paraphrases: bool, kind: str):
     return step
 
 
-def frozen_step(desc: Descriptions, texts: dict, paraphrases: bool, kind: str):
-    """`clap_step` on cached tower outputs: only the heads (and the logit scale) run."""
+def frozen_step(desc: Descriptions, texts: dict, paraphrases: bool, kind: str,
+                transcripts: torch.Tensor | None = None, weight: float = 0.0):
+    """`clap_step` on cached tower outputs: only the heads (and the logit scale) run.
+    With `transcripts` ([U, H] pooled text features) the labels' last column is each
+    utterance's transcript row (-1: none), and `weight` × the transcript term is added."""
     k = len(desc.emotions)
 
     def step(net, batch, rng):
         pooled, labels = batch
         text = torch.stack([texts[s] for s in desc.sample(rng, paraphrases)]).to(pooled.device)
         audio, text = net.audio_from_pooled(pooled), net.text_from_pooled(text)
-        return multitask_loss(audio, text.view(k, 2, -1), labels, net.scale(), kind)
+        loss = multitask_loss(audio, text.view(k, 2, -1), labels[:, :k], net.scale(), kind)
+        if transcripts is None:
+            return loss
+        said = labels[:, k]
+        spoken = net.text_from_pooled(transcripts.to(pooled.device)[said.clamp(min=0)])
+        return loss + weight * contrastive_loss(audio, spoken, said, net.scale(), kind)
 
     return step
+
+
+def transcript_rows(corpus: Corpus) -> tuple[list[str], np.ndarray]:
+    """The distinct transcripts and each utterance's row among them (-1: none)."""
+    sentences = sorted({t for t in corpus.transcripts if t})
+    row = {t: i for i, t in enumerate(sentences)}
+    return sentences, np.array([row.get(t, -1) for t in corpus.transcripts] or [-1] * len(corpus.audio))
 
 
 def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, device: str = "cpu",
@@ -63,7 +79,14 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
         features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
             model, corpus, opts.views, opts.seed, device)
         texts = text_features(model, tokenizer, [s for _, _, s in desc.all_sentences()], device)
-        frozen = {"data": FeatureDataset(features[:, tr], train_set.labels, opts.seed),
+        labels, spoken = train_set.labels, None
+        if opts.transcript_weight > 0:
+            sentences, rows = transcript_rows(train_set)
+            if sentences:
+                said = text_features(model, tokenizer, sentences, device)
+                spoken = torch.stack([said[t] for t in sentences])
+                labels = np.concatenate([labels, rows[:, None]], axis=1)
+        frozen = {"data": FeatureDataset(features[:, tr], labels, opts.seed),
                   "collate_fn": collate_features}
         val_pooled = torch.from_numpy(features[0, va]).to(device)  # the clean views
 
@@ -79,8 +102,11 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
             def embed(batch):
                 return m.text_from_pooled(torch.stack([texts[s] for s in batch]).to(device)).cpu().numpy()
             return embed
-        step = frozen_step(desc, texts, opts.paraphrases, opts.loss)
+        step = frozen_step(desc, texts, opts.paraphrases, opts.loss, spoken, opts.transcript_weight)
     else:
+        if opts.transcript_weight > 0:
+            raise ValueError("train.transcript_weight needs both towers frozen (model.*.trainable = false)")
+
         def embed_validation(m):
             return embed_clips(m, val_clips, device=device)
 

@@ -33,11 +33,13 @@ class Corpus:
     sessions: list[str]
     emotions: list[str]
     roles: list[str] = field(default_factory=list)
+    transcripts: list[str] = field(default_factory=list)  # "" where unknown
 
     def subset(self, idx) -> "Corpus":
         idx = list(map(int, idx))
         return Corpus([self.audio[i] for i in idx], self.labels[idx], [self.sessions[i] for i in idx],
-                      self.emotions, [self.roles[i] for i in idx] if self.roles else [])
+                      self.emotions, [self.roles[i] for i in idx] if self.roles else [],
+                      [self.transcripts[i] for i in idx] if self.transcripts else [])
 
     def labelled(self) -> "Corpus":
         """Without the utterances that no emotion has a label for (they add nothing to a loss)."""

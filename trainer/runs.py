@@ -42,7 +42,7 @@ def load_corpus(manifest: Path, emotions: list[str], normalisation: str = "poole
     labels = binary_labels(utts, emotions, normalisation=normalisation)
     matrix = np.stack([np.asarray(labels[e], dtype=np.int64) for e in emotions], axis=1)
     return Corpus([u.audio for u in utts], matrix, [u.session for u in utts], list(emotions),
-                  [u.role for u in utts])
+                  [u.role for u in utts], [u.transcript or "" for u in utts])
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
