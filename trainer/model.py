@@ -197,10 +197,6 @@ class AudioTower(nn.Module):
         """Every hidden state [B, T, H] (the transformer's input first, its output last) and the mask."""
         return self._encode(waveform, lengths, every=True)
 
-    def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        frames, mask = self(waveform, lengths)
-        return masked_mean(frames, mask)
-
 
 def build_audio_tower(opts: ModelOptions, weights: bool = True) -> nn.Module:
     """The Whisper family through `trainer.whisper`, the wav2vec2 family through `AudioTower`."""

@@ -20,7 +20,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoclap.audio import SAMPLE_RATE
-from trainer.model import _length_mask, masked_mean, normalize_valid
+from trainer.model import _length_mask, normalize_valid
 
 N_FFT, HOP = 400, 160
 # conv2's stride: mel frames = samples // HOP, encoder frames = ceil(mel frames / 2).
@@ -78,8 +78,8 @@ class LogMel(nn.Module):
 class WhisperTower(nn.Module):
     """A Hugging Face `WhisperEncoder` run over each utterance's valid frames.
 
-    Same interface as `trainer.model.AudioTower`: frames and mask, masked mean pooling,
-    `hidden_size`, `min_samples`.
+    Same interface as `trainer.model.AudioTower`: frames and mask, every hidden state (`states`),
+    `hidden_size`, `depth`, `min_samples`.
     """
 
     def __init__(self, encoder: WhisperEncoder, normalize_waveform: bool = False):
@@ -133,10 +133,6 @@ class WhisperTower(nn.Module):
             states.append(x)
         states[-1] = enc.layer_norm(x)
         return states, mask
-
-    def pooled(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        frames, mask = self(waveform, lengths)
-        return masked_mean(frames, mask)
 
 
 def random_encoder(config: dict) -> WhisperEncoder:
