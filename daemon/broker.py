@@ -52,7 +52,7 @@ class Broker(threading.Thread):
         self.consumed = lambda: self.forwarded  # embeddings the publisher published or dropped (set by the service)
         self.last_worker = time.monotonic()  # when an encode worker was last heard
         self.stop_event, self.drain_event = threading.Event(), threading.Event()
-        self.drain_deadline = math.inf
+        self.drain_deadline, self.drain_patience_s, self.drain_limit = math.inf, 30.0, math.inf
         self._seen = (0, 0)  # requeued, duplicates: already added to the metrics
         # Bound here, so an endpoint in use fails at start-up with its key, not in a thread.
         self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
@@ -75,9 +75,22 @@ class Broker(threading.Thread):
 
     # ---- control, from other threads
     def drain(self, timeout_s: float = 30.0) -> None:
-        """Finish every accepted utterance (or count it dropped), send `eos`, stop."""
-        self.drain_deadline = time.monotonic() + timeout_s
+        """Finish every accepted utterance, send `eos`, stop. What is left is counted
+        dropped only once no worker has answered anything for `timeout_s`: a fleet that
+        is slow (a busy CPU, a long backlog) but still working loses nothing at stop. The
+        whole drain ends by 4 × `timeout_s` even so, since edges on other hosts may keep
+        sending."""
+        now = time.monotonic()
+        self.drain_patience_s = timeout_s
+        self.drain_deadline, self.drain_limit = now + timeout_s, now + 4 * timeout_s
         self.drain_event.set()
+
+    def draining(self) -> int | None:
+        """Utterances still to finish while draining (for /healthz); None while running."""
+        if not self.drain_event.is_set():
+            return None
+        with self.lock:
+            return self._backlog()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -250,6 +263,8 @@ class Broker(threading.Thread):
             f = cmd.fields
             key = fleet.key_of(cmd.message.utterance) if cmd.message else (f["station"], f["t0"], f["seq"])
             outcome = d.finish(worker, key, now, f.get("reason"))
+            if outcome == "ok" and self.drain_event.is_set():
+                self.drain_deadline = min(now + self.drain_patience_s, self.drain_limit)  # progress: wait on
             if outcome == "stale":
                 self._send(worker, fleet.reconnect(), now)
                 return

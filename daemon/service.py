@@ -259,12 +259,14 @@ class Service:
     async def stop(self) -> None:
         p = self.parts
         log.info("stopping: draining capture, encoder and publisher")
+        if p.bank is not None:  # re-embedding prompts now would only take the CPU from the drain
+            await asyncio.to_thread(p.bank.stop)
         await asyncio.to_thread(self._stop_sources)
         if p.server is not None:
             await p.server.stop_ingest()
         if p.broker is not None:  # the workers (this process's too) finish what it accepted
             p.broker.drain(self.drain_timeout_s)
-            await asyncio.to_thread(p.broker.join, self.drain_timeout_s + 5)
+            await asyncio.to_thread(p.broker.join)  # it gives up once the workers stop answering
             if not await _wait(p.publisher.eos, 5.0):
                 log.error("publisher did not see the end of the stream in time")
         if p.worker is not None:

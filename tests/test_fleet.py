@@ -381,3 +381,58 @@ def test_a_stage_alone_refuses_inproc_links(tmp_path, caplog):
     assert "stages.workers: inproc://emoclap-workers only links stages in one process; " \
            "`emoclapd encode` needs the gateway's ipc:// or tcp:// endpoint" in text
     assert "stages.utterances: inproc://emoclap-utterances only links stages in one process" in text
+
+
+class SlowEncoder:
+    """The worker's encoder, `seconds` slower per call: a CPU that something else is
+    using (a prompt re-embed, another process)."""
+
+    def __init__(self, encoder, seconds: float):
+        self.encoder, self.seconds = encoder, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode(self, audios, **options):
+        time.sleep(self.seconds)
+        return self.encoder.encode(audios, **options)
+
+
+def test_a_stop_waits_for_a_slow_worker_that_is_still_answering(tmp_path, tiny_bundle):
+    """SIGTERM with a backlog that takes longer than the drain timeout to encode: as long
+    as the worker keeps answering, nothing accepted is dropped."""
+    from emoclap.bundle import load_bundle
+    from daemon.service import Service
+
+    cfg = fleet_config(tmp_path, tiny_bundle)
+    cfg.encoder.max_batch = 1
+    worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+    batcher.encoder = SlowEncoder(batcher.encoder, 0.3)
+    n, bank_stopped_at_drain = 8, []
+
+    async def main():
+        svc = Service(cfg, ("serve",), drain_timeout_s=1.0)
+        await svc.start()
+        broker = svc.parts.broker
+        drain = broker.drain
+        broker.drain = lambda t: (bank_stopped_at_drain.append(svc.parts.bank._stop.is_set()), drain(t))
+        worker.start()
+        try:
+            await until(lambda: len(broker.snapshot()["workers"]) == 1, 20, "the worker to join")
+            await asyncio.to_thread(feed(cfg, segments(n)).join, 10)
+            await until(lambda: broker.snapshot()["accepted"] == n, 10, f"{n} segments at the broker")
+            assert svc.parts.publisher.published < n // 2  # most still to encode: 2.4 s of work
+        finally:
+            started = time.monotonic()
+            await svc.stop()
+        return svc.parts.publisher.published, svc.parts.server.metrics.drop_counts(), time.monotonic() - started
+
+    try:
+        published, drops, took = asyncio.run(main())
+    finally:
+        worker.drain()
+        worker.join(10)
+        batcher.close()
+    assert (published, drops) == (n, {}), (published, drops)
+    assert took > 1.0  # longer than the drain timeout: it waited on the answers
+    assert bank_stopped_at_drain == [True]  # prompt re-embedding stopped before the drain began
