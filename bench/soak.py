@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workdir", type=Path, default=REPO / "var" / "bench-soak")
     args = ap.parse_args()
+    args.workdir = args.workdir.resolve()  # the config written there names files by absolute path
     args.workdir.mkdir(parents=True, exist_ok=True)
     bundle = bundle_for(args.bundle, args.workdir)
     options = SegmenterOptions()
