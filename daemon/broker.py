@@ -36,6 +36,7 @@ MAX_FRAME = 32 << 20  # bytes: about 8 min of audio; a peer that sends more is d
 class Broker(threading.Thread):
     QUIET_S = 0.2  # draining ends once no utterance arrived for this long
     BURST = 256  # messages taken from one socket per turn of the loop
+    LOSS_REPORTED_S = 300.0  # a worker that died unannounced is in /healthz this long, or until one joins
 
     def __init__(self, cfg: Config, metrics: Metrics):
         super().__init__(name="broker", daemon=True)
@@ -54,6 +55,7 @@ class Broker(threading.Thread):
         self.stop_event, self.drain_event = threading.Event(), threading.Event()
         self.drain_deadline, self.drain_patience_s, self.drain_limit = math.inf, 30.0, math.inf
         self._seen = (0, 0)  # requeued, duplicates: already added to the metrics
+        self.losses: list[tuple[float, str, str]] = []  # (when, worker, why): died without BYE, none joined since
         # Bound here, so an endpoint in use fails at start-up with its key, not in a thread.
         self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
         self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
@@ -105,10 +107,18 @@ class Broker(threading.Thread):
                     "requeued": d.requeued, "duplicates": d.duplicates}
 
     def problems(self, stations_online: bool) -> list[str]:
+        now = time.monotonic()
+        # Silent for two heartbeats: hung, cut off or overloaded, before it is declared dead.
+        quiet = 2 * self.dispatcher.options.heartbeat_interval_s
         with self.lock:
             alive, pending = self.dispatcher.alive(), self.dispatcher.pending()
-            out = [f"encode worker {p.id.hex()}: {p.info['problem']}"
+            out = [f"encode worker {_label(p.info, p.id)}: {p.info['problem']}"
                    for p in self.dispatcher.workers.values() if p.info.get("problem")]
+            out += [f"encode worker {_label(p.info, p.id)}: silent for {now - p.heard:.1f} s"
+                    for p in self.dispatcher.workers.values() if now - p.heard > quiet]
+            self.losses = [x for x in self.losses if now - x[0] < self.LOSS_REPORTED_S]
+            out += [f"encode worker {who} lost {now - when:.0f} s ago ({why}); none has joined since"
+                    for when, who, why in self.losses]
         if alive == 0 and (pending or stations_online):
             out.insert(0, f"no encode worker alive ({pending} utterance(s) waiting)")
         return out
@@ -145,10 +155,12 @@ class Broker(threading.Thread):
                     self._from_workers(now)
                 if reading and self.pull in events:
                     got = self._from_edges(now)
+                infos = {w: p.info for w, p in self.dispatcher.workers.items()}
                 dead, drops = self.dispatcher.expire(now)
                 for worker in dead:
                     log.warning("encode worker %s lost: silent for over %.1f s", worker.hex(),
                                 self.dispatcher.timeout_s)
+                    self._lost(worker, infos.get(worker, {}), f"silent for over {self.dispatcher.timeout_s:.1f} s", now)
                 self._count(drops)
                 if len(self.outbox) < self.outbox_limit:
                     for worker, req in self.dispatcher.assign(now):
@@ -198,10 +210,10 @@ class Broker(threading.Thread):
                 self._take(wire.decode(frames), frames, now)
             except wire.WireError as exc:
                 log.warning("broker: skipped a malformed message: %s", exc)
-                self.metrics.dropped.labels("?", "bad_message").inc()
+                self.metrics.drop("?", "bad_message")
             except Exception:  # noqa: BLE001 - one message never stops the broker
                 log.exception("broker: a message from an edge failed")
-                self.metrics.dropped.labels("?", "bad_message").inc()
+                self.metrics.drop("?", "bad_message")
         return got
 
     def _take(self, msg: wire.Message, frames: list[bytes], now: float) -> None:
@@ -209,13 +221,13 @@ class Broker(threading.Thread):
             self.outbox.append(frames)
         elif msg.kind != "segment":
             log.warning("broker: skipped a %s message on the utterances link", msg.kind)
-            self.metrics.dropped.labels("?", "bad_message").inc()
+            self.metrics.drop("?", "bad_message")
         elif not self.policy.scores(msg.utterance.role):  # an edge with another policy
             self.outbox.append(wire.speech(msg.utterance))
         else:
             reason = self.dispatcher.submit(fleet.key_of(msg.utterance), frames, now)
             if reason is not None:
-                self.metrics.dropped.labels(msg.utterance.station, reason).inc()
+                self.metrics.drop(msg.utterance.station, reason)
 
     # ---- workers
     def _from_workers(self, now: float) -> None:
@@ -240,6 +252,7 @@ class Broker(threading.Thread):
             info = {k: cmd.fields.get(k, "") for k in ("name", "host")}
             info.update(pid=cmd.fields.get("pid", 0), address=_peer_address(frame))
             if d.join(worker, cmd.fields["credit"], info, now):
+                self.losses.clear()  # capacity is back (a restart, a healed link)
                 log.info("encode worker %s joined: %s pid %s at %s, credit %d", worker.hex(), info["host"],
                          info["pid"], info["address"] or "in process", cmd.fields["credit"])
             self.last_worker = now
@@ -272,7 +285,7 @@ class Broker(threading.Thread):
                 self.outbox.append(cmd.frames)
                 self.forwarded += cmd.message.kind == "embedding"
             elif outcome == "ok":
-                self.metrics.dropped.labels(key[0], f["reason"]).inc()
+                self.metrics.drop(key[0], f["reason"])
         self.last_worker = now
 
     def _send(self, worker: bytes, frames: list[bytes], now: float) -> None:
@@ -282,7 +295,11 @@ class Broker(threading.Thread):
             if worker in self.dispatcher.workers:
                 log.warning("encode worker %s unreachable (%s): its work goes to others",
                             worker.hex(), exc.strerror)
+                self._lost(worker, self.dispatcher.workers[worker].info, f"unreachable: {exc.strerror}", now)
                 self._count(self.dispatcher.leave(worker, now))
+
+    def _lost(self, worker: bytes, info: dict, why: str, now: float) -> None:
+        self.losses = [*self.losses[-15:], (now, _label(info, worker), why)]
 
     # ---- publisher
     def _flush(self) -> None:
@@ -296,7 +313,7 @@ class Broker(threading.Thread):
     # ---- accounting
     def _count(self, drops: list[tuple[tuple, str]]) -> None:
         for key, reason in drops:
-            self.metrics.dropped.labels(key[0], reason).inc()
+            self.metrics.drop(key[0], reason)
 
     def _sync_counters(self) -> None:
         requeued, duplicates = self.dispatcher.requeued, self.dispatcher.duplicates
@@ -318,6 +335,11 @@ class Broker(threading.Thread):
             self.metrics.set_workers(snap["workers"])
         self.metrics.broker_queue.set(snap["queue"])
         self.metrics.backlog.set(snap["backlog"])
+
+
+def _label(info: dict, worker: bytes) -> str:
+    """How /healthz names a worker: what it said of itself (host:pid), else its id."""
+    return info.get("name") or worker.hex()
 
 
 def _peer_address(frame: zmq.Frame) -> str:

@@ -60,9 +60,7 @@ class SourceThread(threading.Thread):
             self.speakers = make_gate(self.cfg)
 
     def send(self, stream: StationStream, utterances) -> None:
-        short = stream.take_too_short()
-        if short:
-            self.sender.drop(stream.name, "too_short", short)
+        self.sender.too_short(stream.name, stream.take_too_short())
         if self.speakers is not None:  # before dispatch: a staff voice never reaches the encoder
             utterances = self.speakers.tag(utterances)
         self.sender.dispatch(utterances, self.policy)

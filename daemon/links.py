@@ -120,6 +120,7 @@ class Sender:
         self.state: dict[str, str] = {}
         self.dropped: Counter[tuple[str, str]] = Counter()
         self.overflows: Counter[str] = Counter()
+        self.segmented: Counter[str] = Counter()  # utterances cut and handed on, by station
         self.gauges: dict[str, float] = {}
         self.observations: list[tuple[int, float]] = []
         self.status_interval_s = status_interval_s
@@ -127,6 +128,12 @@ class Sender:
 
     def drop(self, station: str, reason: str, n: int = 1) -> None:
         self.dropped[(station, reason)] += n
+
+    def too_short(self, station: str, n: int) -> None:
+        """Voiced blips the segmenter cut and refused: cut (so accounted for) and dropped."""
+        if n:
+            self.segmented[station] += n
+            self.drop(station, "too_short", n)
 
     def overflow(self, station: str, n: int = 1) -> None:
         """Audio blocks lost between the sound card and the segmenter."""
@@ -147,6 +154,8 @@ class Sender:
             self.dropped[(station, reason)] += n
         for station, n in status.get("overflows", {}).items():
             self.overflows[station] += n
+        for station, n in status.get("segmented", {}).items():
+            self.segmented[station] += n
         self.gauges.update(status.get("gauges", {}))
         self.observations.extend(tuple(o) for o in status.get("batches", []))
 
@@ -177,6 +186,8 @@ class Sender:
     def dispatch(self, utterances: list[Utterance], policy) -> None:
         """Each utterance to the encoder, or, for a role the privacy policy does not score,
         as speech activity only."""
+        for utt in utterances:  # counted before the link can refuse them: accepted is what was cut
+            self.segmented[utt.station] += 1
         scored, speech = policy.split(utterances)
         self.send_utterances(scored)
         self.send_speech(speech)
@@ -192,12 +203,14 @@ class Sender:
             "states": dict(self.state),
             "dropped": [[s, r, n] for (s, r), n in self.dropped.items()],
             "overflows": dict(self.overflows),
+            "segmented": dict(self.segmented),
             "gauges": dict(self.gauges),
             "batches": list(self.observations),
         }
         if self.send(wire.status(header)):
             self.dropped.clear()
             self.overflows.clear()
+            self.segmented.clear()
             self.observations.clear()
             # An ended station has been reported; keeping it would grow without bound.
             for station in [s for s, state in self.state.items() if state == "ended"]:

@@ -5,14 +5,45 @@ messages and are recorded here, so one `/metrics` covers the whole pipeline.
 """
 from __future__ import annotations
 
+import collections
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STATES = ("starting", "online", "offline", "ended", "failed")
 
 
+class RecentCounts:
+    """Counts by reason over the last `window_s` seconds, in one-second buckets: what
+    /healthz reports of refusals that happened lately, at any rate, in bounded memory."""
+
+    def __init__(self, window_s: float = 60.0):
+        self.window_s = window_s
+        self._buckets: collections.deque[tuple[int, collections.Counter]] = collections.deque()
+
+    def add(self, reason: str, now: float, n: int = 1) -> None:
+        second = int(now)
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append((second, collections.Counter()))
+        self._buckets[-1][1][reason] += n
+        self._expire(now)
+
+    def counts(self, now: float) -> dict[str, int]:
+        self._expire(now)
+        out: collections.Counter = collections.Counter()
+        for _, c in self._buckets:
+            out.update(c)
+        return dict(out)
+
+    def _expire(self, now: float) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self.window_s:
+            self._buckets.popleft()
+
+
 class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self.totals = {"segmented": 0, "published": 0, "speech": 0}
+        self.dropped_totals: collections.Counter[str] = collections.Counter()
         self.utterances = Counter("emoclap_utterances", "Utterances scored and published",
                                   ["station"], registry=r)
         self.insufficient = Counter("emoclap_insufficient",
@@ -24,6 +55,10 @@ class Metrics:
         self.dropped = Counter("emoclap_dropped_utterances",
                                "Utterances dropped before publishing, by reason",
                                ["station", "reason"], registry=r)
+        self.segmented = Counter("emoclap_segmented_utterances",
+                                 "Utterances the segmenters cut (capture and ingest), every role: each "
+                                 "ends published, as speech activity, or dropped with a reason",
+                                 ["station"], registry=r)
         self.overflows = Counter("emoclap_input_overflows",
                                  "Audio blocks lost between sound card and segmenter",
                                  ["station"], registry=r)
@@ -115,7 +150,7 @@ class Metrics:
 
     def forget_station(self, station: str) -> None:
         """An expired station leaves every per-station series."""
-        for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,)),
+        for metric, labels in ((self.utterances, (station,)), (self.overflows, (station,)), (self.segmented, (station,)),
                                (self.speech, (station,)), (self.transcribed, (station,))):
             try:
                 metric.remove(*labels)
@@ -143,14 +178,27 @@ class Metrics:
         for station, state in status.get("states", {}).items():
             self.set_state(station, state)
         for station, reason, n in status.get("dropped", []):
-            self.dropped.labels(station, reason).inc(n)
+            self.drop(station, reason, n)
         for station, n in status.get("overflows", {}).items():
             self.overflows.labels(station).inc(n)
+        for station, n in status.get("segmented", {}).items():
+            self.segmented.labels(station).inc(n)
+            self.totals["segmented"] += n
         for name, value in status.get("gauges", {}).items():
             self.queue_depth.labels(name).set(value)
         for size, seconds in status.get("batches", []):
             self.batch_size.observe(size)
             self.batch_latency.observe(seconds)
+
+    def drop(self, station: str, reason: str, n: int = 1) -> None:
+        self.dropped.labels(station, reason).inc(n)
+        self.dropped_totals[reason] += n
+
+    def accounting(self) -> dict:
+        """Every utterance the segmenters cut, and where it went, over the daemon's life
+        (kept when expired stations leave the per-station series). `bad_message` counts
+        messages that could not be read, not utterances."""
+        return {**self.totals, "dropped": dict(self.dropped_totals)}
 
     def drop_counts(self) -> dict[str, float]:
         """Drops by reason, summed over stations (for /healthz and tests)."""

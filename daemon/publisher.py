@@ -143,12 +143,14 @@ class Publisher:
                     self._announce(alerts)
                     if event["type"] == "utterance":
                         self.metrics.utterances.labels(event["station"]).inc()
+                        self.metrics.totals["published"] += 1
                         self.metrics.observe_scores(event)
                         if event.get("insufficient"):
                             self.metrics.insufficient.labels(event["station"], event["insufficient"]).inc()
                         self.published += 1
                     else:
                         self.metrics.speech.labels(event["station"]).inc()
+                        self.metrics.totals["speech"] += 1
                     await asyncio.sleep(0)  # client writers run between events of a burst
             self.settled = self.received  # the whole burst is published (or dropped) now
 
@@ -158,7 +160,7 @@ class Publisher:
             msg = wire.decode(frames)
         except wire.WireError as exc:
             log.warning("serve: skipped a malformed message: %s", exc)
-            self.metrics.dropped.labels("?", "bad_message").inc()
+            self.metrics.drop("?", "bad_message")
             return None
         self.last_upstream = time.monotonic()
         if msg.kind == "status":
@@ -170,7 +172,7 @@ class Publisher:
                     self.stations[name]["reported"] = now  # its capture agent is alive
             except (AttributeError, TypeError, ValueError) as exc:
                 log.warning("serve: skipped a malformed status message: %s", exc)
-                self.metrics.dropped.labels("?", "bad_message").inc()
+                self.metrics.drop("?", "bad_message")
             return None
         if msg.kind == "eos":
             self.eos.set()
@@ -190,7 +192,7 @@ class Publisher:
             return self.scorer.score(utt).event(transcript=t.publish or t.store), utt.audio, utt
         except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
             log.warning("score: %s seq %s failed: %s", utt.station, utt.seq, exc)
-            self.metrics.dropped.labels(utt.station, "score_error").inc()
+            self.metrics.drop(utt.station, "score_error")
             return None
 
     async def _record(self, taken: list[tuple[dict, object, Utterance]], visits: list[dict] = (),

@@ -31,7 +31,7 @@ from .config import Config
 from .hub import Hub
 from .links import Sender
 from .speakers import make_gate
-from .metrics import Metrics
+from .metrics import Metrics, RecentCounts
 from .publisher import Publisher
 
 log = logging.getLogger("emoclapd.server")
@@ -65,6 +65,8 @@ class Server:
         self._tick_task: asyncio.Task | None = None
         self._busy: dict[int, asyncio.Lock] = {}  # per ingest session: a frame in the works
         self._admitted: dict[str, set] = {path: set() for path in SOCKETS}
+        self.refused = RecentCounts(60.0)  # connections and messages refused lately, for /healthz
+        self.stopping = False  # set when the drain begins: /healthz says so
 
     # ---- life cycle
     async def start(self) -> None:
@@ -126,7 +128,7 @@ class Server:
         allowed = ("GET", "HEAD") if path in PAGES else ("GET",)
         if path != "/healthz" and not self._authorized(request):
             # Before the route map: without the token, no path says whether it exists.
-            self.metrics.rejected.labels("unauthorized").inc()
+            self._refuse("unauthorized")
             return self._respond(connection, 401, "401 unauthorized: bearer token required\n",
                                  "text/plain; charset=utf-8")
         if path not in PAGES and path not in SOCKETS:
@@ -161,21 +163,40 @@ class Server:
         admitted = self._admitted[path]
         admitted.difference_update({c for c in admitted if c.state is State.CLOSED})
         if len(admitted) >= limit:
-            self.metrics.rejected.labels(f"{path[1:]}_full").inc()
+            self._refuse(f"{path[1:]}_full")
             what = "clients" if path == "/ws" else "ingest sessions"
             return self._respond(connection, 503, f"503 too many {what}\n", "text/plain; charset=utf-8")
         admitted.add(connection)
         return None
 
+    def _refuse(self, reason: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self.refused.add(reason, time.monotonic())
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.stopping:
+            fleet = self.publisher.fleet
+            left = fleet.draining() if fleet is not None else None
+            out.append("stopping: draining" + (f" ({left} utterance(s) to finish)" if left is not None else ""))
+        refused = self.refused.counts(time.monotonic())
+        if refused:  # clients flooding, probing or sending garbage: the operator should know
+            out.append(f"refused in the last {self.refused.window_s:.0f} s: "
+                       + ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items())))
+        return out + self.publisher.problems()
+
     def health(self) -> dict:
         stations = {n: s["state"] for n, s in self.publisher.stations.items()}
-        problems = self.publisher.problems()
+        problems = self.problems()
+        fleet = self.publisher.fleet
         return {"status": "degraded" if problems else "ok", "problems": problems,
                 "uptime_s": round(time.time() - self.started, 1),
                 "stations": stations, "clients": len(self.hub.clients),
                 "ingest_sessions": len(self.ingest_sessions),
                 "utterances": self.publisher.published,
                 "dropped": self.metrics.drop_counts(),
+                "accounting": {**self.metrics.accounting(),
+                               "in_flight": fleet.snapshot()["backlog"] if fleet is not None else 0},
                 "fleet": self.publisher.fleet.snapshot() if self.publisher.fleet is not None else None}
 
     # ---- WebSocket handlers
@@ -221,8 +242,7 @@ class Server:
         short = session.stream.take_too_short() if session.stream is not None else 0
         if self.ingest_sender is None:
             return
-        if short:
-            self.ingest_sender.drop(session.station, "too_short", short)
+        self.ingest_sender.too_short(session.station, short)
         self.ingest_sender.dispatch(utterances, self.cfg.privacy.policy())
 
     async def _end_ingest(self, name: str) -> None:
@@ -248,7 +268,7 @@ class Server:
                     try:
                         message = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
                     except asyncio.TimeoutError:
-                        self.metrics.rejected.labels("ingest_no_start").inc()
+                        self._refuse("ingest_no_start")
                         await ws.close(1008, f"no start message within {srv.ingest_start_timeout_s:g} s")
                         return
                 else:
@@ -269,6 +289,7 @@ class Server:
                 for reply in replies:
                     if reply["type"] == "error":
                         self.metrics.ingest_errors.labels(reply["reason"]).inc()
+                        self.refused.add(f"ingest {reply['reason']}", time.monotonic())
                     await ws.send(dumps(reply))
         except websockets.ConnectionClosed:
             pass

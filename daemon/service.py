@@ -259,6 +259,8 @@ class Service:
     async def stop(self) -> None:
         p = self.parts
         log.info("stopping: draining capture, encoder and publisher")
+        if p.server is not None:
+            p.server.stopping = True
         if p.bank is not None:  # re-embedding prompts now would only take the CPU from the drain
             await asyncio.to_thread(p.bank.stop)
         await asyncio.to_thread(self._stop_sources)
@@ -284,7 +286,20 @@ class Service:
             await asyncio.to_thread(p.bank.close)
         if p.history is not None:
             p.history.close()
-        log.info("stopped")
+        if p.server is not None:
+            log.info("stopped: %s", accounting_line(p.server.metrics.accounting(),
+                                                    p.history.written if p.history is not None else None))
+        else:
+            log.info("stopped")
+
+
+def accounting_line(totals: dict, stored: int | None) -> str:
+    """The daemon's life in one line of its log: where every utterance cut went."""
+    dropped = totals["dropped"]
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())) or "none"
+    line = (f"{totals['segmented']} utterance(s) segmented, {totals['published']} published, "
+            f"{totals['speech']} speech only, {sum(dropped.values())} dropped ({reasons})")
+    return line + (f", {stored} stored" if stored is not None else ", history off")
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:

@@ -105,6 +105,7 @@ def _check_status(head: dict) -> None:
             isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[1], str)
             and _count(x[2]) for x in v),
         "overflows": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _count(x) for k, x in v.items()),
+        "segmented": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _count(x) for k, x in v.items()),
         "gauges": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()),
         "batches": lambda v: isinstance(v, list) and all(
             isinstance(x, list) and len(x) == 2 and _count(x[0]) and _number(x[1]) for x in v),

@@ -259,6 +259,8 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
         t["kill"] = time.monotonic()
         procs["c"] = start_worker(config, logs["c"])  # another joins, mid-stream
         pid["c"] = procs["c"].pid
+        await until(lambda: pid["a"] not in peers(broker), 10, "a gone from the fleet")
+        t["lost_problems"] = svc.parts.server.health()["problems"]  # before c is up (it loads a model)
         t["killed_recovered"] = await finished(broker, held_a, "a's utterances finished by the others")
         await until(lambda: pid["c"] in peers(broker) and peers(broker)[pid["c"]]["answered"] > 0
                     and peers(broker)[pid["b"]]["inflight"] > 0, 60, "worker c at work, b holding work")
@@ -267,6 +269,9 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
             held_b = holding(broker, pid["b"])
             procs["b"].send_signal(signal.SIGSTOP)
         t["stop"] = time.monotonic()
+        problems = lambda: svc.parts.server.health()["problems"]  # noqa: E731
+        await until(lambda: any(p.startswith(f"encode worker {name(pid['b'])}: silent for") for p in problems()),
+                    5, "the hung worker in /healthz")
         t["hung_recovered"] = await finished(broker, held_b, "b's utterances finished by c")
         assert pid["b"] not in peers(broker)  # declared dead: no more work for it
         procs["b"].send_signal(signal.SIGCONT)  # back: its late answers are discarded, it rejoins
@@ -305,7 +310,14 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
     assert t["b_exit"] == 0, out["b"]
     assert [w["pid"] for w in snap["workers"]] == [procs["c"].pid]  # b said BYE; a is dead
     assert "Traceback" not in out["b"] + out["c"], out
-    assert health["status"] == "ok", health["problems"]
+    assert health["status"] == "ok", health["problems"]  # a worker joined after each loss
+    assert [p for p in t["lost_problems"] if p.startswith(f"encode worker {name(procs['a'].pid)} lost ")
+            and "none has joined since" in p], t["lost_problems"]
+
+
+def name(pid: int) -> str:
+    """How an `emoclapd encode` process on this host calls itself."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def test_an_endpoint_in_use_is_refused_not_taken_over(tmp_path):
@@ -424,11 +436,15 @@ def test_a_stop_waits_for_a_slow_worker_that_is_still_answering(tmp_path, tiny_b
             assert svc.parts.publisher.published < n // 2  # most still to encode: 2.4 s of work
         finally:
             started = time.monotonic()
-            await svc.stop()
-        return svc.parts.publisher.published, svc.parts.server.metrics.drop_counts(), time.monotonic() - started
+            stopping = asyncio.create_task(svc.stop())
+            await until(lambda: broker.drain_event.is_set(), 10, "the drain")
+            health = svc.parts.server.health()
+            await stopping
+        return (svc.parts.publisher.published, svc.parts.server.metrics.drop_counts(), time.monotonic() - started,
+                health)
 
     try:
-        published, drops, took = asyncio.run(main())
+        published, drops, took, health = asyncio.run(main())
     finally:
         worker.drain()
         worker.join(10)
@@ -436,3 +452,5 @@ def test_a_stop_waits_for_a_slow_worker_that_is_still_answering(tmp_path, tiny_b
     assert (published, drops) == (n, {}), (published, drops)
     assert took > 1.0  # longer than the drain timeout: it waited on the answers
     assert bank_stopped_at_drain == [True]  # prompt re-embedding stopped before the drain began
+    assert health["status"] == "degraded"  # a load balancer sees it going
+    assert [p for p in health["problems"] if p.startswith("stopping: draining (")], health["problems"]

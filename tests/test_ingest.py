@@ -60,6 +60,9 @@ def test_ingest_good_and_bad_frames(tmp_path, tiny_bundle):
     for g, (on, off) in zip(got, spans):
         assert abs(g["start"] - on) < 0.4 and abs(g["end"] - off) < 0.6, (g, on, off)
     assert health["stations"]["kiosk-1"] == "ended"
+    assert health["status"] == "degraded"  # someone sends garbage: the operator is told what
+    assert "refused in the last 60 s: ingest already_started 1, ingest bad_frame 1, ingest bad_json 1, " \
+           "ingest bad_start 1, ingest frame_too_large 1, ingest not_started 1" in health["problems"]
 
 
 def test_configured_station_names_are_refused(tmp_path, tiny_bundle):

@@ -153,8 +153,10 @@ def test_client_limit_answers_503(tmp_path, tiny_bundle):
             await receive(first, "hello", 1)
             try:
                 async with websockets.connect(url(svc, "/ws")):
-                    return "accepted"
+                    return "accepted", None
             except InvalidStatus as err:
-                return err.response.status_code
+                return err.response.status_code, svc.parts.server.health()
 
-    assert with_service(cfg, body) == 503
+    status, health = with_service(cfg, body)
+    assert status == 503
+    assert "refused in the last 60 s: ws_full 1" in health["problems"], health["problems"]

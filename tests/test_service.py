@@ -94,6 +94,10 @@ embeddings = "ipc://e.sock"
     assert last_on < cut["end"] < last_off
     history = list(History(tmp_path / "history.sqlite3").events())
     assert [(h["station"], h["seq"]) for h in history] == [(e["station"], e["seq"]) for e in events]
+    # Its last log line accounts for every utterance cut: each published, stored, none dropped.
+    scored = sum(e["type"] == "utterance" for e in events)
+    assert (f"stopped: {len(events)} utterance(s) segmented, {scored} published, {len(events) - scored} "
+            f"speech only, 0 dropped (none), {len(events)} stored") in log, log[-2000:]
 
 
 async def watch(port, proc, stop_at):

@@ -52,6 +52,8 @@ def test_refusals_name_the_problem():
                      ([b'{"v": 1, "kind": "status", "states": {"s": "asleep"}}', b""], "'states'"),
                      ([b'{"v": 1, "kind": "status", "dropped": [["s", "x", -1]]}', b""], "'dropped'"),
                      ([b'{"v": 1, "kind": "status", "gauges": {"q": "1"}}', b""], "'gauges'"),
+                     ([b'{"v": 1, "kind": "status", "segmented": {"s": -2}}', b""], "'segmented'"),
+                     ([b'{"v": 1, "kind": "status", "segmented": {"s": 1.5}}', b""], "'segmented'"),
                      ([b'{"v": 1, "kind": "status", "boast": 1}', b""], "unknown field")]:
         with pytest.raises(wire.WireError, match=why):
             wire.decode(bad)
@@ -130,3 +132,24 @@ def test_hostile_text_path_fields_are_refused_by_name(text_dim, transcript):
         return
     assert u.embedding.size + (0 if u.text_embedding is None else u.text_embedding.size) <= 12
     assert u.transcript is None or isinstance(u.transcript, str)
+
+
+COUNTS = st.dictionaries(st.text(max_size=4), SCALARS | st.integers(-3, 2**54), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["states", "dropped", "overflows", "segmented", "gauges", "batches"]),
+                       COUNTS | st.lists(st.lists(SCALARS | st.integers(-3, 5), max_size=3), max_size=3) | SCALARS))
+def test_hostile_status_messages_decode_or_raise_and_never_break_the_metrics(header):
+    """A status message from any edge: refused by name, or every count it carries is a
+    whole number the metrics can add (the accounting never goes backwards)."""
+    from daemon.metrics import Metrics
+
+    try:
+        msg = wire.decode([json.dumps(dict(header, v=1, kind="status")).encode(), b""])
+    except wire.WireError:
+        return
+    metrics = Metrics()
+    metrics.record_status(msg.header)
+    assert metrics.accounting()["segmented"] == sum(header.get("segmented", {}).values())
+    assert all(n >= 0 for n in metrics.accounting()["dropped"].values())
