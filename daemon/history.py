@@ -12,6 +12,7 @@ import json
 import math
 import sqlite3
 import threading
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -178,6 +179,45 @@ class History:
             except sqlite3.Error:
                 pass
             self.db.close()
+
+
+class Unwritten:
+    """History rows waiting for a disk that refused them, in commit order, bounded in bytes
+    (events and any audio kept with them): past the bound the oldest go, counted."""
+
+    def __init__(self, limit_bytes: int = 64 << 20):
+        self.limit_bytes = limit_bytes
+        self._batches: deque[tuple[list, list, list, int]] = deque()
+        self.rows = 0
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._batches)
+
+    def add(self, rows: list, visits: list, alerts: list) -> None:
+        if rows or visits or alerts:
+            size = sum(len(json.dumps(e, default=str)) + (getattr(a, "nbytes", 0) or 0) for e, a in rows)
+            size += sum(len(json.dumps(x, default=str)) for x in (*visits, *alerts))
+            self._batches.append((rows, visits, alerts, size))
+            self.rows += len(rows) + len(visits) + len(alerts)
+            self.bytes += size
+
+    def first(self) -> tuple[list, list, list]:
+        return self._batches[0][:3]
+
+    def pop(self) -> None:
+        rows, visits, alerts, size = self._batches.popleft()
+        self.rows -= len(rows) + len(visits) + len(alerts)
+        self.bytes -= size
+
+    def trim(self) -> int:
+        """Drop the oldest batches past the bound; returns how many rows went."""
+        lost = 0
+        while self.bytes > self.limit_bytes and len(self._batches) > 1:
+            before = self.rows
+            self.pop()
+            lost += before - self.rows
+        return lost
 
 
 def export(events: Iterator[dict], out: TextIO, fmt: str, visits: bool = False, alerts: bool = False) -> int:

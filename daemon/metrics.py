@@ -86,7 +86,10 @@ class Metrics:
                                 "Connections or requests refused at admission, by reason",
                                 ["reason"], registry=r)
         self.history_failures = Counter("emoclap_history_write_failures",
-                                        "Utterances that could not be written to the history", registry=r)
+                                        "History rows lost: refused by the disk past the waiting bound "
+                                        "(64 MiB), or still refused at stop", registry=r)
+        self.history_waiting = Gauge("emoclap_history_waiting_rows",
+                                     "History rows the disk refused, waiting in memory to be written", registry=r)
         self.prompt_errors = Gauge("emoclap_prompt_file_errors",
                                    "Prompt files not in use as written (refused or failing)", registry=r)
         self.upstream_age = Gauge("emoclap_upstream_silence_seconds",

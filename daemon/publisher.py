@@ -25,7 +25,7 @@ from emoclap.scorer import Scorer
 from emoclap.visits import Visits
 
 from .config import Config
-from .history import History
+from .history import History, Unwritten
 from .hub import Hub
 from .links import bind, context
 from .metrics import Metrics
@@ -52,6 +52,7 @@ class Publisher:
         self.published = 0
         self.eos = asyncio.Event()
         self.history_error: str | None = None  # the last write failure, until a write succeeds
+        self.unwritten = Unwritten()  # committed rows the disk refused: written when it takes them again
         self.last_upstream = time.monotonic()  # when the encode stage last reported
         self.fleet = None  # the broker (daemon.broker): it hears the encode workers
         self.received = 0  # embeddings taken off the link
@@ -107,6 +108,11 @@ class Publisher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.close_visits()  # one opened after close_visits() (a late message) is kept too
+        if self.unwritten:
+            await self.write_unwritten()
+            if self.unwritten:
+                log.error("history: %d row(s) could not be written before stopping", self.unwritten.rows)
+                self.metrics.history_failures.inc(self.unwritten.rows)
         if self.webhook is not None:  # what close_visits cleared gets a moment to go out
             await asyncio.to_thread(self.webhook.close, 2.0)
         if self._pull is not None:
@@ -201,14 +207,27 @@ class Publisher:
             return
         store = self.cfg.transcripts.store
         rows = [(event if store else without_transcript(event), audio) for event, audio, _ in taken]
-        try:
-            await asyncio.to_thread(self.history.write_many, rows, visits, alerts)
-            self.history_error = None
-        except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
-            log.error("history: cannot write %d utterances, %d visits, %d alerts: %s",
-                      len(rows), len(visits), len(alerts), exc)
-            self.history_error = str(exc)
-            self.metrics.history_failures.inc(len(rows) + len(visits) + len(alerts))
+        self.unwritten.add(rows, list(visits), list(alerts))
+        await self.write_unwritten()
+
+    async def write_unwritten(self) -> None:
+        """Commit what waits, oldest first. A failing disk (full, read-only) does not stop
+        publishing: the rows wait in memory (bounded) and go in once a write succeeds."""
+        while self.unwritten:
+            rows, visits, alerts = self.unwritten.first()
+            try:
+                await asyncio.to_thread(self.history.write_many, rows, visits, alerts)
+            except Exception as exc:  # noqa: BLE001 - publish even when the disk fails
+                log.error("history: cannot write (%d row(s) waiting): %s", self.unwritten.rows, exc)
+                self.history_error = str(exc)
+                self.metrics.history_failures.inc(self.unwritten.trim())
+                self.metrics.history_waiting.set(self.unwritten.rows)
+                return
+            self.unwritten.pop()
+            self.metrics.history_waiting.set(self.unwritten.rows)
+        if self.history_error is not None:
+            log.info("history: writing again")
+        self.history_error = None
 
     # ---- alerts
     def _announce(self, alerts: list[dict]) -> None:
@@ -292,7 +311,8 @@ class Publisher:
             out.append(f"{len(errors) - MAX_NAMED_PROMPT_ERRORS} more prompt file(s) not in use "
                        f"({len(errors)} in all)")
         if self.history_error is not None:
-            out.append(f"history: cannot write: {self.history_error}")
+            out.append(f"history: cannot write: {self.history_error} ({self.unwritten.rows} row(s) "
+                       f"waiting, {self.unwritten.limit_bytes >> 20} MiB at most)")
         webhook = self.webhook.problem() if self.webhook is not None else None
         if webhook:
             out.append(webhook)
@@ -325,6 +345,8 @@ class Publisher:
                 return built[key]
             self.hub.broadcast_each(snapshot)
             self.visits.end_after_s = self.cfg.visits.end_after_s  # a reloaded value applies now
+            if self.unwritten:  # a disk that came back takes what waited, even on a quiet floor
+                await self.write_unwritten()
             await self.publish_closed(self.visits.tick(time.time()))
             self.metrics.queue_depth.labels("client_send_max").set(self.hub.depth())
             self.upstream_silence()
@@ -338,3 +360,4 @@ MAX_NAMED_PROMPT_ERRORS = 20
 def without_transcript(event: dict) -> dict:
     """The event as published or stored where transcripts are not to be (personal data)."""
     return event if "transcript" not in event else {k: v for k, v in event.items() if k != "transcript"}
+

@@ -171,14 +171,19 @@ def test_failing_history_is_reported_and_scores_still_flow(tmp_path, tiny_bundle
             history.write_many = real
             await asyncio.to_thread(push, cfg, embedding_messages(1, DIM, station="s2"))
             await receive(ws, "utterance", 1)
-        return got, failing, metrics, svc.parts.server.health()
+            stored = [(e["station"], e["seq"]) for e in history.events()]
+        return got, failing, metrics, svc.parts.server.health(), stored
 
-    got, failing, metrics, recovered = with_service(cfg, body)
+    got, failing, metrics, recovered, stored = with_service(cfg, body)
     assert len(got) == 4  # clients still get scores while the disk is full
     assert failing["status"] == "degraded"
-    assert any("history: cannot write: database or disk is full" in p for p in failing["problems"])
-    assert "emoclap_history_write_failures_total 4.0" in metrics
+    assert "history: cannot write: database or disk is full (4 row(s) waiting, 64 MiB at most)" \
+        in failing["problems"], failing["problems"]
+    assert "emoclap_history_waiting_rows 4.0" in metrics
+    assert "emoclap_history_write_failures_total 0.0" in metrics  # waiting, not lost
     assert recovered["status"] == "ok", recovered
+    # What was published while the disk refused it is stored once it takes writes again.
+    assert sorted(stored) == [("s1", 1), ("s1", 2), ("s1", 3), ("s1", 4), ("s2", 1)]
 
 
 def test_broken_prompt_file_is_reported_to_clients_and_health(tmp_path, tiny_bundle):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from daemon.history import History, HistoryError, export, parse_time
 
@@ -81,3 +82,33 @@ def test_cli_export(tmp_path):
     assert out.splitlines()[1].startswith("2026-01-01T10:00:00.000+00:00,s1,customer")
     bad = subprocess.run(base + ["--since", "noon"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--since: expected an ISO 8601" in bad.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("add"), st.integers(0, 4), st.integers(0, 3000)),
+                          st.just(("pop",)), st.just(("trim",))), max_size=40),
+       st.integers(1, 20000))
+def test_rows_waiting_for_the_disk_stay_within_their_bound(ops, limit):
+    """Whatever the disk does, the waiting rows are counted exactly, kept in commit order,
+    and past the bound only the oldest go (and are counted)."""
+    from daemon.history import Unwritten
+
+    waiting, model, lost, written = Unwritten(limit), [], 0, 0
+    seq = 0
+    for op in ops:
+        if op[0] == "add":
+            rows = [({"seq": (seq := seq + 1), "pad": "x" * op[2]}, None) for _ in range(op[1])]
+            waiting.add(rows, [], [])
+            model += [rows] if rows else []
+        elif op[0] == "pop" and waiting:
+            assert waiting.first()[0] == model[0]
+            written += len(model.pop(0))
+            waiting.pop()
+        elif op[0] == "trim":
+            gone = waiting.trim()
+            lost += gone
+            while sum(len(b) for b in model) > waiting.rows:
+                model.pop(0)
+            assert waiting.bytes <= limit or len(model) <= 1
+        assert waiting.rows == sum(len(b) for b in model) and bool(waiting) == bool(model)
+    assert waiting.rows + lost + written == seq  # every row: waiting, written or counted lost
