@@ -74,6 +74,7 @@ class ServerConfig:
     ingest_burst_s: float = 5.0  # audio seconds a client may send ahead of real time
     ingest_start_timeout_s: float = 10.0  # a connection must send `start` within this
     ended_station_ttl_s: float = 300.0  # ended ingest/remote stations leave snapshots and metrics
+    late_after_s: float = 1.0  # /healthz is degraded while the last minute's p99 publish latency is above it
 
 
 @dataclass
@@ -296,7 +297,7 @@ def _validate(cfg: Config) -> None:
     _check_positive(srv, "server", ("max_clients", "max_message_bytes", "client_queue",
                                     "ingest_max_sessions", "ingest_max_frame_bytes",
                                     "ingest_max_rate", "ingest_burst_s", "ingest_start_timeout_s",
-                                    "ended_station_ttl_s"))
+                                    "ended_station_ttl_s", "late_after_s"))
     if srv.ingest_max_frame_bytes > srv.max_message_bytes:
         raise ConfigError("server.ingest_max_frame_bytes: must not exceed server.max_message_bytes")
     # An empty variable (a unit's `Environment=EMOCLAP_TOKEN=`) must not erase the file's token.

@@ -12,6 +12,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 STATES = ("starting", "online", "offline", "ended", "failed")
 
 
+class RecentLatency:
+    """Latencies of the last `window_s` seconds (at most `keep` of them, the newest) and
+    their 99th percentile: whether scores are live now, not over the daemon's life."""
+
+    def __init__(self, window_s: float = 60.0, keep: int = 20000):
+        self.window_s = window_s
+        self._values: collections.deque[tuple[float, float]] = collections.deque(maxlen=keep)
+
+    def add(self, seconds: float, now: float) -> None:
+        self._values.append((now, seconds))
+
+    def p99(self, now: float) -> tuple[float, int] | None:
+        """(p99, how many) over the window; None when nothing was published in it."""
+        while self._values and self._values[0][0] <= now - self.window_s:
+            self._values.popleft()
+        if not self._values:
+            return None
+        ordered = sorted(v for _, v in self._values)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], len(ordered)
+
+
 class RecentCounts:
     """Counts by reason over the last `window_s` seconds, in one-second buckets: what
     /healthz reports of refusals that happened lately, at any rate, in bounded memory."""

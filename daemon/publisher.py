@@ -28,7 +28,7 @@ from .config import Config
 from .history import History, Unwritten
 from .hub import Hub
 from .links import bind, context
-from .metrics import Metrics
+from .metrics import Metrics, RecentLatency
 from .webhook import WebhookSender
 
 log = logging.getLogger("emoclapd.publisher")
@@ -52,6 +52,7 @@ class Publisher:
         self.published = 0
         self.eos = asyncio.Event()
         self.history_error: str | None = None  # the last write failure, until a write succeeds
+        self.latency = RecentLatency(60.0)  # segmenter → published, for /healthz's "scores late"
         self.unwritten = Unwritten()  # committed rows the disk refused: written when it takes them again
         self.last_upstream = time.monotonic()  # when the encode stage last reported
         self.fleet = None  # the broker (daemon.broker): it hears the encode workers
@@ -142,6 +143,7 @@ class Publisher:
                 now = time.time()
                 for (event, _, utt), caused, alerts in zip(taken, visit_events, alert_events):
                     self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
+                    self.latency.add(max(0.0, now - utt.emitted), time.monotonic())
                     self.hub.broadcast(event if self.cfg.transcripts.publish else without_transcript(event),
                                        station=event["station"])
                     for v in caused:
@@ -310,6 +312,11 @@ class Publisher:
         if len(errors) > MAX_NAMED_PROMPT_ERRORS:
             out.append(f"{len(errors) - MAX_NAMED_PROMPT_ERRORS} more prompt file(s) not in use "
                        f"({len(errors)} in all)")
+        late = self.latency.p99(time.monotonic())
+        if late is not None and late[0] > self.cfg.server.late_after_s:
+            out.append(f"scores late: p99 {late[0]:.2f} s from an utterance closing to its scores over the "
+                       f"last {self.latency.window_s:.0f} s ({late[1]} utterances; server.late_after_s "
+                       f"{self.cfg.server.late_after_s:g})")
         if self.history_error is not None:
             out.append(f"history: cannot write: {self.history_error} ({self.unwritten.rows} row(s) "
                        f"waiting, {self.unwritten.limit_bytes >> 20} MiB at most)")

@@ -454,3 +454,35 @@ def test_a_stop_waits_for_a_slow_worker_that_is_still_answering(tmp_path, tiny_b
     assert bank_stopped_at_drain == [True]  # prompt re-embedding stopped before the drain began
     assert health["status"] == "degraded"  # a load balancer sees it going
     assert [p for p in health["problems"] if p.startswith("stopping: draining (")], health["problems"]
+
+
+def test_scores_published_late_make_health_degraded_while_they_are(tmp_path, tiny_bundle):
+    """A live monitor whose scores come late is not healthy: /healthz says so while the
+    last minute's p99 is over `server.late_after_s`, and names the figure."""
+    from emoclap.bundle import load_bundle
+
+    cfg = fleet_config(tmp_path, tiny_bundle)
+    cfg.encoder.max_batch, cfg.server.late_after_s = 1, 0.4
+    worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+    batcher.encoder = SlowEncoder(batcher.encoder, 0.25)
+
+    async def body(svc):
+        worker.start()
+        publisher = svc.parts.publisher
+        await until(lambda: len(svc.parts.broker.snapshot()["workers"]) == 1, 20, "the worker to join")
+        await asyncio.to_thread(feed(cfg, segments(1)).join, 10)
+        await until(lambda: publisher.published == 1, 10, "one on time")
+        on_time = svc.parts.server.health()
+        await asyncio.to_thread(feed(cfg, segments(4, station="till-2")).join, 10)  # a queue: 1 s for the last
+        await until(lambda: publisher.published == 5, 20, "four more, late")
+        return on_time, svc.parts.server.health()
+
+    try:
+        on_time, late = with_service(cfg, body, stages=("serve",))
+    finally:
+        worker.drain()
+        worker.join(10)
+        batcher.close()
+    assert on_time["status"] == "ok", on_time["problems"]
+    problem = [p for p in late["problems"] if p.startswith("scores late: p99 ")]
+    assert problem and "over the last 60 s (5 utterances; server.late_after_s 0.4)" in problem[0], late["problems"]

@@ -2,7 +2,7 @@
 in bounded memory."""
 from hypothesis import given, strategies as st
 
-from daemon.metrics import RecentCounts
+from daemon.metrics import RecentCounts, RecentLatency
 
 
 @given(st.lists(st.tuples(st.sampled_from(["ws_full", "ingest bad_frame", "unauthorized"]),
@@ -28,3 +28,20 @@ def test_a_flood_keeps_one_bucket_a_second():
         recent.add("ingest bad_frame", 1000 + i / 1000)  # 1,000 a second for 100 s
     assert len(recent._buckets) <= 61
     assert recent.counts(1100.0) == {"ingest bad_frame": 59_000}
+
+
+@given(st.lists(st.tuples(st.floats(0, 100, allow_nan=False), st.floats(0, 30, allow_nan=False)), max_size=200),
+       st.floats(0, 100, allow_nan=False))
+def test_latency_p99_is_of_the_window_only(values, later):
+    recent = RecentLatency(60.0)
+    values.sort()
+    for at, seconds in values:
+        recent.add(seconds, at)
+    now = (values[-1][0] if values else 0.0) + later
+    kept = sorted(s for at, s in values if at > now - 60.0)
+    got = recent.p99(now)
+    if not kept:
+        assert got is None
+    else:
+        assert got == (kept[min(len(kept) - 1, int(0.99 * len(kept)))], len(kept))
+        assert got[0] <= max(kept)
