@@ -267,39 +267,47 @@ def flood(port: int, n: int, hold_s: float, headers: dict) -> dict:
 
 
 def garbage_ingest(port: int, sessions: int, seconds: float, headers: dict, frame_limit: int) -> dict:
-    """`sessions` `/ingest` clients for `seconds`, as fast as the server reads: one sends
-    full-scale noise (valid audio, far faster than real time), the others odd-length
-    frames, frames over the limit and text that is not JSON. Counts what was sent and
-    the error replies by reason."""
+    """`sessions` `/ingest` clients for `seconds`, as fast as the server reads, each
+    reconnecting when closed: one sends full-scale noise (valid audio, far faster than
+    real time), the others odd-length frames, frames over the limit and text that is not
+    JSON. Counts what was sent, the error replies by reason and the closes by code."""
     rng = np.random.default_rng(0)
     noise = (rng.uniform(-1, 1, 1600) * 32767).astype("<i2").tobytes()
     bad = [b"\x01\x02\x03", b"\x00" * (frame_limit + 2), "{not json", json.dumps({"type": "start"})]
 
-    async def one(i, counts):
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ingest", additional_headers=headers,
-                                      max_queue=None, open_timeout=10) as ws:
-            await ws.send(json.dumps({"type": "start", "station": f"chaos-ingest-{i}", "role": "customer",
-                                      "sample_rate": 16000}))
-
-            async def read():
-                async for text in ws:
-                    reply = json.loads(text)
-                    if reply.get("type") == "error":
-                        counts[reply["reason"]] = counts.get(reply["reason"], 0) + 1
-            reader = asyncio.create_task(read())
-            deadline, k = time.monotonic() + seconds, 0
+    async def one(i, counts, deadline):
+        """One client, reconnecting whenever it is closed, until the deadline."""
+        while time.monotonic() < deadline:
             try:
-                while time.monotonic() < deadline and not reader.done():
-                    await ws.send(noise if i == 0 else bad[k % len(bad)])
-                    counts["sent"] = counts.get("sent", 0) + 1
-                    k += 1
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ingest", additional_headers=headers,
+                                              max_queue=None, open_timeout=10) as ws:
+                    await ws.send(json.dumps({"type": "start", "station": f"chaos-ingest-{i}",
+                                              "role": "customer", "sample_rate": 16000}))
+
+                    async def read():
+                        async for text in ws:
+                            reply = json.loads(text)
+                            if reply.get("type") == "error":
+                                counts[reply["reason"]] = counts.get(reply["reason"], 0) + 1
+                    reader, k = asyncio.create_task(read()), 0
+                    while time.monotonic() < deadline and not reader.done():
+                        await ws.send(noise if i == 0 else bad[k % len(bad)])
+                        counts["sent"] = counts.get("sent", 0) + 1
+                        k += 1
+                        if k % 64 == 0:
+                            await asyncio.sleep(0)  # let the reader count the replies
+                    reader.cancel()
             except websockets.ConnectionClosed as exc:
-                counts[f"closed {exc.rcvd.code if exc.rcvd else '?'}"] = 1
-            reader.cancel()
+                key = f"closed {exc.rcvd.code if exc.rcvd else '?'}"
+                counts[key] = counts.get(key, 0) + 1
+            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+                counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
+                await asyncio.sleep(0.05)
 
     async def main():
         counts: dict = {}
-        await asyncio.gather(*(one(i, counts) for i in range(sessions)), return_exceptions=True)
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(one(i, counts, deadline) for i in range(sessions)), return_exceptions=True)
         return counts
     return asyncio.run(main())
 

@@ -73,6 +73,7 @@ class ServerConfig:
     ingest_max_rate: float = 1.5  # audio seconds per wall-clock second, sustained
     ingest_burst_s: float = 5.0  # audio seconds a client may send ahead of real time
     ingest_start_timeout_s: float = 10.0  # a connection must send `start` within this
+    ingest_max_errors: int = 20  # refused messages in 10 s before an /ingest connection is closed
     ended_station_ttl_s: float = 300.0  # ended ingest/remote stations leave snapshots and metrics
     late_after_s: float = 1.0  # /healthz is degraded while the last minute's p99 publish latency is above it
 
@@ -296,7 +297,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.port: expected 0 to 65535")
     _check_positive(srv, "server", ("max_clients", "max_message_bytes", "client_queue",
                                     "ingest_max_sessions", "ingest_max_frame_bytes",
-                                    "ingest_max_rate", "ingest_burst_s", "ingest_start_timeout_s",
+                                    "ingest_max_rate", "ingest_burst_s", "ingest_start_timeout_s", "ingest_max_errors",
                                     "ended_station_ttl_s", "late_after_s"))
     if srv.ingest_max_frame_bytes > srv.max_message_bytes:
         raise ConfigError("server.ingest_max_frame_bytes: must not exceed server.max_message_bytes")

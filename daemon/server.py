@@ -256,7 +256,8 @@ class Server:
 
     async def _ingest(self, ws) -> None:
         srv = self.cfg.server
-        limits = IngestLimits(srv.ingest_max_frame_bytes, srv.ingest_max_rate, srv.ingest_burst_s)
+        limits = IngestLimits(srv.ingest_max_frame_bytes, srv.ingest_max_rate, srv.ingest_burst_s,
+                              srv.ingest_max_errors)
         session = IngestSession(limits, self._open_ingest_station)
         busy = self._busy[id(session)] = asyncio.Lock()
         self.metrics.clients.labels("/ingest").inc()
@@ -291,6 +292,11 @@ class Server:
                         self.metrics.ingest_errors.labels(reply["reason"]).inc()
                         self.refused.add(f"ingest {reply['reason']}", time.monotonic())
                     await ws.send(dumps(reply))
+                if session.abusive:  # garbage at full rate costs every station: not served
+                    self._refuse("ingest_abusive")
+                    await ws.close(1008, f"more than {limits.max_errors} refused messages in "
+                                         f"{limits.error_window_s:g} s")
+                    break
         except websockets.ConnectionClosed:
             pass
         finally:

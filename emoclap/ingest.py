@@ -3,7 +3,9 @@
 A client sends one JSON text message `{"type": "start", "station": ..., "role": ...,
 "sample_rate": ...}`, then binary frames of signed 16-bit little-endian mono samples.
 Each bad message gets an `error` reply and the session goes on; frames beyond the
-size limit or ahead of the allowed pace are refused one by one. On close the
+size limit or ahead of the allowed pace are refused one by one. A client that errs
+more than `max_errors` times within `error_window_s` is broken or hostile: `abusive`
+turns true and the host closes the connection (what it sent before stays accepted). On close the
 station's segmenter is flushed, so the last utterance is not lost.
 
 Free of I/O: the host reads messages, passes them in, sends the replies back and the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +35,8 @@ class IngestLimits:
     max_frame_bytes: int = 32000
     max_rate: float = 1.5  # audio seconds per wall-clock second
     burst_s: float = 5.0
+    max_errors: int = 20  # refused messages within error_window_s before the session is closed
+    error_window_s: float = 10.0
 
 
 class IngestRefused(Exception):
@@ -61,9 +66,19 @@ class IngestSession:
         self.started_at = 0.0
         self.audio_s = 0.0
         self.errors = 0
+        self._recent_errors: deque[float] = deque()
+
+    @property
+    def abusive(self) -> bool:
+        """More than `max_errors` refusals within the last `error_window_s`."""
+        return len(self._recent_errors) > self.limits.max_errors
 
     def _fail(self, reason: str, message: str) -> list[dict]:
         self.errors += 1
+        now = self.clock()
+        self._recent_errors.append(now)
+        while self._recent_errors and self._recent_errors[0] <= now - self.limits.error_window_s:
+            self._recent_errors.popleft()
         return [error(reason, message)]
 
     def on_text(self, text: str) -> list[dict]:

@@ -75,3 +75,35 @@ def test_configured_station_names_are_refused(tmp_path, tiny_bundle):
 
     (reply,) = with_service(cfg, body)
     assert reply["reason"] == "station_in_use"
+
+
+def test_a_client_sending_garbage_is_closed_and_what_it_said_before_is_kept(tmp_path, tiny_bundle):
+    """Garbage at full rate costs every station's latency: after more than
+    `ingest_max_errors` refusals in 10 s the connection is closed (1008); the speech it
+    sent before was accepted and is scored."""
+    audio, spans = dialogue(SCRIPT[:2], tmp_path)
+    cfg = service_config(tmp_path, tiny_bundle, ingest_max_rate=1000.0, ingest_max_errors=5)
+
+    async def body(svc):
+        async with websockets.connect(url(svc, "/ws")) as watcher:
+            await receive(watcher, "hello", 1)
+            async with websockets.connect(url(svc, "/ingest")) as ing:
+                await ing.send(json.dumps({"type": "start", "station": "kiosk-9", "role": "customer"}))
+                for frame in frames(audio, 16000):
+                    await ing.send(frame)
+                errors = 0
+                try:
+                    for _ in range(50):
+                        await ing.send(b"\x01")
+                    while True:
+                        reply = json.loads(await asyncio.wait_for(ing.recv(), 10))
+                        errors += reply["type"] == "error"
+                except websockets.ConnectionClosed as exc:
+                    closed = (exc.rcvd.code, exc.rcvd.reason)
+            got = await receive(watcher, "utterance", len(spans), timeout=30)
+        return closed, errors, got, svc.parts.server.health()
+
+    closed, errors, got, health = with_service(cfg, body)
+    assert closed == (1008, "more than 5 refused messages in 10 s") and errors == 6
+    assert [g["station"] for g in got] == ["kiosk-9"] * len(spans)
+    assert any("ingest_abusive 1" in p for p in health["problems"]), health["problems"]

@@ -66,3 +66,26 @@ def test_pacing_limit_refuses_frames_ahead_of_real_time():
     now[0] = 1.0
     assert session.on_binary(second) == ([], [])  # a second later there is room again
     assert stream.samples == 32000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 3, allow_nan=False), st.booleans()), max_size=80),
+       st.integers(1, 10))
+def test_a_session_is_abusive_once_it_errs_too_often(steps, max_errors):
+    """`abusive` is true exactly when more than `max_errors` refusals fall in the last
+    10 s; good frames never count against a client."""
+    now = [0.0]
+    session = IngestSession(IngestLimits(max_rate=1000.0, burst_s=1000.0, max_errors=max_errors),
+                            lambda *a: Stream(), clock=lambda: now[0])
+    session.on_text(json.dumps({"type": "start", "station": "kiosk", "role": "customer"}))
+    errors = []
+    for wait, bad in steps:
+        now[0] += wait
+        if bad:
+            session.on_binary(b"\x00")  # odd length: refused
+            errors.append(now[0])
+        else:
+            assert session.on_binary(b"\x00\x00")[0] == []
+        recent = [t for t in errors if t > now[0] - 10.0]
+        if bad:  # the window is brought up to date by each refusal
+            assert session.abusive == (len(recent) > max_errors)
