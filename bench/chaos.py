@@ -58,6 +58,7 @@ from bench.gateway import Gateway, Watch, settled, stored_rows, unaccounted, wai
 from bench.listeners import Listeners, percentile_ms  # noqa: E402
 from bench.service import free_port, write_config  # noqa: E402
 from bench.workload import tracks, vad_wait_s  # noqa: E402
+from daemon.config import ServerConfig  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
 from emoclap.segmenter import SegmenterOptions  # noqa: E402
 
@@ -114,6 +115,7 @@ class Run:
         sections = {"": {"prompts": str(prompts), "cache": str(workdir / "cache.sqlite3")},
                     "history": {"path": str(self.db)}, "encoder": {"threads": 1},
                     "privacy": {"scored_roles": ["customer"]}, "rolling": {"half_life_s": 3.0},
+                    "server": {"max_clients": ServerConfig().max_clients},  # what a user gets
                     "stages": {"workers": f"tcp://{self.host.host_ip}:{workers}"},
                     "webhook": {"url": self.webhook.url, "timeout_s": 1.0, "retries": 1, "backoff_s": 0.5,
                                 "events": ["fired", "cleared"]}}

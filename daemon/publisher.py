@@ -53,7 +53,8 @@ class Publisher:
         self.eos = asyncio.Event()
         self.history_error: str | None = None  # the last write failure, until a write succeeds
         self.latency = RecentLatency(60.0)  # segmenter → published, for /healthz's "scores late"
-        self.unwritten = Unwritten()  # committed rows the disk refused: written when it takes them again
+        self.unwritten = Unwritten()
+        self._writing = asyncio.Lock()  # committed rows the disk refused: written when it takes them again
         self.last_upstream = time.monotonic()  # when the encode stage last reported
         self.fleet = None  # the broker (daemon.broker): it hears the encode workers
         self.received = 0  # embeddings taken off the link
@@ -215,6 +216,10 @@ class Publisher:
     async def write_unwritten(self) -> None:
         """Commit what waits, oldest first. A failing disk (full, read-only) does not stop
         publishing: the rows wait in memory (bounded) and go in once a write succeeds."""
+        async with self._writing:  # one writer: a retry never writes a batch being written
+            await self._write_unwritten()
+
+    async def _write_unwritten(self) -> None:
         while self.unwritten:
             rows, visits, alerts = self.unwritten.first()
             try:

@@ -83,9 +83,10 @@ class Server:
         log.info("listening on http://%s:%d/ (ws: /ws, ingest: /ingest)", srv.host, self.port)
 
     async def stop_ingest(self) -> None:
-        """Stop taking audio: close every ingest session (their segmenters flush)."""
-        if self.server is not None:
-            self.server.close(close_connections=False)
+        """Stop taking audio: close every ingest session (their segmenters flush). The
+        server keeps listening until `close()`, so /healthz and /metrics show the drain;
+        new /ws and /ingest connections are refused (503) from now on."""
+        self.stopping = True
         for name in list(self.ingest_sessions):
             await self._end_ingest(name)
         if self._tick_task is not None:
@@ -159,6 +160,8 @@ class Server:
             return self._respond(connection, 200, body, "text/html; charset=utf-8")
         # A WebSocket path: admitted here, before the handshake completes, so that a burst
         # of handshakes cannot overshoot the limit; a connection counts until it closes.
+        if self.stopping:
+            return self._respond(connection, 503, "503 shutting down\n", "text/plain; charset=utf-8")
         limit = self.cfg.server.max_clients if path == "/ws" else self.cfg.server.ingest_max_sessions
         admitted = self._admitted[path]
         admitted.difference_update({c for c in admitted if c.state is State.CLOSED})

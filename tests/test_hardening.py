@@ -5,6 +5,7 @@ import asyncio
 import json
 import socket
 import sqlite3
+import time
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -319,3 +320,29 @@ def test_kill_9_leaves_a_history_that_opens_intact_and_grows_on_restart(tmp_path
     after_second, check_second = rows()
     assert first >= 8 and check_first == "ok" and after_first >= first  # written before published
     assert check_second == "ok" and after_second >= after_first + 8 and second > 0
+
+
+def test_a_slow_disk_stores_each_row_once(tmp_path, tiny_bundle):
+    """Rows waiting while a write is in progress are retried by the rolling tick too: each
+    must still be stored exactly once."""
+    cfg = service_config(tmp_path, tiny_bundle)
+    cfg.rolling.interval_s = 0.02
+
+    async def body(svc):
+        history = svc.parts.history
+        real = history.write_many
+
+        def slow(rows, visits=(), alerts=()):
+            time.sleep(0.1)
+            return real(rows, visits, alerts)
+        history.write_many = slow
+        async with websockets.connect(url(svc, "/ws")) as ws:
+            await receive(ws, "hello", 1)
+            for i in range(6):
+                await asyncio.to_thread(push, cfg, embedding_messages(1, DIM, station=f"s{i}"))
+            await receive(ws, "utterance", 6)
+        await asyncio.sleep(0.3)
+        return [(e["station"], e["seq"]) for e in history.events()]
+
+    stored = with_service(cfg, body)
+    assert sorted(stored) == [(f"s{i}", 1) for i in range(6)]
