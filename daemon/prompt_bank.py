@@ -90,6 +90,7 @@ class PromptBank:
         self.cache = EmbeddingCache(self.options.cache)
         self._stamps: dict[str, tuple] = {}  # every file applied, used or refused
         self._busy: set[str] = set()  # files being parsed and embedded right now
+        self._over_limit: set[str] = set()  # files refused for MAX_FILES, read again when room frees
         self._owner: dict[str, str] = {}  # emotion name -> the file it came from
         self._emotions: dict[str, Emotion] = {}
         self._pole_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -170,7 +171,9 @@ class PromptBank:
             log.info("%s: prompt folder is back", self.folder)
         self._folder_missing = False
         stamps = self._scan()
-        order = {path: i for i, path in enumerate(stamps)}
+        with self._lock:  # files in use keep their places under the limit; new ones queue behind
+            in_use = set(self._owner.values())
+        order = {path: i for i, path in enumerate(sorted(stamps, key=lambda p: p not in in_use))}
         updates = []
         with self._lock:
             gone = [p for p in self._stamps if p not in stamps]
@@ -204,7 +207,9 @@ class PromptBank:
         """Parse and embed one file (slow, no lock held): (emotion, poles, error)."""
         name = emotion_name(path)
         if number >= MAX_FILES:
+            self._over_limit.add(path)
             return None, None, PromptError(f"not read: more than {MAX_FILES} prompt files in the folder", path)
+        self._over_limit.discard(path)
         parsed, errs = parse_prompt_paths([Path(path)], self.bundle.languages)
         if path in errs:
             return None, None, errs[path]
@@ -244,11 +249,15 @@ class PromptBank:
             removed = []
             for path in gone:
                 del self._stamps[path]
+                self._over_limit.discard(path)
                 self._errors.pop(path, None)
                 name = emotion_name(path)
                 if self._owner.get(name) == path:
                     del self._owner[name], self._emotions[name], self._pole_vectors[name]
                     removed.append(name)
+                    # A place under the file limit is free: files refused for the limit are read again.
+                    for other in [p for p in self._over_limit if p in stamps]:
+                        self._stamps.pop(other, None)
                     # A file refused as a duplicate of this one may now be used: read it again.
                     for other in [p for p in self._errors if emotion_name(p) == name and p in stamps]:
                         self._stamps.pop(other, None)

@@ -54,7 +54,8 @@ class Publisher:
         self.history_error: str | None = None  # the last write failure, until a write succeeds
         self.latency = RecentLatency(60.0)  # segmenter → published, for /healthz's "scores late"
         self.unwritten = Unwritten()
-        self._writing = asyncio.Lock()  # committed rows the disk refused: written when it takes them again
+        self._writing = asyncio.Lock()
+        self._prompts_sent, self._prompts_due = -PROMPTS_EVERY_S, None  # the prompt set's last broadcast  # committed rows the disk refused: written when it takes them again
         self.last_upstream = time.monotonic()  # when the encode stage last reported
         self.fleet = None  # the broker (daemon.broker): it hears the encode workers
         self.received = 0  # embeddings taken off the link
@@ -294,7 +295,21 @@ class Publisher:
         await self.publish_closed(self.visits.close_all())
 
     def prompts_changed(self) -> None:
-        """Called on the loop when the prompt bank changed."""
+        """Called on the loop when the prompt bank changed: clients hear of it at once, and
+        then at most every PROMPTS_EVERY_S while changes keep coming (hundreds of files
+        arriving together are a few messages of the latest set, not one each: that many
+        copies of a growing set would swamp every client's queue)."""
+        now = time.monotonic()
+        if self._prompts_due is not None:
+            return  # a message of the latest set is already on its way
+        wait = self._prompts_sent + PROMPTS_EVERY_S - now
+        if wait <= 0:
+            self._announce_prompts()
+        else:
+            self._prompts_due = asyncio.get_running_loop().call_later(wait, self._announce_prompts)
+
+    def _announce_prompts(self) -> None:
+        self._prompts_due, self._prompts_sent = None, time.monotonic()
         self.scorer.keep_only(set(self.bank.emotions))
         self.report_unknown_emotions()
         self.metrics.prompt_errors.set(len(self.bank.errors))
@@ -367,6 +382,7 @@ class Publisher:
 
 
 MAX_NAMED_PROMPT_ERRORS = 20
+PROMPTS_EVERY_S = 0.5  # `prompts` messages while prompt files keep changing
 
 
 def without_transcript(event: dict) -> dict:

@@ -76,3 +76,57 @@ def test_config_reload_applies_or_keeps(tmp_path, tiny_bundle, caplog):
     applied, after_bad = asyncio.run(main())
     assert applied == 0.5 and after_bad == 0.5
     assert "bogus: unknown key" in caplog.text and "keeping the running configuration" in caplog.text
+
+
+def test_hundreds_of_prompt_files_at_once_reach_clients_as_a_few_messages(tmp_path, tiny_bundle):
+    """300 files dropped in together: clients get a few `prompts` messages of the latest
+    set (not one growing copy per file, which closed them as too slow), the last one
+    with the 256 files the folder may hold: the emotions in use before keep their places
+    (files named before theirs do not push them out); removing them all is as quick."""
+    import time
+
+    from emoclap.prompts import MAX_FILES
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts, ignore=shutil.ignore_patterns("alternatives"))
+    existing = len(list(prompts.glob("*.toml")))
+    cfg = service_config(tmp_path, tiny_bundle)
+    cfg.prompts = str(prompts)
+
+    async def until_set(ws, size):
+        count = 0
+        while True:
+            msg = (await receive(ws, "prompts", 1, timeout=60))[0]
+            count += 1
+            if len(msg["emotions"]) == size:
+                return count, msg
+
+    async def main():
+        svc = Service(cfg, ("serve",))
+        await svc.start()
+        try:
+            async with websockets.connect(url(svc, "/ws"), max_size=None) as ws:
+                await receive(ws, "hello", 1)
+                started = time.monotonic()
+                for i in range(300):
+                    (prompts / f"bulk_{i:03d}.toml").write_text(NEW.replace("Calm", f"Calm {i}")
+                                                                .replace("calm.", f"calm {i}."))
+                added = await until_set(ws, MAX_FILES)
+                add_s = time.monotonic() - started
+                started = time.monotonic()
+                for path in prompts.glob("bulk_*.toml"):
+                    path.unlink()
+                removed = await until_set(ws, existing)
+                return added, add_s, removed, time.monotonic() - started, svc.parts.server.health()
+        finally:
+            await svc.stop()
+
+    (n_added, added), add_s, (n_removed, removed), remove_s, health = asyncio.run(main())
+    print(f"\n300 files: 256 in use after {add_s:.1f} s ({n_added} messages), all gone after "
+          f"{remove_s:.1f} s ({n_removed} messages)")
+    assert len(added["errors"]) == 300 + existing - MAX_FILES  # the files past the limit, each named
+    names = {e["name"] for e in added["emotions"]}
+    assert {p.stem for p in (REPO / "prompts").glob("*.toml")} <= names  # purchase_intention stays
+    assert n_added <= 2 * add_s / 0.5 + 2 and n_removed <= 2 * remove_s / 0.5 + 2
+    assert remove_s < 10
+    assert removed["errors"] == [] and not [p for p in health["problems"] if "prompt file" in p]
