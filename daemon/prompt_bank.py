@@ -174,11 +174,23 @@ class PromptBank:
         with self._lock:  # files in use keep their places under the limit; new ones queue behind
             in_use = set(self._owner.values())
         order = {path: i for i, path in enumerate(sorted(stamps, key=lambda p: p not in in_use))}
-        updates = []
+        # Each step's update goes to the subscribers as it is applied, and only a summary is
+        # kept: every update holds a snapshot of all the pole vectors, so keeping each of
+        # hundreds of files' updates held hundreds of megabytes until the pass ended.
+        summary = {"added": (), "removed": (), "changed": ()}
+        last = None
+
+        def applied(update):
+            nonlocal last
+            if update is not None:
+                self._notify(update)
+                for key in summary:
+                    summary[key] += getattr(update, key)
+                last = update
         with self._lock:
             gone = [p for p in self._stamps if p not in stamps]
         if gone:
-            updates.append(self._apply_removals(gone, stamps, started))
+            applied(self._apply_removals(gone, stamps, started))
         with self._lock:
             todo = sorted(p for p, st in stamps.items()
                           if self._stamps.get(p) != st and p not in self._busy)
@@ -191,17 +203,10 @@ class PromptBank:
                 with self._lock:
                     self._busy.discard(path)
                 break
-            updates.append(self._apply(path, stamps[path], emotion, poles, err, started))
+            applied(self._apply(path, stamps[path], emotion, poles, err, started))
         with self._lock:
             self._busy.difference_update(todo)
-        updates = [u for u in updates if u is not None]
-        for update in updates:
-            self._notify(update)
-        if not updates:
-            return None
-        return replace(updates[-1], added=sum((u.added for u in updates), ()),
-                       removed=sum((u.removed for u in updates), ()),
-                       changed=sum((u.changed for u in updates), ()))
+        return None if last is None else replace(last, **summary)
 
     def _prepare(self, path: str, number: int):
         """Parse and embed one file (slow, no lock held): (emotion, poles, error)."""

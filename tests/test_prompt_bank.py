@@ -214,3 +214,24 @@ def test_every_bad_file_is_logged_by_name_through_the_logs_repeat_filter(tmp_pat
     for name in ("broken.toml", "garbage.toml", "onepole.toml", "later.toml"):
         assert any(name in line for line in seen), (name, seen)
     assert len(bank.errors) == 4
+
+
+def test_subscribers_hear_of_each_file_as_it_is_applied_and_nothing_piles_up(folder, text_encoder, tmp_path):
+    """A pass over many new files notifies as it goes: the first file is in use (and
+    announced) before the last is read, and no update outlives its notification (each
+    holds a snapshot of every pole vector: hundreds kept to the end cost hundreds of MB)."""
+    import gc
+    import weakref
+
+    bank = PromptBank(folder, text_encoder, PromptBankOptions(cache=str(tmp_path / "c.sqlite")))
+    order, kept = [], []
+    bank.subscribe(lambda u: (order.append(("notified", u.added)), kept.append(weakref.ref(u))))
+    prepare = bank._prepare
+    bank._prepare = lambda path, number: (order.append(("read", Path(path).stem)), prepare(path, number))[1]
+    for i in range(30):
+        (folder / f"bulk_{i:02d}.toml").write_text(CALM.replace("Calm", f"Calm {i}"))
+    summary = bank.reload()
+    gc.collect()
+    assert order.index(("notified", ("bulk_00",))) < order.index(("read", "bulk_29"))
+    assert summary.added == tuple(f"bulk_{i:02d}" for i in range(30))
+    assert sum(ref() is not None for ref in kept) <= 1  # the summary's own, at most
