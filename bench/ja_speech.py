@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from trainer.synth.affect import CONTROLS, MoodWalk, vocal_controls  # noqa: E402
 from trainer.synth.script import SPEAKERS  # noqa: E402
-from trainer.synth.voice import open_engine  # noqa: E402
+from trainer.synth.engines import open_engine  # noqa: E402
 
 SENTENCES = [
     "いらっしゃいませ。何かお探しですか。",

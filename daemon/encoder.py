@@ -47,16 +47,6 @@ def encoder_options(cfg, provider: str | None = None) -> EncoderOptions:
                           max_batch=cfg.encoder.max_batch)
 
 
-def audio_encoder(cfg, bundle: Bundle, provider: str | None = None) -> "AudioEncoder":
-    """The audio encoder `[encoder] backend` names: this process's ONNX Runtime, or a
-    Triton server (daemon.triton)."""
-    if cfg.encoder.backend == "triton":
-        from .triton import TritonAudioEncoder, triton_options
-
-        return TritonAudioEncoder(bundle, triton_options(cfg), encoder_options(cfg, provider))
-    return AudioEncoder(bundle, options=encoder_options(cfg, provider))
-
-
 def _gpu_present() -> bool:
     # onnxruntime-gpu lists CUDA even without a GPU; ask the driver before trying it.
     return Path("/dev/nvidiactl").exists() or bool(os.environ.get("EMOCLAP_ASSUME_GPU"))

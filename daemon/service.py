@@ -45,7 +45,8 @@ class Parts:
 
 def open_encoder(cfg: Config, bundle):
     from .batcher import Batcher
-    from .encoder import TextEncoder, audio_encoder
+    from .backends import audio_encoder
+    from .encoder import TextEncoder
     from .transcriber import utterance_reader
     from .worker import EncodeWorker, ObservedEncoder
 

@@ -66,7 +66,7 @@ def _runtime_text_encoder_matches_torch(bundle, checkpoint):
     from daemon.encoder import TextEncoder
     from tests.japanese import japanese_sentences
     from trainer.checkpoint import load_for_inference
-    from trainer.model import tokenize
+    from trainer.tokenization import tokenize
 
     loaded = load_for_inference(checkpoint)
     sentences = japanese_sentences()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from trainer.model import masked_mean
+from trainer.masks import masked_mean
 from trainer.pooling import AudioPooling, masked_stats
 
 

@@ -16,7 +16,8 @@ from trainer.manifest import load_manifest
 from trainer.synth.affect import CONTROLS
 from trainer.synth.corpus import CorpusOptions
 from trainer.synth.script import SPEAKERS
-from trainer.synth.voice import VoiceError, open_engine
+from trainer.synth.engines import open_engine
+from trainer.synth.voice import VoiceError
 
 SENTENCE = "こちらの車には、シートヒーターが付いています。"
 SHORT = "ありがとうございます。"

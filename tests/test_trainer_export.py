@@ -94,7 +94,7 @@ def test_real_minilm_text_tower_exports_with_its_own_tokenizer(tmp_path, monkeyp
     from transformers import AutoTokenizer
 
     from trainer.config import TowerOptions
-    from trainer.model import resolve_source
+    from trainer.sources import resolve_source
 
     cfg = load_config("configs/demo.toml")
     cfg.model.audio = load_config("configs/tiny.toml").model.audio  # keep the audio side small
@@ -115,7 +115,7 @@ def test_real_minilm_text_tower_exports_with_its_own_tokenizer(tmp_path, monkeyp
 
 def test_the_runtime_encoders_reproduce_the_torch_model(exported):
     from daemon.encoder import AudioEncoder, TextEncoder
-    from trainer.model import tokenize
+    from trainer.tokenization import tokenize
 
     model, tok, out, _, real = exported
     bundle = load_bundle(out)

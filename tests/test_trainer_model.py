@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, config_from_dict, load_config
-from trainer.model import ClapModel, load_tokenizer, tokenize
+from trainer.model import ClapModel, load_tokenizer
+from trainer.tokenization import tokenize
 
 torch.set_num_threads(1)
 

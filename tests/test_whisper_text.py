@@ -20,7 +20,10 @@ from trainer.config import TowerOptions, load_config
 from trainer.ct2 import CT2Error
 from trainer.descriptions import load_descriptions
 from trainer.export import export_bundle, export_text, tower_sources
-from trainer.model import ClapModel, TextTower, build_text_tower, load_tokenizer, masked_mean, resolve_source, tokenize
+from trainer.masks import masked_mean
+from trainer.model import ClapModel, TextTower, build_text_tower, load_tokenizer
+from trainer.tokenization import tokenize
+from trainer.sources import resolve_source
 from trainer.tokenization import write_runtime_tokenizer
 from trainer.whisper_sources import PINNED, reference_input
 from trainer.whisper_text import (REFERENCE_MAX_ABS, REFERENCES, WhisperTextEncoder, centred, decoder_logits,

@@ -79,7 +79,7 @@ def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) 
 
 
 def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
-    from trainer.model import tokenize
+    from trainer.tokenization import tokenize
 
     ids, mask = tokenize(tokenizer, ["a short one", "a somewhat longer example sentence here"])
     _export(_TextGraph(model), (ids, mask), path, ["input_ids", "attention_mask"],
@@ -150,7 +150,7 @@ class Parity:
 def check_tokenizer(tokenizer, runtime: TextTokenizer, texts: list[str]) -> None:
     """The bundle's tokenizer (emoclap.tokenizer, as the daemon runs it) must give the ids
     and masks the model was trained with."""
-    from trainer.model import tokenize
+    from trainer.tokenization import tokenize
 
     for text in texts:
         ids, mask = tokenize(tokenizer, [text])
@@ -165,7 +165,7 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
     """Minimum cosine between ONNX Runtime and torch embeddings; torch runs each clip alone,
     and the ONNX text tower gets the ids of the `runtime` tokenizer when given."""
     import onnxruntime as ort
-    from trainer.model import tokenize
+    from trainer.tokenization import tokenize
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -247,7 +247,7 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
 def _export_transcriber(model, decoder, language: str, out: Path, clips: list[np.ndarray]) -> tuple[dict, dict]:
     from trainer.transcriber import check_transcriber, export_transcriber, tower_frames
     from trainer.whisper_sources import ct2_source
-    from trainer.model import resolve_source
+    from trainer.sources import resolve_source
 
     source = model.opts.audio.pretrained
     ct2 = ct2_source(source)

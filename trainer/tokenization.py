@@ -123,3 +123,19 @@ def write_runtime_tokenizer(tokenizer, folder: Path) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return section
+
+
+def configure_tokenizer(tok: Tokenizer, max_tokens: int, pad_id: int, pad_token: str) -> Tokenizer:
+    # Truncation and padding live in tokenizer.json so the runtime tokenises exactly as training did.
+    tok.enable_truncation(max_length=max_tokens)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not is_fast(tokenizer):
+        return tokenize_slow(tokenizer, texts)
+    encs = tokenizer.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
+    mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
+    return ids, mask

@@ -20,7 +20,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoclap.audio import SAMPLE_RATE
-from trainer.model import _length_mask, normalize_valid
+from trainer.masks import length_mask, normalize_valid
 
 N_FFT, HOP = 400, 160
 # conv2's stride: mel frames = samples // HOP, encoder frames = ceil(mel frames / 2).
@@ -59,7 +59,7 @@ class LogMel(nn.Module):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features [B, n_mels, frames] (zero past each utterance's end) and mel frame counts [B]."""
-        x = waveform * _length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
+        x = waveform * length_mask(lengths, waveform.shape[1]).to(waveform.dtype)
         x = torch.cat([x.index_select(1, self.reflect), x], 1)
         x = F.pad(x, (0, N_FFT // 2))
         spec = F.conv1d(x[:, None, :], self.dft, stride=HOP)[..., :-1]  # torch.stft's last frame is dropped
@@ -69,7 +69,7 @@ class LogMel(nn.Module):
         # power spectrum's range (1e-10 up) does not survive 8 bits.
         log = F.conv1d(power, self.mel).clamp(min=1e-10).log10()
         frames = mel_frames(lengths)
-        valid = _length_mask(frames, log.shape[-1])[:, None, :]
+        valid = length_mask(frames, log.shape[-1])[:, None, :]
         peak = log.masked_fill(~valid, -100.0).amax(dim=(1, 2), keepdim=True)
         log = (torch.maximum(log, peak - 8.0) + 4.0) / 4.0
         return log * valid.to(log.dtype), frames
@@ -116,14 +116,14 @@ class WhisperTower(nn.Module):
 
     def encode_states(self, features: torch.Tensor, mels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         enc = self.encoder
-        mel_mask = _length_mask(mels, features.shape[-1])[:, None, :].to(features.dtype)
+        mel_mask = length_mask(mels, features.shape[-1])[:, None, :].to(features.dtype)
         # conv2 looks one frame ahead: conv1's outputs past the end must be the zeros an
         # utterance alone would be padded with.
         x = F.gelu(enc.conv1(features * mel_mask)) * mel_mask
         x = F.gelu(enc.conv2(x)).transpose(1, 2)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         x = F.dropout(x, p=enc.dropout, training=self.training)
-        mask = _length_mask(encoder_frames(mels), x.shape[1])
+        mask = length_mask(encoder_frames(mels), x.shape[1])
         bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
         states = [x]
         for layer in enc.layers:

@@ -26,7 +26,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from emoclap.audio import SAMPLE_RATE
 from trainer.config import TowerOptions
 from trainer.ct2 import CT2Error, read_model_bin, sha256_of, whisper_dims, whisper_encoder_state
-from trainer.model import resolve_source
+from trainer.sources import resolve_source
 from trainer.whisper import WhisperTower, random_encoder
 
 log = logging.getLogger("emoclap.whisper")

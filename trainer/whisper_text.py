@@ -68,7 +68,7 @@ def surprisal_scorer(source: str, language: str, max_tokens: int = 128):
     encoder, tokenizer = load_whisper_text(opts), whisper_text_tokenizer(opts, language, max_tokens)
 
     def score(texts: list[str]) -> np.ndarray:
-        from trainer.model import tokenize
+        from trainer.tokenization import tokenize
 
         with torch.no_grad():
             return encoder.surprisal(*tokenize(tokenizer, list(texts))).numpy()
@@ -87,7 +87,7 @@ def silence_states(encoder: WhisperEncoder) -> torch.Tensor:
 
 
 def is_whisper_text(opts: TowerOptions) -> bool:
-    from trainer.model import resolve_source
+    from trainer.sources import resolve_source
     from trainer.whisper_sources import ct2_source
 
     if opts.pretrained is None:
@@ -111,7 +111,7 @@ def load_whisper_text(opts: TowerOptions, weights: bool = True) -> WhisperTextEn
         decoder = WhisperDecoder(WhisperConfig(**cfg))
         encoder = WhisperEncoder(WhisperConfig(**cfg)) if weights else None
     else:
-        from trainer.model import resolve_source
+        from trainer.sources import resolve_source
         from trainer.whisper_sources import ct2_encoder, ct2_source
 
         ct2 = ct2_source(opts.pretrained)
@@ -137,7 +137,8 @@ def load_whisper_text(opts: TowerOptions, weights: bool = True) -> WhisperTextEn
 def whisper_text_tokenizer(opts: TowerOptions, language: str, max_tokens: int) -> Tokenizer:
     """Whisper's tokenizer with the transcription prompt in `language` before every sentence,
     padded with <|endoftext|>, truncated to `max_tokens` in all."""
-    from trainer.model import _configure, resolve_source
+    from trainer.sources import resolve_source
+    from trainer.tokenization import configure_tokenizer
 
     if opts.tokenizer is not None:
         tok = _fast_tokenizer(resolve_source(opts.tokenizer))
@@ -161,7 +162,7 @@ def whisper_text_tokenizer(opts: TowerOptions, language: str, max_tokens: int) -
     assert len(prefix) == PREFIX_TOKENS
     tok.post_processor = processors.TemplateProcessing(single=" ".join(prefix) + " $A",
                                                        special_tokens=list(zip(prefix, ids)))
-    return _configure(tok, max_tokens, tok.token_to_id(PAD), PAD)
+    return configure_tokenizer(tok, max_tokens, tok.token_to_id(PAD), PAD)
 
 
 def _fast_tokenizer(source: Path | str) -> Tokenizer:

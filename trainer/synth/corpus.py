@@ -28,7 +28,7 @@ from trainer.manifest import Utterance, write_manifest
 from trainer.synth.affect import vocal_controls
 from trainer.synth.annotators import rate_utterance
 from trainer.synth.script import SCENARIOS, Turn, speakers, write_dialogue
-from trainer.synth.voice import ENGINES, open_engine
+from trainer.synth.engines import ENGINES, open_engine
 
 ROLE_CHANNEL = {"staff": 0, "customer": 1}
 
@@ -41,7 +41,7 @@ class CorpusOptions:
     language: str = "en"
     seed: int = 0
     workers: int = os.cpu_count() or 1
-    tts: str | None = None            # voice.ENGINES; None: the language's default
+    tts: str | None = None            # engines.ENGINES; None: the language's default
 
     @classmethod
     def small(cls, **overrides) -> "CorpusOptions":

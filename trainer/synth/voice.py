@@ -22,7 +22,6 @@ from emoclap.audio import SAMPLE_RATE
 from trainer.synth.script import VOICE_LANGUAGE, Speaker
 
 _SENTENCE_END = re.compile(r"(?<=[.?!。？！])\s*")
-ENGINES = ("espeak", "openjtalk", "kokoro")
 
 
 class VoiceError(RuntimeError):
@@ -121,24 +120,3 @@ class Espeak:
                   "-g", str(round(_clip(3 + 6 * c["pauses"], 0, 15))),
                   _ssml(self.reading(text), _clip(70 * c["pitch_range"], -85, 180), pause_ms(c))]
         return shape(_run(espeak), c, noise, text)
-
-
-def default_engine(language: str) -> str:
-    if language != "ja":
-        return "espeak"
-    from trainer.synth.voice_ja import best_installed
-    return best_installed()
-
-
-def open_engine(language: str, tts: str | None = None):
-    """The engine that speaks `language`: `tts` (one of ENGINES), or the default for the
-    language (English: espeak; Japanese: the best Japanese engine installed)."""
-    tts = tts or default_engine(language)
-    if tts not in ENGINES:
-        raise ValueError(f"unknown tts {tts!r}: use one of {', '.join(ENGINES)}")
-    if tts == "espeak" and language != "ja":
-        return Espeak(language)
-    if language != "ja":
-        raise ValueError(f"tts {tts!r} speaks Japanese only; use espeak for {language!r}")
-    from trainer.synth import voice_ja
-    return voice_ja.open_engine(tts)
