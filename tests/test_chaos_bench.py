@@ -146,7 +146,7 @@ def test_a_short_chaos_run_loses_nothing(tmp_path):
     need_root()
     out = tmp_path / "chaos.json"
     done = subprocess.run([sys.executable, "bench/chaos.py", "--quick", "--faults", "kill9,hang,partition,disk,sigterm",
-                           "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                           "--fault-s", "5", "--workdir", str(tmp_path / "work"), "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=380)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
