@@ -285,10 +285,14 @@ def garbage_ingest(port: int, sessions: int, seconds: float, headers: dict, fram
                                               "role": "customer", "sample_rate": 16000}))
 
                     async def read():
-                        async for text in ws:
-                            reply = json.loads(text)
-                            if reply.get("type") == "error":
-                                counts[reply["reason"]] = counts.get(reply["reason"], 0) + 1
+                        try:
+                            async for text in ws:
+                                reply = json.loads(text)
+                                if reply.get("type") == "error":
+                                    counts[reply["reason"]] = counts.get(reply["reason"], 0) + 1
+                        except websockets.ConnectionClosed as exc:
+                            key = f"closed {exc.rcvd.code if exc.rcvd else '?'}"
+                            counts[key] = counts.get(key, 0) + 1
                     reader, k = asyncio.create_task(read()), 0
                     while time.monotonic() < deadline and not reader.done():
                         await ws.send(noise if i == 0 else bad[k % len(bad)])
@@ -297,9 +301,10 @@ def garbage_ingest(port: int, sessions: int, seconds: float, headers: dict, fram
                         if k % 64 == 0:
                             await asyncio.sleep(0)  # let the reader count the replies
                     reader.cancel()
-            except websockets.ConnectionClosed as exc:
-                key = f"closed {exc.rcvd.code if exc.rcvd else '?'}"
-                counts[key] = counts.get(key, 0) + 1
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+            except websockets.ConnectionClosed:
+                pass  # counted by the reader, which saw the close first
             except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
                 counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
                 await asyncio.sleep(0.05)
