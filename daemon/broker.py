@@ -30,6 +30,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("emoclapd.broker")
 
+RTT_SAMPLES = 8  # heartbeats whose round trip the median is taken over
 MAX_FRAME = 32 << 20  # bytes: about 8 min of audio; a peer that sends more is disconnected
 
 
@@ -55,6 +56,8 @@ class Broker(threading.Thread):
         self.stop_event, self.drain_event = threading.Event(), threading.Event()
         self.drain_deadline, self.drain_patience_s, self.drain_limit = math.inf, 30.0, math.inf
         self._seen = (0, 0)  # requeued, duplicates: already added to the metrics
+        self._rtts: dict[bytes, deque] = {}  # each worker's last link round trips
+        self.slow_link_s = st.slow_link_ms / 1000
         self.losses: list[tuple[float, str, str]] = []  # (when, worker, why): died without BYE, none joined since
         # Bound here, so an endpoint in use fails at start-up with its key, not in a thread.
         self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
@@ -116,6 +119,10 @@ class Broker(threading.Thread):
                    for p in self.dispatcher.workers.values() if p.info.get("problem")]
             out += [f"encode worker {_label(p.info, p.id)}: silent for {now - p.heard:.1f} s"
                     for p in self.dispatcher.workers.values() if now - p.heard > quiet]
+            out += [f"encode worker {_label(p.info, p.id)}: link round trip {p.info['rtt_ms']:.0f} ms (median of "
+                    f"the last {RTT_SAMPLES} heartbeats; stages.slow_link_ms {self.slow_link_s * 1000:g})"
+                    for p in self.dispatcher.workers.values() if p.info.get("rtt_ms", 0) > self.slow_link_s * 1000]
+            self._rtts = {w: r for w, r in self._rtts.items() if w in self.dispatcher.workers}
             self.losses = [x for x in self.losses if now - x[0] < self.LOSS_REPORTED_S]
             out += [f"encode worker {who} lost {now - when:.0f} s ago ({why}); none has joined since"
                     for when, who, why in self.losses]
@@ -166,7 +173,7 @@ class Broker(threading.Thread):
                     for worker, req in self.dispatcher.assign(now):
                         self._send(worker, fleet.work(req.payload), now)
                 for worker in self.dispatcher.heartbeats(now):
-                    self._send(worker, fleet.broker_heartbeat(), now)
+                    self._send(worker, fleet.broker_heartbeat(now), now)
                 self._sync_counters()
             self._flush()
             if now >= next_gauges:
@@ -269,6 +276,12 @@ class Broker(threading.Thread):
             worker_info = d.workers[worker].info
             if worker_info.get("problem") != cmd.fields.get("problem"):
                 worker_info["problem"] = cmd.fields.get("problem")  # shown in /healthz, None when cleared
+            if "pong" in cmd.fields:
+                rtt = now - cmd.fields["pong"] - cmd.fields.get("held", 0.0)
+                if 0 <= rtt < 3600:  # a pong from this broker's clock (not a restarted one's)
+                    rtts = self._rtts.setdefault(worker, deque(maxlen=RTT_SAMPLES))
+                    rtts.append(rtt)
+                    worker_info["rtt_ms"] = round(1000 * sorted(rtts)[len(rtts) // 2], 1)
             for size, seconds in cmd.fields.get("batches", []):
                 self.metrics.batch_size.observe(size)
                 self.metrics.batch_latency.observe(seconds)

@@ -130,6 +130,7 @@ class StagesConfig:
     max_attempts: int = 3  # dispatches of one utterance before it is dropped as worker_lost
     request_timeout_s: float = 30.0  # a worker holding work that answers nothing this long is stuck
     broker_queue: int = 256  # utterances waiting for a worker; past it (no worker alive): no_worker
+    slow_link_ms: float = 100.0  # a worker whose heartbeat round trip is above it is named in /healthz
 
 
 @dataclass
@@ -317,7 +318,7 @@ def _validate(cfg: Config) -> None:
                               f"endpoint, got {endpoint!r}")
     _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s", "heartbeat_interval_s",
                                            "heartbeat_liveness", "max_attempts", "request_timeout_s",
-                                           "broker_queue"))
+                                           "broker_queue", "slow_link_ms"))
     for name, top in (("heartbeat_interval_s", 60), ("heartbeat_liveness", 100), ("max_attempts", 100),
                       ("broker_queue", 1_000_000)):  # a dead encode worker must be noticed
         if getattr(cfg.stages, name) > top:

@@ -76,6 +76,7 @@ class EncodeWorker(threading.Thread):
         self.drain_event = threading.Event()
         self.connects = 0
         self._rejoin = False  # the broker said RECONNECT
+        self._ping: tuple[float, float] | None = None  # the broker's last ping, and when it came
         # Connected here, so a bad endpoint fails at start-up, not in a thread.
         self._connect(self.credit)
 
@@ -103,9 +104,11 @@ class EncodeWorker(threading.Thread):
             got = self._receive(5 if self.pending else 50)
             self._complete()
             if self.broker.ping_due(now):
+                pong = None if self._ping is None else (self._ping[0], time.monotonic() - self._ping[1])
+                self._ping = None
                 self._send(fleet.heartbeat(len(self.pending),
                                            self.observed.take() if self.observed else None,
-                                           self._problem()))
+                                           self._problem(), pong))
             if self.drain_event.is_set():
                 if not draining:
                     draining = True
@@ -191,6 +194,8 @@ class EncodeWorker(threading.Thread):
                 log.info("encode: the broker does not know this worker; joining again")
                 self._rejoin = True
                 return got
+            if cmd.name == "HEARTBEAT" and "ping" in cmd.fields:
+                self._ping = (cmd.fields["ping"], now)
             if cmd.name == "WORK":
                 got += 1
                 self._work(cmd.message.utterance)

@@ -13,10 +13,14 @@ agent restarts a station, the stream's start time `t0` does not repeat.
 Frames (after the ROUTER's identity frame): [PROTOCOL, command, *body]
 
 - worker → broker: READY [json credit, name, host, pid]; HEARTBEAT [json pending,
-  batches] or []; RESULT [a `wire` embedding or speech message]; DROP [json station,
-  t0, seq, reason]; BYE [] (leaving: requeue what it still holds)
-- broker → worker: WORK [a `wire` segment message]; HEARTBEAT []; RECONNECT [] (you are
-  not known here: connect again and say READY)
+  batches, problem, pong, held] or []; RESULT [a `wire` embedding or speech message];
+  DROP [json station, t0, seq, reason]; BYE [] (leaving: requeue what it still holds)
+- broker → worker: WORK [a `wire` segment message]; HEARTBEAT [json ping] or [];
+  RECONNECT [] (you are not known here: connect again and say READY)
+
+A broker heartbeat's `ping` (the broker's own clock) comes back as the worker's next
+heartbeat's `pong`, with `held`, the seconds the worker kept it: the broker's time then,
+less `pong` and `held`, is the link's round trip.
 
 Pure: no sockets, no clocks; every call that needs the time is given `now`.
 """
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 
 from emoclap import wire
 
-PROTOCOL = b"EMOCLAP-FLEET/1"
+PROTOCOL = b"EMOCLAP-FLEET/2"  # 2: heartbeats carry the round-trip ping
 TO_BROKER = (b"READY", b"HEARTBEAT", b"RESULT", b"DROP", b"BYE")
 TO_WORKER = (b"WORK", b"HEARTBEAT", b"RECONNECT")
 WORKER_DROPS = ("too_short", "encoder_error")  # reasons a worker may give for a drop
@@ -68,14 +72,17 @@ def ready(credit: int, name: str = "", host: str = "", pid: int = 0) -> list[byt
 
 
 def heartbeat(pending: int | None = None, batches: list | None = None,
-              problem: str | None = None) -> list[bytes]:
+              problem: str | None = None, pong: tuple[float, float] | None = None) -> list[bytes]:
     """`problem`: what keeps the worker's encoder from working (e.g. its Triton server
-    is unreachable), for the gateway's /healthz; None when it works."""
-    if pending is None and batches is None and problem is None:
+    is unreachable), for the gateway's /healthz; None when it works. `pong`: the last
+    broker ping and the seconds it was held."""
+    if pending is None and batches is None and problem is None and pong is None:
         return _control(b"HEARTBEAT")
     body = {"pending": pending or 0, "batches": [list(b) for b in (batches or [])[-MAX_BATCHES:]]}
     if problem:
         body["problem"] = problem[:MAX_TEXT]
+    if pong is not None:
+        body["pong"], body["held"] = pong[0], max(0.0, pong[1])
     return _control(b"HEARTBEAT", body)
 
 
@@ -96,8 +103,8 @@ def work(frames: list[bytes]) -> list[bytes]:
     return [PROTOCOL, b"WORK", *frames]
 
 
-def broker_heartbeat() -> list[bytes]:
-    return _control(b"HEARTBEAT")
+def broker_heartbeat(ping: float | None = None) -> list[bytes]:
+    return _control(b"HEARTBEAT") if ping is None else _control(b"HEARTBEAT", {"ping": ping})
 
 
 def reconnect() -> list[bytes]:
@@ -124,7 +131,8 @@ BODY_RULES = {
                    "batches": lambda v: isinstance(v, list) and len(v) <= MAX_BATCHES and all(
                        isinstance(b, list) and len(b) == 2 and _count(b[0], MAX_CREDIT) and _finite(b[1])
                        and b[1] >= 0 for b in v),
-                   "problem": lambda v: _text(v, allow_empty=False)},
+                   "problem": lambda v: _text(v, allow_empty=False),
+                   "ping": _finite, "pong": _finite, "held": lambda v: _finite(v) and 0 <= v <= 3600},
     b"DROP": {"station": lambda v: _text(v, allow_empty=False), "t0": _finite, "seq": _count,
               "reason": lambda v: v in WORKER_DROPS},
 }

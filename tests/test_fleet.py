@@ -488,3 +488,44 @@ def test_scores_published_late_make_health_degraded_while_they_are(tmp_path, tin
     assert on_time["status"] == "ok", on_time["problems"]
     problem = [p for p in late["problems"] if p.startswith("scores late: p99 ")]
     assert problem and "over the last 60 s (5 utterances; server.late_after_s 0.4)" in problem[0], late["problems"]
+
+
+def test_a_slow_link_to_a_worker_is_named_by_its_round_trip(tmp_path, tiny_bundle):
+    """A worker on a slow or lossy network still answers, only late: /healthz names it by
+    the heartbeats' measured round trip, and a worker on a good link is not named."""
+    from emoclap.bundle import load_bundle
+
+    cfg = fleet_config(tmp_path, tiny_bundle)
+    cfg.stages.slow_link_ms = 100.0
+    worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
+    send = worker._send
+    delay = {"s": 0.0}
+
+    def slow_send(frames):  # what it sends leaves `delay` later, as over a slow link
+        if frames[1] == b"HEARTBEAT" and delay["s"]:
+            time.sleep(delay["s"])
+        send(frames)
+    worker._send = slow_send
+
+    async def body(svc):
+        worker.start()
+        broker = svc.parts.broker
+        await until(lambda: len(broker.snapshot()["workers"]) == 1, 20, "the worker to join")
+        await until(lambda: "rtt_ms" in broker.snapshot()["workers"][0], 10, "a measured round trip")
+        await asyncio.sleep(2.5)
+        fast = svc.parts.server.health()["problems"], broker.snapshot()["workers"][0]["rtt_ms"]
+        delay["s"] = 0.2
+        await until(lambda: any("link round trip" in p for p in svc.parts.server.health()["problems"]), 15,
+                    "the slow link in /healthz")
+        return fast, svc.parts.server.health()["problems"]
+
+    try:
+        (fast_problems, fast_rtt), slow_problems = with_service(cfg, body, stages=("serve",))
+    finally:
+        worker.drain()
+        worker.join(10)
+        batcher.close()
+    assert fast_rtt < 50 and not [p for p in fast_problems if "link round trip" in p], (fast_rtt, fast_problems)
+    named = [p for p in slow_problems if "link round trip" in p]
+    assert named and named[0].startswith(f"encode worker {name(os.getpid())}: link round trip 2")
+    assert named[0].endswith("ms (median of the last 8 heartbeats; stages.slow_link_ms 100)")

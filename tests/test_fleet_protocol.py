@@ -33,6 +33,9 @@ def test_every_command_round_trips():
     assert fleet.decode(fleet.heartbeat(), "broker").fields == {}
     cmd = fleet.decode(fleet.heartbeat(0, None, "encoder: Triton at h:1 unreachable for 3 s"), "broker")
     assert cmd.fields["problem"] == "encoder: Triton at h:1 unreachable for 3 s"
+    cmd = fleet.decode(fleet.heartbeat(1, None, None, (812.25, 0.125)), "broker")
+    assert (cmd.fields["pong"], cmd.fields["held"]) == (812.25, 0.125)
+    assert fleet.decode(fleet.broker_heartbeat(812.25), "worker").fields == {"ping": 812.25}
     work = fleet.decode(fleet.work(wire.segment(utt)), "worker")
     assert work.name == "WORK" and fleet.key_of(work.message.utterance) == fleet.key_of(utt)
     assert np.array_equal(work.message.utterance.audio, utt.audio)
@@ -59,7 +62,7 @@ def refused(frames, to, why):
 def test_bad_messages_name_the_rule():
     utt = utterance()
     p = fleet.PROTOCOL
-    refused([b"MDPW01", b"READY", b"{}"], "broker", "not a EMOCLAP-FLEET/1 message")
+    refused([b"MDPW01", b"READY", b"{}"], "broker", "not a EMOCLAP-FLEET/2 message")
     refused([p, b"WORK", *wire.segment(utt)], "broker", "unknown command b'WORK' for a broker")
     refused([p, b"READY"], "broker", "READY: missing its body")
     refused([p, b"READY", b'{"credit": -1}'], "broker", "field 'credit' is malformed")
@@ -76,6 +79,8 @@ def test_bad_messages_name_the_rule():
     refused([p, b"HEARTBEAT", b'{"batches": [[1, -2]]}'], "broker", "field 'batches' is malformed")
     refused([p, b"HEARTBEAT", b'{"problem": 7}'], "broker", "field 'problem' is malformed")
     refused([p, b"HEARTBEAT", b'{"problem": ""}'], "broker", "field 'problem' is malformed")
+    refused([p, b"HEARTBEAT", b'{"held": -1}'], "broker", "field 'held' is malformed")
+    refused([p, b"HEARTBEAT", b'{"ping": "now"}'], "worker", "field 'ping' is malformed")
     refused([p, b"BYE", b"{}"], "broker", "BYE: has no body")
     refused([p, b"RESULT", *wire.segment(utt)], "broker", "RESULT: carries a segment message")
     refused([p, b"RESULT", *wire.status({})], "broker", "RESULT: carries a status message")
@@ -85,6 +90,9 @@ def test_bad_messages_name_the_rule():
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                 max_size=4), max_leaves=12)
+# Bodies with the fields the protocol knows (and one it does not), any values.
+FIELDS = st.dictionaries(st.sampled_from(["pending", "batches", "problem", "ping", "pong", "held", "credit",
+                                          "station", "seq", "x"]), JSON, max_size=4)
 
 
 @settings(max_examples=300, deadline=None)
@@ -98,7 +106,7 @@ def test_random_frames_never_crash(frames, to):
 
 @settings(max_examples=200, deadline=None)
 @given(name=st.sampled_from(list(fleet.TO_BROKER + fleet.TO_WORKER) + [b"", b"ready", b"\xff"]),
-       body=st.lists(JSON, max_size=3), to=st.sampled_from(["broker", "worker"]))
+       body=st.lists(JSON | FIELDS, max_size=3), to=st.sampled_from(["broker", "worker"]))
 def test_hostile_bodies_are_refused_or_valid(name, body, to):
     frames = [fleet.PROTOCOL, name, *(json.dumps(b).encode() for b in body)]
     try:
