@@ -63,7 +63,7 @@ from emoclap.audio import SAMPLE_RATE  # noqa: E402
 from emoclap.segmenter import SegmenterOptions  # noqa: E402
 
 FAULTS = ("kill9", "hang", "partition", "lossy", "disk", "webhook", "ingest", "flood", "prompts", "sigterm")
-CAUSES = {"kill9": "encode worker", "hang": "encode worker", "partition": "encode worker",
+CAUSES = {"kill9": "encode worker", "hang": "encode worker", "partition": "encode worker", "lossy": "link round trip",
           "disk": "history: cannot write", "webhook": "webhook:", "ingest": "refused in the last",
           "flood": "refused in the last", "sigterm": "stopping: draining"}  # what /healthz must name
 FOUND_BY_TRAFFIC = {"disk", "webhook"}

@@ -116,12 +116,23 @@ class Relay(threading.Thread):
             writer.close()
 
 
+def free_subnet() -> str:
+    """A 10.78.X /24 no interface of this host has (a run killed before it could clean up
+    leaves its namespace's link behind)."""
+    taken = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    for x in secrets.SystemRandom().sample(range(256), 256):
+        if f" 10.78.{x}." not in taken:
+            return f"10.78.{x}"
+    raise RuntimeError("no free 10.78.X.0/24 subnet for the worker's namespace")
+
+
 class WorkerHost:
     """A namespace with its own address on a veth pair to this host."""
 
-    def __init__(self, subnet: str = "10.78.0"):
+    def __init__(self, subnet: str | None = None):
         tag = secrets.token_hex(3)
         self.ns, self.host_link, self.link = f"emoclap-chaos-{tag}", f"vc{tag}h", f"vc{tag}w"
+        subnet = subnet or free_subnet()
         self.host_ip, self.ip = f"{subnet}.1", f"{subnet}.2"
 
     def __enter__(self) -> "WorkerHost":

@@ -89,7 +89,7 @@ def round_trip(ns: str, port: int, timeout: float) -> float:
 @pytest.mark.timeout(60)
 def test_the_worker_host_delays_cuts_off_and_heals():
     need_root()
-    with faults.WorkerHost("10.79.0") as host:
+    with faults.WorkerHost() as host:
         srv, port = echo_server(host.host_ip)
         relay_port = 20000 + os.getpid() % 20000
         relay = faults.Relay(host.ns, relay_port, (host.host_ip, port)).start()
