@@ -237,10 +237,13 @@ class Run:
             self.disk.free()
             return f"filled {filled / 2**20:.1f} MiB"
         elif name == "webhook":
+            # Hung until an alert is sent to it (they come when scores cross a rule), then `seconds` more.
             self.webhook.hang.set()
+            waited = wait_for(lambda: self.webhook.hung > 0, 60)
             time.sleep(seconds)
             self.webhook.hang.clear()
-            return f"{self.webhook.delivered} deliveries in all"
+            return (f"{self.webhook.hung} deliveries left unanswered, {self.webhook.delivered} answered in all"
+                    + ("" if waited else "; no alert came in 60 s"))
         elif name == "ingest":
             counts = faults.garbage_ingest(self.gateway.port, 4, seconds, {}, 32000)
             return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

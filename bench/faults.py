@@ -192,12 +192,13 @@ class WebhookReceiver:
     def __init__(self):
         receiver = self
         self.hang = threading.Event()
-        self.delivered = 0
+        self.delivered = self.hung = 0  # answered; and left unanswered while hanging
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if receiver.hang.is_set():
+                    receiver.hung += 1
                     deadline = time.monotonic() + 60
                     while receiver.hang.is_set() and time.monotonic() < deadline:
                         time.sleep(0.05)
