@@ -55,8 +55,8 @@ sys.path.insert(0, str(REPO))
 from bench import faults  # noqa: E402
 from bench.capacity import bundle_for  # noqa: E402
 from bench.gateway import Gateway, Watch, settled, stored_rows, unaccounted, wait_for  # noqa: E402
-from bench.listeners import Listeners, percentile_ms  # noqa: E402
-from bench.service import free_port, write_config  # noqa: E402
+from bench.listeners import Listeners  # noqa: E402
+from bench.service import free_port, pct, write_config  # noqa: E402
 from bench.workload import tracks, vad_wait_s  # noqa: E402
 from daemon.config import ServerConfig  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
@@ -189,9 +189,9 @@ class Run:
         for s in seen:
             per_client.setdefault(s.client, []).append(s.key)
         row.twice = sum(len(keys) - len(set(keys)) for keys in per_client.values())
-        row.p99_during = percentile_ms([s.overhead for s in seen if s.time < end], 99)
+        row.p99_during = pct([s.overhead for s in seen if s.time < end], 99)
         back = ok_at or end
-        row.p99_after = percentile_ms([s.overhead for s in seen if back <= s.time < back + args.after_s], 99)
+        row.p99_after = pct([s.overhead for s in seen if back <= s.time < back + args.after_s], 99)
         samples = self.watch.between(start, back)
         row.rss_mib = max((s[2] for s in self.watch.between(start, back + args.after_s)), default=0.0)
         polled = [h for _, h, _ in samples if h is not None]

@@ -97,9 +97,3 @@ class Listeners:
         with self._lock:
             self.seen.append(seen)
 
-
-def percentile_ms(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000

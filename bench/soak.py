@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.capacity import bundle_for  # noqa: E402
-from bench.listeners import Listeners, percentile_ms  # noqa: E402
+from bench.listeners import Listeners  # noqa: E402
 from bench.probe import NOT_CAPACITY, tree_cpu_s  # noqa: E402
-from bench.service import free_port, proc_fds, proc_rss_mb, proc_threads, running_daemon, scrape, write_config  # noqa: E402
+from bench.service import free_port, pct, proc_fds, proc_rss_mb, proc_threads, running_daemon, scrape, write_config  # noqa: E402
 from bench.workload import tracks, vad_wait_s  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
 from emoclap.segmenter import SegmenterOptions  # noqa: E402
@@ -98,8 +98,8 @@ def table(samples: list[dict], seen, start: float, args) -> list[dict]:
             span = part[-1]["t"] - part[0]["t"]
             cpu = (part[-1]["cpu_s"] - part[0]["cpu_s"]) / span * 100 if span > 0 else float("nan")
             rows.append({"from": t / 60, "to": min(t + step, args.minutes * 60) / 60,
-                         "events": len(events) / args.clients, "p50": percentile_ms(events, 50),
-                         "p99": percentile_ms(events, 99), "rss": part[-1]["rss"], "fds": part[-1]["fds"],
+                         "events": len(events) / args.clients, "p50": pct(events, 50),
+                         "p99": pct(events, 99), "rss": part[-1]["rss"], "fds": part[-1]["fds"],
                          "threads": part[-1]["threads"], "cpu": cpu})
         t += step
     return rows

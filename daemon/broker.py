@@ -122,7 +122,6 @@ class Broker(threading.Thread):
             out += [f"encode worker {_label(p.info, p.id)}: link round trip {p.info['rtt_ms']:.0f} ms (median of "
                     f"the last {RTT_SAMPLES} heartbeats; stages.slow_link_ms {self.slow_link_s * 1000:g})"
                     for p in self.dispatcher.workers.values() if p.info.get("rtt_ms", 0) > self.slow_link_s * 1000]
-            self._rtts = {w: r for w, r in self._rtts.items() if w in self.dispatcher.workers}
             self.losses = [x for x in self.losses if now - x[0] < self.LOSS_REPORTED_S]
             out += [f"encode worker {who} lost {now - when:.0f} s ago ({why}); none has joined since"
                     for when, who, why in self.losses]
@@ -165,6 +164,7 @@ class Broker(threading.Thread):
                 infos = {w: p.info for w, p in self.dispatcher.workers.items()}
                 dead, drops = self.dispatcher.expire(now)
                 for worker in dead:
+                    self._rtts.pop(worker, None)
                     log.warning("encode worker %s lost: silent for over %.1f s", worker.hex(),
                                 self.dispatcher.timeout_s)
                     self._lost(worker, infos.get(worker, {}), f"silent for over {self.dispatcher.timeout_s:.1f} s", now)
@@ -267,6 +267,7 @@ class Broker(threading.Thread):
         if cmd.name == "BYE":
             if worker in d.workers:
                 log.info("encode worker %s left", worker.hex())
+            self._rtts.pop(worker, None)
             self._count(d.leave(worker, now))
             return
         if cmd.name == "HEARTBEAT":
@@ -309,6 +310,7 @@ class Broker(threading.Thread):
                 log.warning("encode worker %s unreachable (%s): its work goes to others",
                             worker.hex(), exc.strerror)
                 self._lost(worker, self.dispatcher.workers[worker].info, f"unreachable: {exc.strerror}", now)
+                self._rtts.pop(worker, None)
                 self._count(self.dispatcher.leave(worker, now))
 
     def _lost(self, worker: bytes, info: dict, why: str, now: float) -> None:

@@ -85,8 +85,7 @@ class Server:
     async def stop_ingest(self) -> None:
         """Stop taking audio: close every ingest session (their segmenters flush). The
         server keeps listening until `close()`, so /healthz and /metrics show the drain;
-        new /ws and /ingest connections are refused (503) from now on."""
-        self.stopping = True
+        new /ws and /ingest connections are refused (503) once `stopping` is set."""
         for name in list(self.ingest_sessions):
             await self._end_ingest(name)
         if self._tick_task is not None:
