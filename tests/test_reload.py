@@ -93,12 +93,13 @@ def test_hundreds_of_prompt_files_at_once_reach_clients_as_a_few_messages(tmp_pa
     cfg = service_config(tmp_path, tiny_bundle)
     cfg.prompts = str(prompts)
 
-    async def until_set(ws, size):
+    async def until_set(ws, size, errors):
+        # The set may reach its size a moment before the last refused file is named.
         count = 0
         while True:
             msg = (await receive(ws, "prompts", 1, timeout=60))[0]
             count += 1
-            if len(msg["emotions"]) == size:
+            if len(msg["emotions"]) == size and len(msg["errors"]) == errors:
                 return count, msg
 
     async def main():
@@ -111,12 +112,12 @@ def test_hundreds_of_prompt_files_at_once_reach_clients_as_a_few_messages(tmp_pa
                 for i in range(300):
                     (prompts / f"bulk_{i:03d}.toml").write_text(NEW.replace("Calm", f"Calm {i}")
                                                                 .replace("calm.", f"calm {i}."))
-                added = await until_set(ws, MAX_FILES)
+                added = await until_set(ws, MAX_FILES, 300 + existing - MAX_FILES)
                 add_s = time.monotonic() - started
                 started = time.monotonic()
                 for path in prompts.glob("bulk_*.toml"):
                     path.unlink()
-                removed = await until_set(ws, existing)
+                removed = await until_set(ws, existing, 0)
                 return added, add_s, removed, time.monotonic() - started, svc.parts.server.health()
         finally:
             await svc.stop()
@@ -124,7 +125,7 @@ def test_hundreds_of_prompt_files_at_once_reach_clients_as_a_few_messages(tmp_pa
     (n_added, added), add_s, (n_removed, removed), remove_s, health = asyncio.run(main())
     print(f"\n300 files: 256 in use after {add_s:.1f} s ({n_added} messages), all gone after "
           f"{remove_s:.1f} s ({n_removed} messages)")
-    assert len(added["errors"]) == 300 + existing - MAX_FILES  # the files past the limit, each named
+    assert all("more than 256 prompt files" in e["message"] for e in added["errors"])
     names = {e["name"] for e in added["emotions"]}
     assert {p.stem for p in (REPO / "prompts").glob("*.toml")} <= names  # purchase_intention stays
     assert n_added <= 2 * add_s / 0.5 + 2 and n_removed <= 2 * remove_s / 0.5 + 2
