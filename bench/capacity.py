@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import floor  # noqa: E402
-from bench.probe import Probe, Setup, Window, probe  # noqa: E402
+from bench.probe import Probe, Setup, Window, probe, stage_table  # noqa: E402
 from bench.service import free_port, stop  # noqa: E402
 from bench.workload import tracks, vad_wait_s  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
@@ -247,6 +247,7 @@ def main() -> None:
                 def run(n: int, setup=setup, helpers=helpers) -> Probe:
                     p = probe(setup, n, work, w, args.workdir, args.worker_command, helpers)
                     print(p.line(), flush=True)
+                    print(stage_table(p.stages), flush=True)
                     return p
                 probes = search(run, args.start, args.max_stations, args.budget_min * 60)
         except RuntimeError as exc:

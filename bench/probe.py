@@ -18,6 +18,7 @@ import numpy as np
 from bench.service import REPO, client, free_port, pct, proc_rss_mb, running_daemon, scrape, stop, write_config
 from bench.workload import Workload
 from emoclap.audio import SAMPLE_RATE
+from emoclap.latency import STAGES
 
 NOT_CAPACITY = {"too_short"}  # refusals of what was said, not of load
 REPLAY_CHUNK = SAMPLE_RATE // 10  # what a real-time replay feeds at once (daemon/sources.py)
@@ -125,12 +126,16 @@ async def observe(port: int, pids: list[int], n: int, work: Workload, w: Window)
     span = min(w.max_s, max(w.min_s, w.min_utterances / max(expected_rate, 1e-9)))
     grace = max(2.0, 2 * w.limit_s + w.vad_s)
     seen: list[list[float]] = [[] for _ in range(w.clients)]
+    parts: list[dict] = []  # one per event a client got: its overhead, split by stage
     t0 = time.time() + w.warmup_s
     t1 = t0 + span
 
     def on_event(i, msg, received):
         if t0 <= msg["time"] < t1:
-            seen[i].append(received - fed_at(msg, work.loop_samples, w.vad_s, w.frame))
+            fed = fed_at(msg, work.loop_samples, w.vad_s, w.frame)
+            seen[i].append(received - fed)
+            if "latency_ms" in msg:
+                parts.append(split(msg, fed, received))
 
     stop = asyncio.Event()
     tasks = [asyncio.create_task(client(port, [], [], i, stop, 0.0, on_event)) for i in range(w.clients)]
@@ -152,7 +157,43 @@ async def observe(port: int, pids: list[int], n: int, work: Workload, w: Window)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"overheads": [x for s in seen for x in s], "per_client": [len(s) for s in seen],
-            "expected": expected_rate * span, "span_s": span, "cpu": cpu, "rss": rss, "early": why}
+            "expected": expected_rate * span, "span_s": span, "cpu": cpu, "rss": rss, "early": why,
+            "stages": where_time_goes(parts)}
+
+
+def split(msg: dict, fed: float, received: float) -> dict:
+    """One event's overhead (ms) by part: the daemon's stages (`latency_ms`), with `closing`
+    counted from the audio that closed it (`fed`), and `client`: its queue, the socket and
+    the client's own loop (received − the daemon handing it over)."""
+    ms = dict(msg["latency_ms"])
+    ended = msg["time"]
+    handed = ended + sum(ms.values()) / 1000
+    ms["closing"] = ms.get("closing", 0.0) - (fed - ended) * 1000
+    ms["client"] = (received - handed) * 1000
+    ms["overhead"] = (received - fed) * 1000
+    return ms
+
+
+def where_time_goes(parts: list[dict]) -> dict[str, dict]:
+    """Per part: p50 and p99 over every event, and its mean over the slowest 1 % of events
+    (at least 5): what the p99 overhead is made of."""
+    if not parts:
+        return {}
+    slow = sorted(parts, key=lambda m: m["overhead"])[-max(5, len(parts) // 100):]
+    out = {}
+    for name in (*STAGES, "client", "overhead"):
+        values = [m.get(name, 0.0) for m in parts]
+        out[name] = {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
+                     "slowest": float(np.mean([m.get(name, 0.0) for m in slow]))}
+    return out
+
+
+def stage_table(stages: dict[str, dict]) -> str:
+    if not stages:
+        return "    (no per-stage times: the daemon's events carry no latency_ms)"
+    rows = ["    part        p50 ms   p99 ms   mean in the slowest 1 %"]
+    rows += [f"    {name:<10} {v['p50']:7.1f} {v['p99']:8.1f} {v['slowest']:9.1f}" for name, v in stages.items()]
+    return "\n".join(rows)
 
 
 @dataclass
@@ -167,6 +208,7 @@ class Probe:
     expected: float = 0.0
     drops: dict = field(default_factory=dict)
     means: dict = field(default_factory=dict)  # histogram_means
+    stages: dict = field(default_factory=dict)  # where_time_goes
     cpu: float = float("nan")
     rss: float = 0.0
     seconds: float = 0.0
@@ -207,7 +249,7 @@ def probe(setup: Setup, n: int, work: Workload, w: Window, workdir: Path, worker
     received = float(np.mean(r["per_client"])) if r["per_client"] else 0.0
     missing = r["expected"] - received
     p = Probe(n, True, "", pct(lat, 50), pct(lat, 95), pct(lat, 99), received, r["expected"], drops, means,
-              r["cpu"], r["rss"], time.monotonic() - started)
+              r["stages"], r["cpu"], r["rss"], time.monotonic() - started)
     lost = {k: v for k, v in drops.items() if k not in NOT_CAPACITY and v}
     why = [r["early"]] if r["early"] else []
     why += [f"{k} {int(v)}" for k, v in lost.items()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from emoclap.scorestream import ClientQueue, ScoreSession, dumps
 
@@ -27,10 +28,11 @@ class Client:
 
 
 class Hub:
-    def __init__(self, queue_limit: int, on_slow=None):
+    def __init__(self, queue_limit: int, on_slow=None, on_sent=None):
         self.queue_limit = queue_limit
         self.clients: set[Client] = set()
         self.on_slow = on_slow  # called once per client closed for slowness
+        self.on_sent = on_sent  # called with the seconds an utterance event waited for its send
 
     def add(self, ws) -> Client:
         client = Client(ws, self.queue_limit)
@@ -62,7 +64,7 @@ class Hub:
     def _put(self, client: Client, kind: str, text: str) -> None:
         if client.closing:
             return
-        if client.queue.put(kind, text):
+        if client.queue.put(kind, text, time.monotonic()):
             client.wake.set()
             return
         client.closing = True
@@ -95,6 +97,8 @@ class Hub:
                 client.wake.clear()
                 while (item := client.queue.get()) is not None and not client.closing:
                     await client.ws.send(item[1])
+                    if item[0] == "utterance" and self.on_sent is not None:
+                        self.on_sent(time.monotonic() - item[2])
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a broken connection ends only its own writer

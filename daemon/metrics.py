@@ -10,6 +10,8 @@ import collections
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STATES = ("starting", "online", "offline", "ended", "failed")
+# 1 ms to 5 s: a stage's p99 against the 300-ms budget is read off these
+STAGE_BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .15, .2, .3, .5, 1, 2.5, 5)
 
 
 class RecentLatency:
@@ -95,6 +97,13 @@ class Metrics:
                                        "From the segmenter emitting an utterance to publishing it",
                                        buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5),
                                        registry=r)
+        self.stage_latency = Histogram("emoclap_stage_seconds",
+                                       "Time an utterance spent in each stage, from its last audio to "
+                                       "its event in the clients' queues (emoclap.latency)",
+                                       ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.fanout = Histogram("emoclap_fanout_seconds",
+                                "From an event in a client's queue to its WebSocket send done, per client",
+                                buckets=STAGE_BUCKETS, registry=r)
         self.station_state = Gauge("emoclap_station_state", "1 for the station's current state",
                                    ["station", "state"], registry=r)
         self.clients = Gauge("emoclap_ws_clients", "Connected WebSocket clients",
@@ -213,6 +222,10 @@ class Metrics:
         for size, seconds in status.get("batches", []):
             self.batch_size.observe(size)
             self.batch_latency.observe(seconds)
+
+    def observe_spans(self, spans: dict[str, float]) -> None:
+        for stage, seconds in spans.items():
+            self.stage_latency.labels(stage).observe(seconds)
 
     def drop(self, station: str, reason: str, n: int = 1) -> None:
         self.dropped.labels(station, reason).inc(n)

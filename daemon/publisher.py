@@ -18,7 +18,7 @@ import time
 import zmq
 import zmq.asyncio
 
-from emoclap import scorestream, wire
+from emoclap import latency, scorestream, wire
 from emoclap.alerts import Alerts
 from emoclap.record import Utterance, speech_event
 from emoclap.scorer import Scorer
@@ -53,9 +53,9 @@ class Publisher:
         self.eos = asyncio.Event()
         self.history_error: str | None = None  # the last write failure, until a write succeeds
         self.latency = RecentLatency(60.0)  # segmenter → published, for /healthz's "scores late"
-        self.unwritten = Unwritten()
+        self.unwritten = Unwritten()  # committed rows the disk refused: written when it takes them again
         self._writing = asyncio.Lock()
-        self._prompts_sent, self._prompts_due = -PROMPTS_EVERY_S, None  # the prompt set's last broadcast  # committed rows the disk refused: written when it takes them again
+        self._prompts_sent, self._prompts_due = -PROMPTS_EVERY_S, None  # the prompt set's last broadcast
         self.last_upstream = time.monotonic()  # when the encode stage last reported
         self.fleet = None  # the broker (daemon.broker): it hears the encode workers
         self.received = 0  # embeddings taken off the link
@@ -130,7 +130,12 @@ class Publisher:
                     burst.append(self._pull.recv_multipart(zmq.NOBLOCK).result())
                 except zmq.Again:
                     break
-            taken = [t for t in map(self._take, burst) if t is not None]
+            taken, arrived = [], []
+            for frames in burst:
+                now = time.time()
+                if (t := self._take(frames)) is not None:
+                    taken.append(t)
+                    arrived.append(now)
             if taken:
                 visit_events, alert_events = [], []
                 for event, _, _ in taken:
@@ -140,12 +145,13 @@ class Publisher:
                     visit_events.append(caused)
                     alert_events.append([a for v in caused if v["state"] == "closed"
                                          for a in self.alerts.end_visit(v)] + self.alerts.observe(event))
+                scored = time.time()
                 await self._record(taken, [v for vs in visit_events for v in vs if v["state"] == "closed"],
                                    [a for alerts in alert_events for a in alerts])
-                now = time.time()
-                for (event, _, utt), caused, alerts in zip(taken, visit_events, alert_events):
-                    self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
-                    self.latency.add(max(0.0, now - utt.emitted), time.monotonic())
+                stored = time.time()
+                for (event, _, utt), came, caused, alerts in zip(taken, arrived, visit_events, alert_events):
+                    if event["type"] == "utterance":
+                        self._account(event, utt, came, scored, stored, time.time())
                     self.hub.broadcast(event if self.cfg.transcripts.publish else without_transcript(event),
                                        station=event["station"])
                     for v in caused:
@@ -163,6 +169,18 @@ class Publisher:
                         self.metrics.totals["speech"] += 1
                     await asyncio.sleep(0)  # client writers run between events of a burst
             self.settled = self.received  # the whole burst is published (or dropped) now
+
+    def _account(self, event: dict, utt: Utterance, arrived: float, scored: float, stored: float,
+                 now: float) -> None:
+        """The serve stage's spans, and the event's `latency_ms`: where its time went."""
+        utt.spans.update(closing=latency.span(utt.emitted - utt.time),
+                         to_serve=latency.span(arrived - (utt.encoded or arrived)),
+                         score=latency.span(scored - arrived),
+                         store=latency.span(stored - scored), publish=latency.span(now - stored))
+        event["latency_ms"] = latency.milliseconds(utt.spans)
+        self.metrics.observe_spans(utt.spans)
+        self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
+        self.latency.add(max(0.0, now - utt.emitted), time.monotonic())
 
     def _take(self, frames: list[bytes]) -> tuple[dict, object, Utterance] | None:
         """One message from the encode stage → (event, audio to store, utterance), if any."""

@@ -151,8 +151,8 @@ class Service:
         p.bank = await asyncio.to_thread(open_bank, cfg, bundle, changed)
         if cfg.history.enabled:
             p.history = History(cfg.history.path, cfg.history.store_audio)
-        metrics, hub = Metrics(), Hub(cfg.server.client_queue)
-        hub.on_slow = metrics.clients_closed.inc
+        metrics = Metrics()
+        hub = Hub(cfg.server.client_queue, on_slow=metrics.clients_closed.inc, on_sent=metrics.fanout.observe)
         p.publisher = Publisher(cfg, p.bank, metrics, p.history, hub)
         p.publisher.start()
         p.broker = Broker(cfg, metrics)

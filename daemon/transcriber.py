@@ -30,6 +30,7 @@ class Reading:
     embedding: np.ndarray
     text_embedding: np.ndarray | None = None
     transcript: str | None = None
+    spans: dict | None = None  # "encode" and "decode": seconds of the batch it was read in
 
 
 class Transcriber:
@@ -80,10 +81,15 @@ class Reader:
 
     def encode(self, audios: list[np.ndarray], words: list[bool] | None = None) -> list[Reading | None]:
         """`words[i]` False: utterance i on the audio path alone (no transcript)."""
+        started = time.perf_counter()
         if self.transcriber is None:
-            return [None if e is None else Reading(e) for e in self.encoder.encode(audios)]
+            embeddings = self.encoder.encode(audios)
+            spans = {"encode": time.perf_counter() - started}
+            return [None if e is None else Reading(e, spans=spans) for e in embeddings]
         embeddings, frames = self.encoder.encode_with_frames(audios)
-        out: list[Reading | None] = [None if e is None else Reading(e) for e in embeddings]
+        encoded = time.perf_counter()
+        spans = {"encode": encoded - started}
+        out: list[Reading | None] = [None if e is None else Reading(e, spans=spans) for e in embeddings]
         # A long utterance is read chunk by chunk, as its audio embedding was made.
         rows, owner, seconds = [], [], []
         for i, (audio, per) in enumerate(zip(audios, frames)):
@@ -107,6 +113,7 @@ class Reader:
                 out[i].text_embedding = v / max(float(np.linalg.norm(v)), 1e-12)
         for i, text in said.items():
             out[i].transcript = text
+        spans["decode"] = time.perf_counter() - encoded  # shared: every reading holds this dict
         return out
 
 

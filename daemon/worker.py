@@ -22,7 +22,7 @@ import time
 import numpy as np
 import zmq
 
-from emoclap import fleet, wire
+from emoclap import fleet, latency, wire
 from .config import Config
 from .links import LinkError, context
 from .transcriber import Reading
@@ -213,11 +213,11 @@ class EncodeWorker(threading.Thread):
             log.warning("encode: %s: cannot queue: %s", utt.station, exc)
             self._send(fleet.drop(key, "encoder_error"))
             return
-        self.pending[key] = (utt, future)
+        self.pending[key] = (utt, future, time.time())
 
     def _complete(self) -> None:
-        for key in [k for k, (_, f) in self.pending.items() if f.done()]:
-            utt, future = self.pending.pop(key)
+        for key in [k for k, (_, f, _) in self.pending.items() if f.done()]:
+            utt, future, taken = self.pending.pop(key)
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
@@ -233,5 +233,9 @@ class EncodeWorker(threading.Thread):
                 result = Reading(result)
             utt.embedding, utt.encoded = np.asarray(result.embedding, np.float32).reshape(-1), time.time()
             utt.text_embedding, utt.transcript = result.text_embedding, result.transcript
+            computed = dict(result.spans or {})
+            utt.spans.update(to_encoder=latency.span(taken - utt.emitted),
+                             queue=latency.span(utt.encoded - taken - sum(computed.values())),
+                             **{k: latency.span(v) for k, v in computed.items()})
             self._send(fleet.result(wire.embedding(utt, with_audio=self.forward_audio,
                                                    with_transcript=self.forward_transcript)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emoclap import latency
 from emoclap import quality as _quality
 from emoclap.voiceprint import check_decision
 
@@ -33,6 +34,7 @@ class Utterance:
     speaker: dict | None = None          # an auto station's staff/customer decision (voiceprint)
     quality: dict | None = None          # emoclap.quality: duration_s, level_dbfs, clipped, snr_db
     insufficient: str | None = None      # why it is too poor to count (emoclap.quality.REASONS)
+    spans: dict = field(default_factory=dict)  # stage → seconds it held this utterance (emoclap.latency)
 
     @property
     def duration(self) -> float:
@@ -64,6 +66,8 @@ def header(utt: Utterance) -> dict:
         out["quality"] = utt.quality
     if utt.insufficient is not None:
         out["insufficient"] = utt.insufficient
+    if utt.spans:
+        out["spans"] = {k: round(v, 6) for k, v in utt.spans.items()}
     return out
 
 
@@ -97,8 +101,12 @@ def from_header(fields: dict) -> Utterance:
         if values["role"] != speaker["decision"]:
             raise ValueError("field 'speaker': the decision is not the role")
     quality, insufficient = _quality.check(fields.get("quality"), fields.get("insufficient"))
+    try:
+        spans = latency.check(fields.get("spans", {}))
+    except ValueError as exc:
+        raise ValueError(f"field 'spans': {exc}") from None
     return Utterance(**values, encoded=None if encoded is None else float(encoded), speaker=speaker,
-                     quality=quality, insufficient=insufficient)
+                     quality=quality, insufficient=insufficient, spans=spans)
 
 
 @dataclass

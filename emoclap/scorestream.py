@@ -96,12 +96,13 @@ class ClientQueue:
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.items: deque[tuple[str, str]] = deque()
+        self.items: deque[tuple[str, str, float]] = deque()  # kind, text, when it was queued
         self.shed = 0  # stale snapshots dropped
         self.full = False
 
-    def put(self, kind: str, text: str) -> bool:
-        """Queue a message; False means the client cannot keep up and must go."""
+    def put(self, kind: str, text: str, at: float = 0.0) -> bool:
+        """Queue a message (`at`: the host's clock, for the time it waits); False means
+        the client cannot keep up and must go."""
         if self.full:
             return False
         if kind == "rolling":
@@ -109,7 +110,7 @@ class ClientQueue:
         if len(self.items) >= self.limit and not self._remove_rolling():
             self.full = True
             return False
-        self.items.append((kind, text))
+        self.items.append((kind, text, at))
         return True
 
     def _remove_rolling(self) -> int:
@@ -120,7 +121,7 @@ class ClientQueue:
                 return 1
         return 0
 
-    def get(self) -> tuple[str, str] | None:
+    def get(self) -> tuple[str, str, float] | None:
         return self.items.popleft() if self.items else None
 
     def __len__(self) -> int:

@@ -5,6 +5,7 @@ or counted dropped with a reason), a silent fleet is `degraded`, and an endpoint
 is refused instead of taken over."""
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -149,13 +150,15 @@ def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny
             await until(lambda: publisher.published == 4, 20, "the 4 queued utterances published")
             await until(lambda: broker.snapshot()["backlog"] == 0, 5, "an empty backlog")
             served = svc.parts.server.health()
+            after = await asyncio.to_thread(lambda: urllib.request.urlopen(http_url(svc, "/metrics"), timeout=10)
+                                            .read().decode())
         finally:
             worker.drain()
             await asyncio.to_thread(worker.join, 10)
             batcher.close()
-        return waiting, text, served, metrics.drop_counts()
+        return waiting, text, served, metrics.drop_counts(), after
 
-    waiting, text, served, drops = with_service(cfg, body, stages=("serve",))
+    waiting, text, served, drops, after = with_service(cfg, body, stages=("serve",))
     assert waiting["status"] == "degraded"
     assert "no encode worker alive (4 utterance(s) waiting)" in waiting["problems"]
     assert waiting["dropped"] == {"no_worker": 6}
@@ -166,6 +169,11 @@ def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny
     (w,) = served["fleet"]["workers"]
     assert w["answered"] == 4 and w["pid"] == os.getpid() and w["credit"] == 2 * cfg.encoder.max_batch
     assert drops == {"no_worker": 6} and served["utterances"] == 4
+    # Where their time went: the wait for a worker is the broker's, before the encoder's queue.
+    count = lambda stage: float(re.search(rf'^emoclap_stage_seconds_count{{stage="{stage}"}} (\S+)$', after, re.M)[1])
+    total = lambda stage: float(re.search(rf'^emoclap_stage_seconds_sum{{stage="{stage}"}} (\S+)$', after, re.M)[1])
+    assert all(count(s) == 4 for s in ("to_encoder", "queue", "encode", "to_serve", "score", "store", "publish"))
+    assert total("to_encoder") > total("queue")
 
 
 def holding(broker, pid: int) -> set:

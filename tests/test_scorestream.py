@@ -98,10 +98,10 @@ def test_messages_round_trip_as_json():
 def test_client_queue_sheds_stale_snapshots_before_events():
     q = ClientQueue(limit=3)
     assert q.put("rolling", "r1") and q.put("utterance", "u1") and q.put("rolling", "r2")
-    assert list(q.items) == [("utterance", "u1"), ("rolling", "r2")]  # r1 replaced by r2
+    assert [item[:2] for item in q.items] == [("utterance", "u1"), ("rolling", "r2")]  # r1 replaced by r2
     assert q.put("utterance", "u2")
     assert q.put("utterance", "u3")  # full: the stale snapshot goes, events stay
-    assert [t for _, t in q.items] == ["u1", "u2", "u3"] and q.shed == 2
+    assert [t for _, t, _ in q.items] == ["u1", "u2", "u3"] and q.shed == 2
     assert not q.put("utterance", "u4") and q.full  # only events left: too slow
     assert not q.put("rolling", "r3")
 
@@ -122,7 +122,7 @@ def test_client_queue_never_loses_an_event_silently(limit, ops):
         accepted = q.put(kind, f"{kind}{n}")
         if kind == "utterance" and accepted:
             sent.append(f"utterance{n}")
-        assert len(q) <= limit and sum(k == "rolling" for k, _ in q.items) <= 1
+        assert len(q) <= limit and sum(k == "rolling" for k, _, _ in q.items) <= 1
         if not accepted:
             assert q.full
             break

@@ -89,6 +89,14 @@ embeddings = "ipc://e.sock"
              for e, span in zip([e for e in events if e["station"] == station], spans[channel])]
     print("segmenter error end to end (s): start", [round(e["start"] - on, 2) for e, (on, _) in pairs],
           "end", [round(e["end"] - off, 2) for e, (_, off) in pairs])
+    # Each scored utterance says where its time went: every stage, adding up to no more
+    # than the time from its last audio to this client having it (a paced replay hands
+    # over each 100-ms chunk as it begins: up to 0.1 s before its audio's wall time).
+    for e in (e for e in events if e["type"] == "utterance"):
+        ms = e["latency_ms"]
+        assert {"closing", "to_encoder", "queue", "encode", "to_serve", "score", "store", "publish"} <= set(ms), e
+        assert all(v >= 0 for v in ms.values()) and ms["encode"] > 0
+        assert sum(ms.values()) / 1000 <= e["received_at"] - e["time"] + 0.1 + 0.01, e
     # the utterance SIGTERM interrupted was cut at the stop, not lost
     cut = [e for e in events if e["station"] == "customer"][-1]
     assert last_on < cut["end"] < last_off
@@ -115,7 +123,7 @@ async def watch(port, proc, stop_at):
                 except asyncio.TimeoutError:
                     msg = None
                 if msg and msg["type"] in ("utterance", "speech"):
-                    events.append(msg)
+                    events.append(dict(msg, received_at=time.time()))
                 if events and not sent:
                     t0 = events[0]["time"] - events[0]["end"]
                     if time.time() >= t0 + stop_at:

@@ -153,3 +153,26 @@ def test_hostile_status_messages_decode_or_raise_and_never_break_the_metrics(hea
     metrics.record_status(msg.header)
     assert metrics.accounting()["segmented"] == sum(header.get("segmented", {}).values())
     assert all(n >= 0 for n in metrics.accounting()["dropped"].values())
+
+
+def test_stage_spans_travel_with_the_utterance():
+    spans = {"to_encoder": 0.002, "queue": 0.021, "encode": 0.05, "decode": 0.2}
+    got = wire.decode(wire.embedding(utterance(embedding=np.ones(4, np.float32) / 2, encoded=1004.0,
+                                               spans=spans))).utterance
+    assert got.spans == pytest.approx(spans)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["encode", "queue", "nope", ""]) | st.text(max_size=4),
+                       SCALARS | st.floats(allow_nan=True) | st.lists(SCALARS, max_size=2), max_size=4)
+       | SCALARS | st.lists(SCALARS, max_size=2))
+def test_hostile_stage_spans_are_refused_by_name(spans):
+    head = json.loads(wire.segment(utterance(audio=np.zeros(4, np.float32)))[0])
+    head["spans"] = spans
+    try:
+        u = wire.decode([json.dumps(head).encode(), b""]).utterance  # NaN and Infinity included
+    except wire.WireError as exc:
+        assert "field 'spans'" in str(exc), exc
+        return
+    from emoclap.latency import MAX_SPAN_S, STAGES
+    assert set(u.spans) <= set(STAGES) and all(0 <= v <= MAX_SPAN_S for v in u.spans.values())
