@@ -119,9 +119,18 @@ def triton_server(setup: Setup, command: str, workdir: Path):
             stop(proc, 30)
 
 
+def transcriber_load(bundle: Path, segments: list[int], sets: dict) -> tuple[str, float] | None:
+    """(precision, decoder FLOP over one loop of the track) where the row reads words."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if not manifest.get("transcriber") or not sets.get("transcripts", {}).get("enabled", True):
+        return None
+    flop = sum(floor.transcriber_flop(bundle, n / SAMPLE_RATE) or 0.0 for n in segments)
+    return manifest["transcriber"].get("precision", "fp32"), flop
+
+
 def bundle_for(row: str, workdir: Path) -> Path:
     if Path(row).is_dir():
-        return Path(row)
+        return Path(row).resolve()
     if row.startswith("hubert-"):
         from bench.encoder import CONFIG
         folder = REPO / "var" / "bench-encoder" / CONFIG.stem / row.removeprefix("hubert-")
@@ -227,8 +236,15 @@ def main() -> None:
         for samples in work.segments:
             for k, v in flops(samples).items():
                 per_loop[k] += v
+        audio_only = sum(per_loop.values())
+        decoder = transcriber_load(bundle, work.segments, sets)
+        if decoder:
+            per_loop[decoder[0]] += decoder[1]
         load = {k: v / work.loop_s for k, v in per_loop.items()}
-        extra = f"; at the track's utterances {sum(per_loop.values()) / (sum(work.segments) / SAMPLE_RATE) / 1e9:.2f}"
+        extra = f"; at the track's utterances {audio_only / (sum(work.segments) / SAMPLE_RATE) / 1e9:.2f}"
+        if decoder:
+            extra += (f"; the text path's decoder {decoder[1] / (sum(work.segments) / SAMPLE_RATE) / 1e9:.2f} "
+                      f"({decoder[0]}, at its token bound) on top")
         if floor.is_hubert_base(bundle):
             extra += "; HuBERT-base by hand " + ", ".join(
                 f"{s:g} s {floor.hubert_analytic(s) / s / 1e9:.2f}" for s in (1.0, 10.0))

@@ -287,7 +287,9 @@ def is_loopback(host: str) -> bool:
 
 def _validate(cfg: Config) -> None:
     _check_choice(cfg.provider, PROVIDERS, "provider")
-    _check_positive(cfg.encoder, "encoder", ("max_batch", "max_wait_ms"))
+    _check_positive(cfg.encoder, "encoder", ("max_batch",))
+    if cfg.encoder.max_wait_ms < 0:  # 0: a batch is what waited while the last one ran
+        raise ConfigError("encoder.max_wait_ms: must be 0 or more")
     if cfg.encoder.threads < 0:
         raise ConfigError("encoder.threads: must be 0 or more")
     check_triton_settings(cfg.encoder)

@@ -48,6 +48,7 @@ class Transcriber:
     tokenizer: Path
     language: str
     spec: DecodingSpec
+    precision: str = "fp32"  # "int8": the graphs' matrix products quantised (faster, a few words differ)
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,11 @@ def _transcriber(section: Any, folder: Path, hashes: dict, where: str) -> Transc
     if section.get("shares_audio_pass") is not True:
         raise BundleError(f"{where}: field 'transcriber.shares_audio_pass' must be true "
                           "(this emoclapd reads words from the audio encoder's own frames)")
+    precision = section.get("precision", "fp32")
+    if precision not in ("fp32", "int8"):
+        raise BundleError(f"{where}: field 'transcriber.precision' must be \"fp32\" or \"int8\", got {precision!r}")
     try:
         spec = parse_spec(section, where)
     except ValueError as exc:
         raise BundleError(str(exc)) from None
-    return Transcriber(language=language, spec=spec, **paths)
+    return Transcriber(language=language, spec=spec, precision=precision, **paths)

@@ -179,3 +179,50 @@ def test_an_utterance_too_poor_to_count_is_not_transcribed(bundle, clips):
         batcher.close()
     assert got[0].transcript is None and got[1].transcript
     np.testing.assert_allclose(got[0].embedding, got[1].embedding, atol=1e-5)
+
+
+def test_an_int8_transcriber_reads_the_same_words_faster_and_says_so(bundle, clips, tmp_path):
+    """`--int8-transcriber`: the graphs' matrix products in int8; the manifest says so, the
+    export reports how many of its clips decode to the same tokens as fp32, and the words
+    read are (nearly) the fp32 graphs' words."""
+    from daemon.encoder import AudioEncoder, TextEncoder
+    from daemon.transcriber import utterance_reader
+    from emoclap.bundle import load_bundle
+    from trainer.export import espeak_clips, export_bundle, tower_sources
+
+    cfg, model, tokenizer = build_model(REPO / "configs" / "test-transcriber.toml")
+    folder = tmp_path / "int8"
+    export_bundle(model, tokenizer, folder, languages=["en"], sources=tower_sources(cfg.model),
+                  texts=shipped_sentences()[:8], real_audio=espeak_clips(["I want to buy it.", "Hello there."]),
+                  description="int8 transcriber", int8_transcriber=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    agreement = manifest["metrics"]["export_parity"]["transcriber"]["int8"]
+    assert manifest["transcriber"]["precision"] == "int8" and agreement["clips"] == 2
+    assert 0 <= agreement["same_tokens"] <= 2 and agreement["max_logit_difference"] > 0
+    assert not list(folder.glob("*.fp32*"))  # the fp32 graphs it was compared with are gone
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(folder / "transcriber_step.onnx")).graph.node}
+    assert "MatMulInteger" in ops  # the layers' and the vocabulary's products run in int8
+
+    def said(b):
+        b = load_bundle(b)
+        reader = utterance_reader(b, AudioEncoder(b, provider="cpu"), TextEncoder(b, provider="cpu"), provider="cpu")
+        return [set(r.transcript.lower().replace(",", "").replace(".", "").split()) for r in reader.encode(clips)]
+    assert load_bundle(folder).transcriber.precision == "int8"
+    for fp32, int8 in zip(said(bundle), said(folder)):
+        assert len(fp32 & int8) >= len(fp32) / 2, (fp32, int8)
+
+
+@pytest.mark.parametrize("precision", ["int4", "", 8, None, ["int8"]])
+def test_an_unknown_transcriber_precision_is_refused_by_name(bundle, tmp_path, precision):
+    import shutil
+
+    from emoclap.bundle import BundleError, load_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["transcriber"]["precision"] = precision
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="transcriber.precision"):
+        load_bundle(copy)

@@ -192,7 +192,7 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
 def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources: dict, texts: list[str],
                   real_audio: list[np.ndarray], description: str = "", training: dict | None = None,
                   metrics: dict | None = None, int8: bool = False, dynamo: bool = False,
-                  transcriber: bool = True) -> dict:
+                  transcriber: bool = True, int8_transcriber: bool = False) -> dict:
     """Write the bundle to `out` and verify it; raises ExportError when parity fails. With
     `transcriber` and an audio tower whose frames Whisper's decoder can read, the bundle
     reads words too (the text path)."""
@@ -224,7 +224,8 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         precision = "int8"
     transcriber_section = None
     if decoder is not None:
-        transcriber_section, parity["transcriber"] = _export_transcriber(model, decoder, languages[0], out, real_audio)
+        transcriber_section, parity["transcriber"] = _export_transcriber(model, decoder, languages[0], out, real_audio,
+                                                                          int8_transcriber)
     fields = {
         "description": description,
         "sample_rate": SAMPLE_RATE,
@@ -244,8 +245,9 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
     return write_manifest(out, fields)
 
 
-def _export_transcriber(model, decoder, language: str, out: Path, clips: list[np.ndarray]) -> tuple[dict, dict]:
-    from trainer.transcriber import check_transcriber, export_transcriber, tower_frames
+def _export_transcriber(model, decoder, language: str, out: Path, clips: list[np.ndarray],
+                        int8: bool = False) -> tuple[dict, dict]:
+    from trainer.transcriber import check_transcriber, export_transcriber, int8_agreement, tower_frames
     from trainer.whisper_sources import ct2_source
     from trainer.sources import resolve_source
 
@@ -255,10 +257,23 @@ def _export_transcriber(model, decoder, language: str, out: Path, clips: list[np
     if not tokenizer.is_file():
         raise ExportError(f"{source}: no tokenizer.json beside the Whisper weights, which the transcriber needs")
     section = export_transcriber(decoder, tokenizer, language, out)
+    frames = tower_frames(model, clips)
     try:
-        check = check_transcriber(decoder, section, out, tower_frames(model, clips))
+        check = check_transcriber(decoder, section, out, frames)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+    if int8:
+        # The fp32 graphs are checked against torch first; the int8 ones can only be
+        # compared with them: they read a few words differently, which the check reports.
+        for key in ("cross", "step"):
+            fp32 = out / f"{section[key]}.fp32.tmp"
+            (out / section[key]).rename(fp32)
+            quantize_int8(fp32, out / section[key])
+            fp32.rename(out / f"{section[key]}.fp32")
+        check["int8"] = int8_agreement(section, out, frames, {k: out / f"{section[k]}.fp32" for k in ("cross", "step")})
+        for key in ("cross", "step"):
+            (out / f"{section[key]}.fp32").unlink()
+        section["precision"] = "int8"
     return section, check
 
 
@@ -271,7 +286,8 @@ def tower_sources(opts: ModelOptions) -> dict[str, str]:
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo: bool = False,
-                      parity_audio: list[Path] | None = None, description: str = "") -> dict:
+                      parity_audio: list[Path] | None = None, description: str = "",
+                      int8_transcriber: bool = False) -> dict:
     from trainer.checkpoint import load_for_inference
 
     loaded = load_for_inference(checkpoint)
@@ -285,13 +301,15 @@ def export_checkpoint(checkpoint: Path, out: Path, *, int8: bool = False, dynamo
     return export_bundle(
         loaded.model, loaded.tokenizer, out, languages=[lang], sources=tower_sources(cfg.model),
         texts=texts, real_audio=real, description=description or f"emoclap model from {checkpoint}",
-        training=loaded.training_summary, metrics=loaded.metrics, int8=int8, dynamo=dynamo)
+        training=loaded.training_summary, metrics=loaded.metrics, int8=int8, dynamo=dynamo,
+        int8_transcriber=int8_transcriber)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         manifest = export_checkpoint(args.checkpoint, args.out, int8=args.int8, dynamo=args.dynamo,
-                                     parity_audio=args.parity_audio, description=args.description)
+                                     parity_audio=args.parity_audio, description=args.description,
+                                     int8_transcriber=args.int8_transcriber)
     except ExportError as exc:
         print(f"emoclap-train export: {exc}", file=sys.stderr)
         return 1

@@ -207,6 +207,25 @@ def check_transcriber(decoder: WhisperDecoder, section: dict, out: Path, frames:
     return {"clips": rows, "max_logit_error": round(worst, 7)}
 
 
+def int8_agreement(section: dict, out: Path, frames: list[np.ndarray], fp32: dict[str, Path]) -> dict:
+    """The int8 graphs against the fp32 ones on the same frames: how many clips decode to the
+    same tokens, and the largest first-step logit difference."""
+    from emoclap.transcript import graph_step, parse_spec
+    from trainer.bundle_towers import cpu_session
+
+    spec = parse_spec(section, str(out))
+    quantised = [cpu_session(out / section[k]) for k in ("cross", "step")]
+    reference = [cpu_session(fp32[k]) for k in ("cross", "step")]
+    prompt = np.asarray([spec.prompt], np.int64)
+    same, worst = 0, 0.0
+    for f in frames:
+        valid = np.ones((1, f.shape[0]), np.float32)
+        got, ref = (graph_step(*graphs, spec, f[None], valid) for graphs in (quantised, reference))
+        same += greedy_decode(got, [spec.max_tokens], spec) == greedy_decode(ref, [spec.max_tokens], spec)
+        worst = max(worst, float(np.abs(got(prompt, None)[0] - ref(prompt, None)[0]).max()))
+    return {"clips": len(frames), "same_tokens": same, "max_logit_difference": round(worst, 4)}
+
+
 def tower_frames(model, clips: list[np.ndarray]) -> list[np.ndarray]:
     """The audio tower's frames of each clip alone, its valid ones only."""
     with torch.no_grad():
