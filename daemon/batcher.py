@@ -1,4 +1,11 @@
-"""Groups utterances from many stations into encoder batches (thread adapter)."""
+"""Groups utterances from many stations into encoder batches (thread adapter).
+
+With an encoder that reads words, the batcher is a two-stage pipeline: one thread runs
+the audio tower over a batch and hands it to a second that reads the words (the
+transcriber's decode, memory-bound) of every batch waiting for it, at once. So an
+utterance that closes while another's words are being read is encoded meanwhile,
+instead of waiting for both, and decodes that pile up share their steps.
+"""
 from __future__ import annotations
 
 import logging
@@ -36,8 +43,14 @@ class Batcher:
         self.batches = 0
         self.utterances = 0
         self.failures = 0
+        self.reads_words = bool(getattr(encoder, "reads_words", False))
+        self._words: queue.Queue = queue.Queue()  # encoded batches whose words are to be read
         self._worker = threading.Thread(target=self._loop, name="emoclapd-batcher", daemon=True)
+        self._reader = (threading.Thread(target=self._read_loop, name="emoclapd-words", daemon=True)
+                        if self.reads_words else None)
         self._worker.start()
+        if self._reader is not None:
+            self._reader.start()
 
     def submit(self, audio: np.ndarray, station: str = "", read_words: bool = True) -> Future:
         """`read_words` False: the audio path alone, even where the encoder reads words
@@ -50,10 +63,12 @@ class Batcher:
         return future
 
     def close(self, timeout: float = 5.0) -> None:
-        """Finish what was submitted, then stop the worker."""
+        """Finish what was submitted, then stop the workers."""
         self._closed = True
         self._queue.put(None)
         self._worker.join(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
 
     def _collect(self, first) -> list:
         batch = [first]
@@ -71,30 +86,62 @@ class Batcher:
         return batch
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = self._collect(first)
-            live = [item for item in batch if item[2].set_running_or_notify_cancel()]
-            audios = [item[0] for item in live]
-            if not live:
+        try:
+            while (first := self._queue.get()) is not None:
+                self._encode(self._collect(first))
+        finally:
+            self._words.put(None)
+
+    def _encode(self, batch: list) -> None:
+        live = [item for item in batch if item[2].set_running_or_notify_cancel()]
+        if not live:
+            return
+        audios = [item[0] for item in live]
+        try:
+            if self.reads_words:
+                results = self.encoder.encode(audios, words=[item[3] for item in live], defer_words=True)
+            else:
+                results = self.encoder.encode(audios)
+        except Exception as exc:  # one bad batch must not stop the daemon
+            self._fail(live, exc)
+            return
+        if self.reads_words:
+            self._words.put((live, results))
+        else:
+            self._resolve(live, results)
+
+    def _read_loop(self) -> None:
+        done = False
+        while not done:
+            waiting = [self._words.get()]
+            while True:  # every batch that waits is read in one decode
+                try:
+                    waiting.append(self._words.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in waiting
+            waiting = [w for w in waiting if w is not None]
+            if not waiting:
                 continue
             try:
-                if getattr(self.encoder, "reads_words", False):
-                    results = self.encoder.encode(audios, words=[item[3] for item in live])
-                else:
-                    results = self.encoder.encode(audios)
-            except Exception as exc:  # one bad batch must not stop the daemon
-                self.failures += 1
-                if getattr(exc, "reported", False):  # e.g. Triton down: logged once, where it arose
-                    log.debug("encoder failed on a batch of %d: %s", len(live), exc)
-                else:
-                    log.exception("encoder failed on a batch of %d", len(live))
-                for _, _, future, _ in live:
-                    future.set_exception(exc)
+                self.encoder.read_words([r for _, results in waiting for r in results if r is not None])
+            except Exception as exc:  # noqa: BLE001 - the words' failure fails their batches only
+                self._fail([item for live, _ in waiting for item in live], exc)
                 continue
-            self.batches += 1
-            self.utterances += len(live)
-            for (_, _, future, _), result in zip(live, results):
-                future.set_result(result)
+            for live, results in waiting:
+                self._resolve(live, results)
+
+    def _fail(self, live: list, exc: Exception) -> None:
+        self.failures += 1
+        if getattr(exc, "reported", False):  # e.g. Triton down: logged once, where it arose
+            log.debug("encoder failed on a batch of %d: %s", len(live), exc)
+        else:
+            log.error("encoder failed on a batch of %d", len(live), exc_info=exc)
+        for _, _, future, _ in live:
+            future.set_exception(exc)
+
+    def _resolve(self, live: list, results: list) -> None:
+        self.batches += 1
+        self.utterances += len(live)
+        for (_, _, future, _), result in zip(live, results):
+            future.set_result(result)

@@ -30,7 +30,8 @@ class Reading:
     embedding: np.ndarray
     text_embedding: np.ndarray | None = None
     transcript: str | None = None
-    spans: dict | None = None  # "encode" and "decode": seconds of the batch it was read in
+    spans: dict | None = None  # "encode" and "decode": seconds of the batches it was read in
+    unread: list | None = None  # (frames, seconds) per chunk, until `Reader.read_words`
 
 
 class Transcriber:
@@ -79,43 +80,50 @@ class Reader:
     def reads_words(self) -> bool:
         return self.transcriber is not None
 
-    def encode(self, audios: list[np.ndarray], words: list[bool] | None = None) -> list[Reading | None]:
-        """`words[i]` False: utterance i on the audio path alone (no transcript)."""
+    def encode(self, audios: list[np.ndarray], words: list[bool] | None = None,
+               defer_words: bool = False) -> list[Reading | None]:
+        """`words[i]` False: utterance i on the audio path alone (no transcript).
+        `defer_words`: the audio path only now; the readings that are to be read carry
+        their frames until `read_words` reads them (the batcher's second stage)."""
         started = time.perf_counter()
         if self.transcriber is None:
             embeddings = self.encoder.encode(audios)
             spans = {"encode": time.perf_counter() - started}
             return [None if e is None else Reading(e, spans=spans) for e in embeddings]
         embeddings, frames = self.encoder.encode_with_frames(audios)
-        encoded = time.perf_counter()
-        spans = {"encode": encoded - started}
+        spans = {"encode": time.perf_counter() - started}
         out: list[Reading | None] = [None if e is None else Reading(e, spans=spans) for e in embeddings]
-        # A long utterance is read chunk by chunk, as its audio embedding was made.
-        rows, owner, seconds = [], [], []
         for i, (audio, per) in enumerate(zip(audios, frames)):
             if out[i] is None or (words is not None and not words[i]):
                 continue
-            for chunk, f in zip(chunks(np.asarray(audio).reshape(-1), self.encoder.chunk_samples,
-                                       self.encoder.options.long_utterances), per):
-                rows.append(f[:encoder_frames(chunk.size)])
-                owner.append(i)
-                seconds.append(chunk.size / self.rate)
-        with self._lock:  # the transcriber's time and token counters are shared
-            texts = self.transcriber.transcribe(rows, seconds)
-        joined: dict[int, list[str]] = {}
-        for i, text in zip(owner, texts):
-            joined.setdefault(i, []).append(text)
-        said = {i: " ".join(t for t in parts if t) for i, parts in joined.items()}
-        words = [i for i, text in said.items() if text]
-        if words:
-            vectors = self.text_encoder.embed_sentences([said[i] for i in words])
-            for i, v in zip(words, vectors):
-                out[i].text_embedding = v / max(float(np.linalg.norm(v)), 1e-12)
-        for i, text in said.items():
-            out[i].transcript = text
-        spans["decode"] = time.perf_counter() - encoded  # shared: every reading holds this dict
+            # A long utterance is read chunk by chunk, as its audio embedding was made.
+            out[i].unread = [(f[:encoder_frames(chunk.size)], chunk.size / self.rate) for chunk, f in
+                             zip(chunks(np.asarray(audio).reshape(-1), self.encoder.chunk_samples,
+                                        self.encoder.options.long_utterances), per)]
+        if not defer_words:
+            self.read_words([r for r in out if r is not None])
         return out
 
+    def read_words(self, readings: list[Reading]) -> None:
+        """Transcribe and embed, in one batch, the readings that carry unread frames."""
+        todo = [r for r in readings if r.unread]
+        if not todo:
+            return
+        started = time.perf_counter()
+        rows = [row for r in todo for row in r.unread]
+        with self._lock:  # the transcriber's time and token counters are shared
+            texts = iter(self.transcriber.transcribe([f for f, _ in rows], [s for _, s in rows]))
+        for r in todo:
+            r.transcript = " ".join(t for t in (next(texts) for _ in r.unread) if t)
+            r.unread = None
+        said = [r for r in todo if r.transcript]
+        if said:
+            vectors = self.text_encoder.embed_sentences([r.transcript for r in said])
+            for r, v in zip(said, vectors):
+                r.text_embedding = v / max(float(np.linalg.norm(v)), 1e-12)
+        decode = time.perf_counter() - started
+        for r in todo:
+            r.spans = {**(r.spans or {}), "decode": decode}
 
     def read(self, utts: list) -> None:
         """Sets each utterance's embedding, text embedding and transcript (a too-short one keeps None)."""

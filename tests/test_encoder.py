@@ -144,6 +144,52 @@ def test_batcher_survives_a_failing_batch(encoder):
         batcher.submit(noise(0.5, 3)).result(timeout=1)
 
 
+def test_an_utterance_is_encoded_while_another_one_s_words_are_read():
+    """The text path in two stages: a second utterance's audio pass runs during the first
+    one's decode, the decodes that wait are read together, and a failed decode fails only
+    its own utterances."""
+    import time
+
+    from daemon.transcriber import Reading
+
+    class SlowWords:
+        reads_words = True
+
+        def __init__(self):
+            self.log, self.decoded = [], []
+
+        def encode(self, audios, words=None, defer_words=False):
+            assert defer_words
+            self.log.append(("encode", time.monotonic()))
+            return [Reading(np.full(DIM, a[0], np.float32), unread=[(None, 1.0)]) for a in audios]
+
+        def read_words(self, readings):
+            self.log.append(("words", time.monotonic()))
+            self.decoded.append(len(readings))
+            time.sleep(0.3)
+            if any(r.embedding[0] == 7.0 for r in readings):  # the poisoned utterance
+                raise RuntimeError("decoder broke")
+            for r in readings:
+                r.transcript, r.unread = "words", None
+
+    enc = SlowWords()
+    batcher = Batcher(enc, BatcherOptions(max_batch=4, max_wait_ms=0))
+    first = batcher.submit(noise(0.5, 1))
+    time.sleep(0.1)  # the first is being read now
+    later = [batcher.submit(noise(0.5, k)) for k in (2, 3)]
+    time.sleep(0.05)
+    encoded = [t for what, t in enc.log if what == "encode"]
+    assert len(encoded) >= 2 and encoded[1] < enc.log[1][1] + 0.3  # encoded during the first decode
+    assert [f.result(timeout=5).transcript for f in [first, *later]] == ["words"] * 3
+    assert enc.decoded == [1, 2]  # the two that waited were read in one decode
+    poisoned = batcher.submit(np.full(8000, 7.0, np.float32))
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        poisoned.result(timeout=5)
+    assert batcher.submit(noise(0.5, 4)).result(timeout=5).transcript == "words"
+    batcher.close()
+    assert batcher.utterances == 4 and batcher.failures == 1
+
+
 def test_text_encoder(bundle):
     text = TextEncoder(bundle, provider="cpu")
     sentences = ["I want to buy it.", "買いたいです。", "I am indifferent.", "word " * 500]
