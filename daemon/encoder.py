@@ -65,14 +65,24 @@ def resolve_provider(requested: str) -> str:
     return PROVIDERS["cuda"] if cuda_ok and _gpu_present() else PROVIDERS["cpu"]
 
 
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """Options every session of the daemon shares. Its sessions (audio tower, transcriber,
+    text tower, speaker encoder) run one after another and side by side, each with its own
+    thread pool; pools that spin after a run take the cores from the next session's run
+    (an audio pass 2.6 times as slow right after a decode, bench/RESULTS.md), so they sleep."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def open_session(path: Path, requested: str = "auto", intra_op_threads: int = 0) -> ort.InferenceSession:
     """An inference session on the requested provider; fails rather than silently falling
     back when 'cuda' was asked for explicitly."""
     provider = resolve_provider(requested)
     ort.set_default_logger_severity(3)  # provider probing warns on CPU-only machines
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = intra_op_threads
+    opts = session_options(intra_op_threads)
     opts.log_severity_level = 3  # errors only: no provider-fallback chatter on CPU machines
     providers = [provider] + ([PROVIDERS["cpu"]] if provider != PROVIDERS["cpu"] else [])
     try:

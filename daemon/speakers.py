@@ -38,6 +38,8 @@ class SpeakerEncoder:
     def __init__(self, folder: str | Path, threads: int = 1):
         import onnxruntime as ort
 
+        from .encoder import session_options
+
         folder = Path(folder)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
@@ -47,9 +49,7 @@ class SpeakerEncoder:
                                "`emoclap-train export-speaker --out {folder}`") from None
         if manifest.get("kind") != "ge2e-speaker-encoder" or manifest.get("n_mels") != voiceprint.N_MELS:
             raise SpeakerError(f"{folder}/manifest.json: not a GE2E speaker encoder")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.manifest = manifest
 
     def embed_partials(self, wav: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ def cpu_session(path):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the daemon's (daemon.encoder)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
