@@ -79,6 +79,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=Path, default=REPO / "prompts")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--cache", type=Path, default=REPO / "var" / "generalisation-cache")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another bundle of the same towers (e.g. exported with --int8-transcriber): "
+                         "its shared pass as one more row, in the same run")
     args = ap.parse_args()
     clips = [c for c in g.plan() if c.condition == "words-only"]
     step = max(1, len(clips) // args.clips)
@@ -91,12 +94,15 @@ def main() -> int:
         return 2
     tr = reader.transcriber
     spec = tr.spec
-    times = {"audio path": [], "shared pass": [], "separate pass": []}
-    said = {"shared pass": [], "separate pass": []}
-    tokens = {"shared pass": 0, "separate pass": 0}
+    others = {f"shared pass, {b.name}": ClipScorer(b, args.prompts).reader for b in args.also}
+    times = {"audio path": [], "shared pass": [], "separate pass": [], **{n: [] for n in others}}
+    said = {"shared pass": [], "separate pass": [], **{n: [] for n in others}}
+    tokens = {"shared pass": 0, "separate pass": 0, **{n: 0 for n in others}}
     for a in audio[:2]:  # warm-up: first calls allocate
         enc.encode([a])
         reader.encode([a])
+        for other in others.values():
+            other.encode([a])
     for a in audio:
         t0 = time.perf_counter()
         enc.encode([a])
@@ -121,6 +127,15 @@ def main() -> int:
         times["separate pass"].append(t3 - t2)
         said["shared pass"].append(got[0])
         said["separate pass"].append(sep[0])
+        for name, other in others.items():
+            before = other.transcriber.tokens
+            t4 = time.perf_counter()
+            _, frames = other.encoder.encode_with_frames([a])
+            o = other.transcriber.transcribe([frames[0][0][:encoder_frames(a.size)]], [a.size / 16000])
+            other.text_encoder.embed_sentences(o)
+            times[name].append(time.perf_counter() - t4)
+            tokens[name] += other.transcriber.tokens - before
+            said[name].append(o[0])
     refs = [c.sentence for c in clips]
     labels = np.array([c.label for c in clips])
     vectors = scorer.bank.vectors
@@ -136,15 +151,15 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| audio path only | {1000 * np.median(times['audio path']):.0f} | "
           f"{1000 * np.percentile(times['audio path'], 90):.0f} | | | | |")
-    for name in ("shared pass", "separate pass"):
+    for name in ("shared pass", "separate pass", *others):
         emb = text.embed_sentences([s or "." for s in said[name]])
         emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
         m = bipolar_margins(emb, vectors, "text")[:, k]
         per = tokens[name] / len(audio)
-        frames = frames_mean if name == "shared pass" else PAD_SAMPLES // 320
+        frames = PAD_SAMPLES // 320 if name == "separate pass" else frames_mean
         flop = decoder_flop(int(frames), int(round(per)), len(spec.prompt), d, spec.layers, vocab) / 1e9
         extra = " + the encoder over 30 s" if name == "separate pass" else " (encoder shared)"
-        print(f"| {name}: text path{' added' if name == 'shared pass' else ''} | {1000 * np.median(times[name]):.0f} | "
+        print(f"| {name}: text path{'' if name == 'separate pass' else ' added'} | {1000 * np.median(times[name]):.0f} | "
               f"{1000 * np.percentile(times[name], 90):.0f} | {per:.1f} | {wer(refs, said[name]):.3f} | "
               f"{g.auc(m[labels == 1], m[labels == 0]):.2f} | {flop:.2f}{extra} |")
     print("\nsome transcripts (sentence | shared | separate):")

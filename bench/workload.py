@@ -40,14 +40,21 @@ class Workload:
         return len(self.segments) / self.loop_s
 
     def track(self, i: int) -> np.ndarray:
-        """Station i's loop: the same sentences and pauses, in its own order."""
+        """Station i's loop: the same sentences and pauses, in its own order, and from its
+        own phase: the loop starts and ends inside one of its pauses, station by station
+        elsewhere. (Every loop ending on a sentence made all stations close an utterance
+        in the same 100 ms once a loop: a burst of N utterances that was the capacity
+        bench's p99, and no sales floor's.)"""
         rng = np.random.default_rng(i)
         order, pauses = rng.permutation(len(self.clips)), rng.permutation(self.pauses)
-        return np.concatenate([x for j, p in zip(order, pauses) for x in (np.zeros(p, np.float32), self.clips[j])])
+        parts = [x for j, p in zip(order, pauses) for x in (np.zeros(p, np.float32), self.clips[j])]
+        k = int(rng.integers(len(pauses)))  # the pause the loop wraps in
+        at = sum(x.size for x in parts[:2 * k]) + int(rng.integers(1, max(2, pauses[k])))
+        return np.roll(np.concatenate(parts), -at)
 
     def files(self, n: int) -> list[Path]:
         """The first n stations' tracks as WAV files, written when missing."""
-        paths = [self.folder / f"station-{i:03d}.wav" for i in range(n)]
+        paths = [self.folder / f"station-{i:03d}-phased.wav" for i in range(n)]
         for i, path in enumerate(paths):
             if not path.exists():
                 write_wav(path, self.track(i))

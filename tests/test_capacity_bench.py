@@ -195,7 +195,18 @@ def test_workload_fills_half_of_each_loop_with_stations_out_of_step(tmp_path):
     assert a.size == b.size == work.loop_samples and not np.array_equal(a, b)
     assert sorted(segment(np.tile(b, 2), opts, work.loop_s)) == pytest.approx(sorted(work.segments), abs=960)
     files = work.files(3)
-    assert [f.name for f in files] == ["station-000.wav", "station-001.wav", "station-002.wav"]
+    assert [f.name for f in files] == ["station-000-phased.wav", "station-001-phased.wav", "station-002-phased.wav"]
+    # No two stations wrap their loops at the same moment, and each wraps in silence:
+    # stations that all closed an utterance at once, once a loop, were the bench's tail.
+    ends = []
+    for i in range(8):
+        t = work.track(i)
+        assert np.abs(t[:160]).max() == 0 and np.abs(t[-160:]).max() == 0
+        voiced = np.flatnonzero(np.abs(t) > 0)
+        ends.append(voiced[-1])
+    ends = np.sort(ends)
+    assert ends[-1] - ends[0] > 2 * 16000
+    assert max(np.sum(np.abs(ends - e) < 1600) for e in ends) <= 2  # not a burst, as before
 
 
 def test_capacity_config_is_one_the_daemon_reads(tmp_path):
