@@ -38,6 +38,8 @@ def sigmoid(x):
 @given(a=st.floats(0.5, 300), b=st.floats(-4, 4), n=st.integers(20, 400), spread=st.floats(0.1, 6),
        seed=st.integers(0, 2**32 - 1))
 @example(a=282.0, b=0.0, n=20, spread=1.0, seed=1)  # a steep slope far from zero margin
+@example(a=282.0, b=4.0, n=20, spread=0.125, seed=1)  # every probability within 1e-5 of 1
+@example(a=282.0, b=3.0, n=20, spread=0.5, seed=1)
 def test_platt_recovers_a_and_b_exactly_from_their_own_probabilities(a, b, n, spread, seed):
     m = np.random.default_rng(seed).normal(0.03, spread / a, n)  # a·sd(m) ≈ spread
     assume(m.std() > 0)

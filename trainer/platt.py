@@ -48,7 +48,9 @@ def platt_fit(margins, labels, l2: float = L2, slope: float | None = None, max_i
 
     def objective(w: np.ndarray) -> float:
         s = w[0] * z + w[1]
-        return float(np.sum(np.logaddexp(0.0, s) - t * s) + 0.5 * l2 * w[0] ** 2)
+        # t·softplus(−s) + (1 − t)·softplus(s): softplus(s) − t·s without its cancellation,
+        # which near saturated targets left the line search unable to tell steps apart.
+        return float(np.sum(t * np.logaddexp(0.0, -s) + (1 - t) * np.logaddexp(0.0, s)) + 0.5 * l2 * w[0] ** 2)
 
     rate = float(np.clip(t.mean(), 1e-6, 1 - 1e-6))
     a0 = 0.0 if slope is None else float(slope) * sd
@@ -102,7 +104,8 @@ def fusion_fit(audio_logits, text_logits, labels, l2: float = L2, max_weight: fl
 
     def objective(w):
         s = x @ w
-        return float(np.sum(np.logaddexp(0.0, s) - t * s) + 0.5 * l2 * np.sum((w - prior) ** 2))
+        return float(np.sum(t * np.logaddexp(0.0, -s) + (1 - t) * np.logaddexp(0.0, s))
+                     + 0.5 * l2 * np.sum((w - prior) ** 2))
 
     w, f, it = prior.copy(), objective(prior), 0
     for it in range(1, max_iter + 1):
