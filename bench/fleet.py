@@ -90,7 +90,7 @@ hwm = 10000
     cfg = parse_config(text, "fleet.toml")
     svc = Service(cfg, ("serve",))
     await svc.start()
-    broker, publisher = svc.parts.broker, svc.parts.publisher
+    broker, floor = svc.parts.broker, svc.parts.floor
     sender = Sender(cfg.stages.utterances, 10000, block=True)
     rows, seed = [], 0
     try:
@@ -103,14 +103,14 @@ hwm = 10000
                 await until(lambda: pids <= {w["pid"] for w in broker.snapshot()["workers"]}, 120, "workers")
                 seed += 1
                 warm = burst(2 * count, args.seconds, seed, f"warm-{count}")
-                before = publisher.published
+                before = floor.published
                 sender.send_utterances(warm)
-                await until(lambda: publisher.published >= before + len(warm), 300, "the warm-up")
+                await until(lambda: floor.published >= before + len(warm), 300, "the warm-up")
                 load = os.getloadavg()[0]
                 work = burst(args.n, args.seconds, 1000, f"burst-{count}")  # the same audio each run
-                before, started = publisher.published, time.perf_counter()
+                before, started = floor.published, time.perf_counter()
                 await asyncio.to_thread(sender.send_utterances, work)
-                await until(lambda: publisher.published >= before + args.n, 1800, "the burst")
+                await until(lambda: floor.published >= before + args.n, 1800, "the burst")
                 elapsed = time.perf_counter() - started
                 answered = {w["pid"]: w["answered"] for w in broker.snapshot()["workers"]}
                 audio_s = sum(u.duration for u in work)

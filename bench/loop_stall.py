@@ -132,7 +132,7 @@ def summary(times: list[float], marks: tuple[float, float] | None = None) -> dic
 
 
 def published(service) -> int:  # getattr: the attribute may move in a refactor
-    return getattr(getattr(getattr(service.parts, "server", None), "publisher", None), "published", 0)
+    return getattr(getattr(service.parts, "floor", None), "published", 0)
 
 
 async def measure(cfg, args) -> list[tuple[str, dict]]:

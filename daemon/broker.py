@@ -1,14 +1,14 @@
 """The gateway's broker: utterances from the edges, out to the encode workers and back,
-results on to the publisher, in the serve stage's process.
+results on to the serve stage, in its stage's process.
 
 One thread runs `emoclap.dispatcher.Dispatcher` (zguide's Paranoid Pirate queue with
 credit-based flow control) over real sockets: a PULL bound on `[stages] utterances`
 (capture agents and the server's ingest PUSH there, as before), a ROUTER bound on
 `[stages] workers` (encode workers CONNECT DEALERs: any number, over inproc, ipc or
-tcp) and a PUSH to the publisher on `[stages] embeddings`. Status and speech messages
+tcp) and a PUSH to the serve stage on `[stages] embeddings`. Status and speech messages
 go straight on; a segment of a role the gateway does not score goes on as speech and
-never reaches a worker. Results wait in the outbox when the publisher's link is full;
-while it is, no work is handed out and no utterance taken, so a slow publisher slows
+never reaches a worker. Results wait in the outbox when the serve stage's link is full;
+while it is, no work is handed out and no utterance taken, so a slow serve stage slows
 the fleet instead of losing results. Every drop is counted with its station and reason.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Broker(threading.Thread):
     BURST = 256  # messages taken from one socket per turn of the loop
     LOSS_REPORTED_S = 300.0  # a worker that died unannounced is in /healthz this long, or until one joins
 
-    def __init__(self, cfg: Config, metrics: Metrics):
+    def __init__(self, cfg: Config, metrics: Metrics, consumed=None):
         super().__init__(name="broker", daemon=True)
         st = cfg.stages
         self.cfg, self.metrics = cfg, metrics
@@ -50,8 +50,9 @@ class Broker(threading.Thread):
         self._metrics_lock = threading.Lock()
         self.outbox: deque[list[bytes]] = deque()
         self.outbox_limit = st.hwm
-        self.forwarded = 0  # embeddings handed to the publisher's link
-        self.consumed = lambda: self.forwarded  # embeddings the publisher published or dropped (set by the service)
+        self.forwarded = 0  # embeddings handed to the serve stage's link
+        # Embeddings the serve stage published or dropped: what it holds counts as backlog.
+        self.consumed = consumed if consumed is not None else (lambda: self.forwarded)
         self.last_worker = time.monotonic()  # when an encode worker was last heard
         self.stop_event, self.drain_event = threading.Event(), threading.Event()
         self.drain_deadline, self.drain_patience_s, self.drain_limit = math.inf, 30.0, math.inf
@@ -316,7 +317,7 @@ class Broker(threading.Thread):
     def _lost(self, worker: bytes, info: dict, why: str, now: float) -> None:
         self.losses = [*self.losses[-15:], (now, _label(info, worker), why)]
 
-    # ---- publisher
+    # ---- serve stage
     def _flush(self) -> None:
         while self.outbox:
             try:
@@ -340,7 +341,7 @@ class Broker(threading.Thread):
 
     def _backlog(self) -> int:
         """Accepted and neither published nor dropped: waiting, in flight, or encoded and
-        not yet taken by the publisher (outbox, link)."""
+        not yet taken by the serve stage (outbox, link)."""
         return self.dispatcher.pending() + max(0, self.forwarded - self.consumed())
 
     def update_metrics(self) -> None:
@@ -350,6 +351,7 @@ class Broker(threading.Thread):
             self.metrics.set_workers(snap["workers"])
         self.metrics.broker_queue.set(snap["queue"])
         self.metrics.backlog.set(snap["backlog"])
+        self.metrics.upstream_age.set(round(time.monotonic() - self.last_worker, 1))
 
 
 def _label(info: dict, worker: bytes) -> str:

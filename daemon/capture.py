@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import numpy as np
 
@@ -79,6 +80,13 @@ class SourceThread(threading.Thread):
                 self.send(stream, stream.restart() if restart else stream.finish())
             except Exception:  # noqa: BLE001 - one station's flush must not stop the others
                 log.exception("station %s: flushing failed", stream.name)
+
+    def set_quality(self, quality) -> None:
+        """Reloaded abstain thresholds, from each stream's next utterance: frozen options
+        swapped whole (the thread reads one or the other, never a mix)."""
+        self.cfg = replace(self.cfg, quality=quality)
+        for stream in list(self.streams.values()):
+            stream.quality = quality
 
     def set_state(self, state: str) -> None:
         for s in self.stations:

@@ -32,7 +32,8 @@ from .hub import Hub
 from .links import Sender
 from .speakers import make_gate
 from .metrics import Metrics, RecentCounts
-from .publisher import Publisher
+from .floor import Floor
+from .stations import Stations
 
 log = logging.getLogger("emoclapd.server")
 
@@ -51,9 +52,10 @@ def _equal(given: str, token: str) -> bool:
 
 
 class Server:
-    def __init__(self, cfg: Config, publisher: Publisher, hub: Hub, metrics: Metrics):
-        self.cfg = cfg
-        self.publisher = publisher
+    def __init__(self, cfg: Config, floor: Floor, stations: Stations, hub: Hub, metrics: Metrics):
+        self.cfg = cfg  # replaced whole by `configure`, never edited
+        self.floor = floor
+        self.stations = stations  # written here for ingest stations only
         self.hub = hub
         self.metrics = metrics
         self.ingest_sessions: dict[str, IngestSession] = {}
@@ -93,6 +95,14 @@ class Server:
         sender, self.ingest_sender = self.ingest_sender, None
         if sender is not None:
             await asyncio.to_thread(sender.close)  # waits up to its linger time
+
+    def configure(self, cfg: Config) -> None:
+        """A reloaded configuration: new ingest sessions open with it, and open ones take
+        the new quality thresholds from their next utterance (frozen options, swapped whole)."""
+        self.cfg = cfg
+        for session in self.ingest_sessions.values():
+            if session.stream is not None:
+                session.stream.quality = cfg.quality
 
     async def close(self) -> None:
         await self.hub.close_all(1001, "server shutting down")
@@ -149,8 +159,7 @@ class Server:
                 health = {"status": health["status"]}
             return self._respond(connection, 200, json.dumps(health), "application/json")
         if path == "/metrics":
-            if self.publisher.fleet is not None:
-                self.publisher.fleet.update_metrics()  # current at every scrape
+            self.floor.refresh_metrics()  # current at every scrape
             return self._respond(connection, 200, self.metrics.render().decode(),
                                  "text/plain; version=0.0.4; charset=utf-8")
         if path in ("/", "/index.html"):
@@ -178,28 +187,26 @@ class Server:
     def problems(self) -> list[str]:
         out = []
         if self.stopping:
-            fleet = self.publisher.fleet
-            left = fleet.draining() if fleet is not None else None
+            left = self.floor.draining()
             out.append("stopping: draining" + (f" ({left} utterance(s) to finish)" if left is not None else ""))
         refused = self.refused.counts(time.monotonic())
         if refused:  # clients flooding, probing or sending garbage: the operator should know
             out.append(f"refused in the last {self.refused.window_s:.0f} s: "
                        + ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items())))
-        return out + self.publisher.problems()
+        return out + self.floor.problems()
 
     def health(self) -> dict:
-        stations = {n: s["state"] for n, s in self.publisher.stations.items()}
         problems = self.problems()
-        fleet = self.publisher.fleet
+        fleet = self.floor.fleet_snapshot()
         return {"status": "degraded" if problems else "ok", "problems": problems,
                 "uptime_s": round(time.time() - self.started, 1),
-                "stations": stations, "clients": len(self.hub.clients),
+                "stations": self.floor.station_states(), "clients": len(self.hub.clients),
                 "ingest_sessions": len(self.ingest_sessions),
-                "utterances": self.publisher.published,
+                "utterances": self.floor.published,
                 "dropped": self.metrics.drop_counts(),
                 "accounting": {**self.metrics.accounting(),
-                               "in_flight": fleet.snapshot()["backlog"] if fleet is not None else 0},
-                "fleet": self.publisher.fleet.snapshot() if self.publisher.fleet is not None else None}
+                               "in_flight": fleet["backlog"]},
+                "fleet": fleet}
 
     # ---- WebSocket handlers
     async def _handler(self, ws) -> None:
@@ -213,7 +220,7 @@ class Server:
         client = self.hub.add(ws)
         self.metrics.clients.labels("/ws").set(len(self.hub.clients))
         try:
-            self.hub.send(client, self.publisher.hello())
+            self.hub.send(client, self.floor.hello())
             async for message in ws:
                 self.hub.send(client, client.session.on_text(message))
         except websockets.ConnectionClosed:
@@ -227,7 +234,7 @@ class Server:
             raise IngestRefused("station_in_use", f"station {name!r} is already in use")
         if self.ingest_sender is None:
             raise IngestRefused("shutting_down", "the server is shutting down")
-        self.publisher.register(name, role, "ingest", "online")
+        self.stations.register(name, role, "ingest", "online")
         self.ingest_sender.set_state(name, "online")
         return StationStream(name, role, self.cfg.segmenter, rate, quality=self.cfg.quality)
 
@@ -254,7 +261,7 @@ class Server:
         if self.ingest_sender is not None:
             self.ingest_sender.set_state(name, "ended")
             self.ingest_sender.tick(force=True)
-        self.publisher.set_state(name, "ended")
+        self.stations.set_state(name, "ended")
 
     async def _ingest(self, ws) -> None:
         srv = self.cfg.server

@@ -7,12 +7,14 @@ the serve stage's broker hands utterances to the encode workers that joined it.
 
 Shutdown order (SIGTERM/SIGINT): capture stops and flushes its segmenters, ingest
 sessions close and flush, the broker has every utterance it accepted encoded (or
-counted dropped) and sends `eos`, this process's encode worker leaves, the publisher writes and publishes everything up to it, then clients
-are closed with 1001 and the history is checkpointed.
+counted dropped) and sends `eos`, this process's encode worker leaves, the serve stage
+writes and publishes everything up to it, then clients are closed with 1001 and the
+history is checkpointed.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -37,7 +39,8 @@ class Parts:
     worker: object = None
     batcher: object = None
     broker: object = None  # the serve stage's broker, which the encode workers join
-    publisher: object = None
+    serve: object = None  # daemon.serve.ServeStage
+    floor: object = None  # daemon.floor.Floor: what the server reads
     server: object = None
     history: object = None
     bank: object = None
@@ -70,15 +73,14 @@ def batcher_options(cfg: Config, encoder):
     return BatcherOptions(rows, cfg.encoder.max_wait_ms)
 
 
-def open_bank(cfg: Config, bundle, on_change):
+def open_bank(cfg: Config, bundle):
+    """The prompt bank, loaded (every sentence not yet cached embedded), not yet watching."""
     from .encoder import TextEncoder
     from .prompt_bank import PromptBank, PromptBankOptions
 
     Path(cfg.cache).parent.mkdir(parents=True, exist_ok=True)
-    bank = PromptBank(Path(cfg.prompts), TextEncoder(bundle, cfg.provider, cfg.encoder.threads),
+    return PromptBank(Path(cfg.prompts), TextEncoder(bundle, cfg.provider, cfg.encoder.threads),
                       PromptBankOptions(cache=cfg.cache))
-    bank.subscribe(on_change)
-    return bank.start()
 
 
 class Service:
@@ -133,33 +135,44 @@ class Service:
         self._start_sources(sources)
 
     async def _start_serve(self, bundle) -> None:
+        from emoclap.scoring import Scoring
+
+        from .broadcaster import Broadcaster
         from .broker import Broker
+        from .floor import Floor, Limits, Progress
         from .history import History
+        from .history_writer import HistoryWriter
         from .hub import Hub
         from .metrics import Metrics
-        from .publisher import Publisher
+        from .serve import ServeStage, settings
         from .server import Server
+        from .stations import Stations
 
         cfg, p = self.cfg, self.parts
-        loop = asyncio.get_running_loop()
-
-        def changed(*_):  # the bank calls this from whichever thread reloaded it
-            if p.publisher is not None:
-                loop.call_soon_threadsafe(p.publisher.prompts_changed)
-
         # The first load embeds every sentence not yet cached: seconds, off the loop.
-        p.bank = await asyncio.to_thread(open_bank, cfg, bundle, changed)
+        p.bank = await asyncio.to_thread(open_bank, cfg, bundle)
         if cfg.history.enabled:
             p.history = History(cfg.history.path, cfg.history.store_audio)
+        st, policy, t = cfg.stages, cfg.privacy.policy(), cfg.transcripts
         metrics = Metrics()
         hub = Hub(cfg.server.client_queue, on_slow=metrics.clients_closed.inc, on_sent=metrics.fanout.observe)
-        p.publisher = Publisher(cfg, p.bank, metrics, p.history, hub)
-        p.publisher.start()
-        p.broker = Broker(cfg, metrics)
-        p.broker.consumed = lambda: p.publisher.settled
-        p.publisher.fleet = p.broker
+        stations = Stations(cfg.stations, metrics, cfg.server.ended_station_ttl_s,
+                            agent_quiet_s=max(1.0, 5 * st.status_interval_s))
+        scoring = Scoring(p.bank, settings(cfg), cfg.alerts, policy, keep_transcript=t.publish or t.store)
+        writer = HistoryWriter(p.history, metrics, store_transcripts=t.store)
+        broadcaster = Broadcaster(hub, metrics, cfg.webhook, publish_transcripts=t.publish)
+        progress = Progress()
+        p.serve = ServeStage(cfg, p.bank, scoring, writer, broadcaster, stations, progress, metrics)
+        p.serve.start()
+        # The bank reloads on its own thread; the serve stage hears of it on the loop.
+        p.bank.subscribe(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, p.serve.prompts_changed))
+        p.bank.start()
+        p.broker = Broker(cfg, metrics, consumed=lambda: progress.settled)
         p.broker.start()
-        p.server = Server(cfg, p.publisher, hub, metrics)
+        limits = Limits(cfg.server.late_after_s,
+                        silence_after_s=max(1.0, 5 * st.status_interval_s, 2 * st.heartbeat_interval_s))
+        p.floor = Floor(limits, stations, scoring, p.bank, policy, writer, broadcaster, progress, p.broker)
+        p.server = Server(cfg, p.floor, stations, hub, metrics)
         await p.server.start()
 
     def _start_sources(self, sources: list[SourceThread]) -> None:
@@ -223,43 +236,42 @@ class Service:
         notify("READY=1")
 
     async def _apply(self, new: Config) -> None:
+        """Apply what a reload may change, each part taking the new values whole; the rest
+        waits for a restart. No Config is edited: this one replaces the running one."""
         old = self.cfg
         fixed = [name for name in ("bundle", "provider", "server", "stages", "history", "encoder")
                  if getattr(new, name) != getattr(old, name)]
         if fixed:
             log.warning("changes to %s take effect after a restart", ", ".join(fixed))
-        old.prompts, old.rolling, old.visits = new.prompts, new.rolling, new.visits
-        if self.parts.publisher is not None:
-            self.parts.publisher.set_half_life(new.rolling.half_life_s)
-            if (new.alerts, new.webhook) != (old.alerts, old.webhook):
-                log.info("alert rules or webhook changed: applied now")
-                await self.parts.publisher.set_alerts(new.alerts, new.webhook)
-        old.alerts, old.webhook = new.alerts, new.webhook
-        if new.quality != old.quality:  # frozen options: each stream swaps them whole
-            old.quality = new.quality
-            streams = [st for source in self.parts.sources for st in list(source.streams.values())]
-            if self.parts.server is not None:
-                streams += [s.stream for s in self.parts.server.ingest_sessions.values() if s.stream]
-            for stream in streams:
-                stream.quality = new.quality
-            log.info("quality thresholds changed: applied to the next utterances")
-        if "capture" in self.stages and (new.stations != old.stations
-                                         or new.segmenter != old.segmenter):
+        capture = "capture" in self.stages and (new.stations, new.segmenter) != (old.stations, old.segmenter)
+        sources = None
+        if capture:
             try:
-                sources = build_sources(replace(old, stations=new.stations, segmenter=new.segmenter),
-                                        self.stream_factory)
+                sources = build_sources(replace(old, stations=new.stations, segmenter=new.segmenter,
+                                                quality=new.quality), self.stream_factory)
             except ConfigError as exc:
                 log.error("%s; keeping the running stations", exc)
-                return
+        live = replace(old, prompts=new.prompts, rolling=new.rolling, visits=new.visits, alerts=new.alerts,
+                       webhook=new.webhook, quality=new.quality,
+                       **({"stations": new.stations, "segmenter": new.segmenter} if sources is not None else {}))
+        self.cfg = live
+        if self.parts.serve is not None:
+            await self.parts.serve.configure(live)
+        if self.parts.server is not None:
+            self.parts.server.configure(live)
+        if new.quality != old.quality:
+            for source in self.parts.sources:
+                source.set_quality(new.quality)
+            log.info("quality thresholds changed: applied to the next utterances")
+        if sources is not None:
             log.info("stations changed: restarting capture")
             await asyncio.to_thread(self._stop_sources)
-            old.stations, old.segmenter = new.stations, new.segmenter
             self._start_sources(sources)
 
     # ---- stop
     async def stop(self) -> None:
         p = self.parts
-        log.info("stopping: draining capture, encoder and publisher")
+        log.info("stopping: draining capture, encoder and serve stage")
         if p.server is not None:
             p.server.stopping = True
         if p.bank is not None:  # re-embedding prompts now would only take the CPU from the drain
@@ -270,17 +282,17 @@ class Service:
         if p.broker is not None:  # the workers (this process's too) finish what it accepted
             p.broker.drain(self.drain_timeout_s)
             await asyncio.to_thread(p.broker.join)  # it gives up once the workers stop answering
-            if not await _wait(p.publisher.eos, 5.0):
-                log.error("publisher did not see the end of the stream in time")
+            if not await _wait(p.serve.progress.eos, 5.0):
+                log.error("the serve stage did not see the end of the stream in time")
         if p.worker is not None:
             p.worker.drain()
             await asyncio.to_thread(p.worker.join, self.drain_timeout_s)
-        if p.publisher is not None:
-            await p.publisher.close_visits()
+        if p.serve is not None:
+            await p.serve.close_visits()
         if p.server is not None:
             await p.server.close()
-        if p.publisher is not None:
-            await p.publisher.close()
+        if p.serve is not None:
+            await p.serve.close()
         if p.batcher is not None:
             await asyncio.to_thread(p.batcher.close)
         if p.bank is not None:

@@ -1,6 +1,6 @@
 """Alert events POSTed to an HTTP(S) webhook, from a thread of their own.
 
-The publisher only puts an event on a bounded queue (never waits); one thread POSTs
+The serve stage only puts an event on a bounded queue (never waits); one thread POSTs
 them in order, each with a timeout and retries with doubling back-off. A queue that is
 full drops the new event and counts it, so a dead receiver costs memory for `queue`
 events at most and never slows scoring. Header values (an `Authorization` secret) are

@@ -144,6 +144,12 @@ def speech_event(u: Utterance) -> dict:
             "time": round(u.time, 3), **speaker_fields(u)}
 
 
+def without_transcript(event: dict) -> dict:
+    """The event as published or stored where transcripts are not to be (personal data):
+    a copy, never an edit of the event itself."""
+    return event if "transcript" not in event else {k: v for k, v in event.items() if k != "transcript"}
+
+
 def speaker_fields(u: Utterance) -> dict:
     """`speaker` only where a voiceprint decided the role, so other events keep their shape."""
     return {} if u.speaker is None else {"speaker": u.speaker}

@@ -176,7 +176,7 @@ def test_a_receiver_that_never_answers_holds_up_nothing_and_reload_clears(tmp_pa
             new.alerts, new.webhook = (), None
             await svc._apply(new)
             cleared = (await receive(ws, "alert", 1))[0]
-            assert svc.parts.publisher.webhook is None
+            assert svc.parts.serve.broadcaster.webhook is None
         async with websockets.connect(url(svc, "/ws")) as ws:
             hello = (await receive(ws, "hello", 1))[0]
         return got, delivered, cleared, hello, list(svc.parts.history.alerts())
@@ -198,9 +198,9 @@ def test_unknown_emotion_is_logged_once_and_never_fires(tmp_path, tiny_bundle, c
             await receive(ws, "hello", 1)
             await asyncio.to_thread(push, cfg, embeddings(3, time.time()))
             await receive(ws, "utterance", 3)
-        svc.parts.publisher.prompts_changed()  # the prompt set is read again: still no calm
-        return svc.parts.publisher.alerts.active()
+        svc.parts.serve.prompts_changed()  # the prompt set is read again: still no calm
+        return svc.parts.floor.scoring.active_alerts()
 
-    with caplog.at_level(logging.WARNING, logger="emoclapd.publisher"):
+    with caplog.at_level(logging.WARNING, logger="emoclapd.serve"):
         active = with_service(cfg, body)
     assert active == [] and caplog.text.count("rule 'calm' watches emotion 'calm'") == 1

@@ -137,7 +137,7 @@ def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny
     cfg = fleet_config(tmp_path, tiny_bundle, broker_queue=4)
 
     async def body(svc):
-        broker, publisher, metrics = svc.parts.broker, svc.parts.publisher, svc.parts.server.metrics
+        broker, floor, metrics = svc.parts.broker, svc.parts.floor, svc.parts.server.metrics
         await asyncio.to_thread(feed(cfg, segments(10)).join, 10)
         await until(lambda: broker.snapshot()["accepted"] == 10, 10, "10 segments at the broker")
         waiting = svc.parts.server.health()
@@ -147,7 +147,7 @@ def test_no_worker_is_degraded_and_work_past_the_queue_is_counted(tmp_path, tiny
         worker, batcher = open_encoder(cfg, load_bundle(cfg.bundle))
         worker.start()  # a worker joins at run time and takes what waited
         try:
-            await until(lambda: publisher.published == 4, 20, "the 4 queued utterances published")
+            await until(lambda: floor.published == 4, 20, "the 4 queued utterances published")
             await until(lambda: broker.snapshot()["backlog"] == 0, 5, "an empty backlog")
             served = svc.parts.server.health()
             after = await asyncio.to_thread(lambda: urllib.request.urlopen(http_url(svc, "/metrics"), timeout=10)
@@ -203,7 +203,7 @@ def test_a_rogue_peer_cannot_publish_or_stop_the_broker(tmp_path, tiny_bundle):
         from emoclap import fleet, wire
         from emoclap.bundle import load_bundle
 
-        broker, publisher, metrics = svc.parts.broker, svc.parts.publisher, svc.parts.server.metrics
+        broker, floor, metrics = svc.parts.broker, svc.parts.floor, svc.parts.server.metrics
         rogue = context().socket(zmq.DEALER)
         rogue.connect(cfg.stages.workers)
         junk = [[b"hello"], [fleet.PROTOCOL, b"READY", b'{"credit": -1}'], [fleet.PROTOCOL, b"WORK", b"x", b""],
@@ -220,7 +220,7 @@ def test_a_rogue_peer_cannot_publish_or_stop_the_broker(tmp_path, tiny_bundle):
         worker.start()
         try:
             await asyncio.to_thread(feed(cfg, work).join, 10)
-            await until(lambda: publisher.published == len(work) and broker.snapshot()["duplicates"] == 6,
+            await until(lambda: floor.published == len(work) and broker.snapshot()["duplicates"] == 6,
                         20, "the honest results and the forged ones counted")
             health = svc.parts.server.health()
         finally:
@@ -253,7 +253,7 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
     t: dict[str, float] = {}
 
     async def body(svc):
-        broker, publisher = svc.parts.broker, svc.parts.publisher
+        broker, floor = svc.parts.broker, svc.parts.floor
         procs["a"], procs["b"] = start_worker(config, logs["a"]), start_worker(config, logs["b"])
         pid = {k: p.pid for k, p in procs.items()}
         await until(lambda: {pid["a"], pid["b"]} <= set(peers(broker)), 60, "workers a and b")
@@ -289,7 +289,7 @@ def test_workers_join_and_leave_and_a_kill_9_loses_nothing(tmp_path, tiny_bundle
         await asyncio.to_thread(feeder.join, 30)
         await until(lambda: broker.snapshot()["accepted"] == n and broker.snapshot()["backlog"] == 0,
                     60, "every utterance accounted for")
-        return (broker.snapshot(), publisher.published, svc.parts.server.metrics.drop_counts(),
+        return (broker.snapshot(), floor.published, svc.parts.server.metrics.drop_counts(),
                 list(svc.parts.history.events()), held_a | held_b, svc.parts.server.health())
 
     try:
@@ -375,7 +375,7 @@ def test_a_worker_outlives_its_gateway_and_joins_the_next(tmp_path, tiny_bundle)
             await until(lambda: len(svc.parts.broker.snapshot()["workers"]) == 1, 20, "the worker to join")
             batch = segments(5, station=f"desk{first_seq}")
             await asyncio.to_thread(feed(cfg, batch).join, 10)
-            await until(lambda: svc.parts.publisher.published == 5, 20, "5 utterances published")
+            await until(lambda: svc.parts.floor.published == 5, 20, "5 utterances published")
             return svc.parts.broker.snapshot()["workers"][0]["id"]
         return with_service(cfg, body, stages=("serve",))
 
@@ -443,14 +443,14 @@ def test_a_stop_waits_for_a_slow_worker_that_is_still_answering(tmp_path, tiny_b
             await until(lambda: len(broker.snapshot()["workers"]) == 1, 20, "the worker to join")
             await asyncio.to_thread(feed(cfg, segments(n)).join, 10)
             await until(lambda: broker.snapshot()["accepted"] == n, 10, f"{n} segments at the broker")
-            assert svc.parts.publisher.published < n // 2  # most still to encode: 2.4 s of work
+            assert svc.parts.floor.published < n // 2  # most still to encode: 2.4 s of work
         finally:
             started = time.monotonic()
             stopping = asyncio.create_task(svc.stop())
             await until(lambda: broker.drain_event.is_set(), 10, "the drain")
             health = svc.parts.server.health()
             await stopping
-        return (svc.parts.publisher.published, svc.parts.server.metrics.drop_counts(), time.monotonic() - started,
+        return (svc.parts.floor.published, svc.parts.server.metrics.drop_counts(), time.monotonic() - started,
                 health)
 
     try:
@@ -478,13 +478,13 @@ def test_scores_published_late_make_health_degraded_while_they_are(tmp_path, tin
 
     async def body(svc):
         worker.start()
-        publisher = svc.parts.publisher
+        floor = svc.parts.floor
         await until(lambda: len(svc.parts.broker.snapshot()["workers"]) == 1, 20, "the worker to join")
         await asyncio.to_thread(feed(cfg, segments(1)).join, 10)
-        await until(lambda: publisher.published == 1, 10, "one on time")
+        await until(lambda: floor.published == 1, 10, "one on time")
         on_time = svc.parts.server.health()
         await asyncio.to_thread(feed(cfg, segments(4, station="till-2")).join, 10)  # a queue: 1 s for the last
-        await until(lambda: publisher.published == 5, 20, "four more, late")
+        await until(lambda: floor.published == 5, 20, "four more, late")
         return on_time, svc.parts.server.health()
 
     try:

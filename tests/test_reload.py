@@ -63,18 +63,23 @@ def test_config_reload_applies_or_keeps(tmp_path, tiny_bundle, caplog):
         svc = Service(cfg, ("serve",), config_path=str(path))
         await svc.start()
         try:
-            path.write_text(path.read_text().replace("interval_s = 2.0", "interval_s = 0.5"))
+            path.write_text(path.read_text().replace("interval_s = 2.0", "interval_s = 0.5\nhalf_life_s = 7.0"))
             await svc.reload("test")
             applied = svc.cfg.rolling.interval_s
+            # Every part runs on the new values, taken whole: none reads a half-edited object.
+            seen = (svc.parts.serve.cfg is svc.cfg, svc.parts.server.cfg is svc.cfg,
+                    svc.parts.serve.scoring.scorer.half_life_s)
             path.write_text(path.read_text() + "bogus = 1\n")
             with caplog.at_level(logging.ERROR):
                 await svc.reload("test")
-            return applied, svc.cfg.rolling.interval_s
+            return applied, seen, svc.cfg.rolling.interval_s
         finally:
             await svc.stop()
 
-    applied, after_bad = asyncio.run(main())
+    applied, seen, after_bad = asyncio.run(main())
     assert applied == 0.5 and after_bad == 0.5
+    assert seen == (True, True, 7.0)
+    assert cfg.rolling.interval_s == 2.0 and cfg.rolling.half_life_s != 7.0  # replaced, never edited
     assert "bogus: unknown key" in caplog.text and "keeping the running configuration" in caplog.text
 
 

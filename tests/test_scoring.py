@@ -55,11 +55,10 @@ def test_bank_vectors_shape_checked():
     assert bipolar_scores(np.ones((4, 3)), BankVectors.empty(3)).shape == (4, 0)
 
 
-def test_an_event_carries_a_transcript_only_when_asked_and_the_publisher_strips_it():
+def test_an_event_carries_a_transcript_only_when_asked_and_stripping_it_copies():
     import numpy as np
 
-    from daemon.publisher import without_transcript
-    from emoclap.record import Scored, Utterance
+    from emoclap.record import Scored, Utterance, without_transcript
 
     utt = Utterance("till", "customer", 1, 0.0, 1.0, 0.0, 0.0, embedding=np.ones(2, np.float32),
                     transcript="I'll take it.")

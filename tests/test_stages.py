@@ -72,11 +72,11 @@ realtime = false
         server = svc.parts.server
         for _ in range(300):
             drops = server.metrics.drop_counts()
-            if svc.parts.publisher.published + drops.get("encoder_error", 0) >= len(spans) - 1 \
-                    and svc.parts.publisher.stations["desk"]["state"] == "ended":
+            if svc.parts.floor.published + drops.get("encoder_error", 0) >= len(spans) - 1 \
+                    and svc.parts.floor.station_states()["desk"] == "ended":
                 break
             await asyncio.sleep(0.1)
-        return svc.parts.publisher.published, server.metrics.drop_counts(), list(svc.parts.history.events())
+        return svc.parts.floor.published, server.metrics.drop_counts(), list(svc.parts.history.events())
 
     published, drops, history = with_service(cfg, body, stages=("capture", "encode", "serve"))
     assert drops == {"too_short": 1, "encoder_error": 1}

@@ -206,7 +206,7 @@ def test_encode_stage_survives_triton_going_away(host, tiny_bundle, tmp_path):
                           audio=(0.1 * rng.standard_normal(RATE)).astype(np.float32)) for _ in range(n)]
 
     async def body(svc):
-        publisher, metrics = svc.parts.publisher, svc.parts.publisher.metrics
+        floor, metrics = svc.parts.floor, svc.parts.server.metrics
         sender = Sender(cfg.stages.utterances, 1000, block=True)
 
         async def until(condition, seconds, what):
@@ -217,23 +217,23 @@ def test_encode_stage_survives_triton_going_away(host, tiny_bundle, tmp_path):
 
         try:
             sender.send_utterances(utterances(3))
-            await until(lambda: publisher.published >= 3, 30, "3 utterances published through Triton")
-            assert not [p for p in publisher.problems() if "Triton" in p]
+            await until(lambda: floor.published >= 3, 30, "3 utterances published through Triton")
+            assert not [p for p in floor.problems() if "Triton" in p]
             await asyncio.to_thread(host.stop)
             sender.send_utterances(utterances(4))
             await until(lambda: metrics.drop_counts().get("encoder_error", 0) >= 4, 30,
                         "4 utterances dropped as encoder_error")
             # The worker's next heartbeat carries its encoder's problem to the gateway.
-            await until(lambda: [p for p in publisher.problems() if f"Triton at {host.url} unreachable" in p],
+            await until(lambda: [p for p in floor.problems() if f"Triton at {host.url} unreachable" in p],
                         5, "the outage in /healthz")
-            assert publisher.published == 3
+            assert floor.published == 3
             await asyncio.to_thread(host.start)
             deadline = time.monotonic() + 30
-            while publisher.published < 5:  # until one batch after the restart gets through
+            while floor.published < 5:  # until one batch after the restart gets through
                 assert time.monotonic() < deadline, "Triton not used again within 30 s of its restart"
                 sender.send_utterances(utterances(1))
                 await asyncio.sleep(0.5)
-            await until(lambda: not [p for p in publisher.problems() if "Triton" in p], 5,
+            await until(lambda: not [p for p in floor.problems() if "Triton" in p], 5,
                         "the outage cleared from /healthz")
             assert svc.parts.batcher.failures >= 1 and svc.parts.worker.is_alive()
         finally:

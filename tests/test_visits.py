@@ -190,7 +190,7 @@ def test_open_visit_is_closed_and_stored_at_shutdown(tmp_path, tiny_bundle):
         await asyncio.to_thread(push, cfg, [wire.embedding(
             Utterance("s1", "customer", 1, 0.0, 1.0, time.time(), time.time(), embedding=v))])
         for _ in range(100):
-            if svc.parts.publisher.visits.open:
+            if svc.parts.serve.scoring.visits.open:
                 break
             await asyncio.sleep(0.05)
         return svc.parts.history
