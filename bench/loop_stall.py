@@ -3,6 +3,11 @@
     python bench/loop_stall.py [--bundle DIR] [--seconds 15] [--why] [--reload-after S]
     cd /tmp/other-checkout && PYTHONPATH=$PWD python bench/loop_stall.py   # measure that code
 
+`--stations N --clients M` add N replay stations of the capacity workload and M `/ws`
+readers to the load, to measure the loop at a sustained station count:
+
+    python bench/loop_stall.py --bundle data/demo-bundle --stations 46 --clients 10 --threads 2
+
 `Service(cfg, stages=("capture", "encode", "serve"))` runs in-process on the loop this
 script owns, next to a ticker task that sleeps 10 ms and records the gap between its
 wake-ups: a long gap is time the loop spent on something else. Row `quiet`: the service
@@ -83,15 +88,31 @@ def prompt_file(n: int = 250) -> str:
             f'[positive]\nlabel = "Calm"\nen = {calm}\n')
 
 
-def make_config(tmp: Path, bundle: Path):
+def make_config(tmp: Path, bundle: Path, stations: list[Path] = (), threads: int = 1):
     from daemon.config import parse_config
 
     shutil.copytree(REPO / "prompts", tmp / "prompts")  # the benchmark writes into its copy
-    # No [[stations]]: capture runs no sources, all audio comes through /ingest.
+    # Without --stations no [[stations]]: all audio comes through /ingest.
+    replay = "".join(f'[[stations]]\nname = "st{i:03d}"\nfile = "{f}"\nrole = "customer"\nloop = true\n'
+                     for i, f in enumerate(stations))
     return parse_config(f'bundle = "{bundle}"\nprompts = "prompts"\nprovider = "cpu"\n'
-                        'cache = "prompt-cache.sqlite3"\n[encoder]\nthreads = 1\n[server]\n'
-                        'host = "127.0.0.1"\nport = 0\n[history]\npath = "history.sqlite3"\n',
+                        f'cache = "prompt-cache.sqlite3"\n[encoder]\nthreads = {threads}\n[server]\n'
+                        'host = "127.0.0.1"\nport = 0\nmax_clients = 1000\n[history]\npath = "history.sqlite3"\n'
+                        '[transcripts]\nenabled = false\n' + replay,
                         source="loop_stall.toml", base=tmp)
+
+
+async def listener(port: int, stop: asyncio.Event, seen: list[int]) -> None:
+    """A dashboard: a `/ws` client that reads every message."""
+    from websockets.asyncio.client import connect
+
+    async with connect(f"ws://127.0.0.1:{port}/ws", max_queue=None) as ws:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(ws.recv(), 0.5)
+                seen[0] += 1
+            except asyncio.TimeoutError:
+                continue
 
 
 async def ticker(stop: asyncio.Event, times: list[float]) -> None:
@@ -160,6 +181,9 @@ async def measure(cfg, args) -> list[tuple[str, dict]]:
         clients = [asyncio.create_task(client(service.parts.server.port, f"bench-{i}", rate,
                                               np.roll(audio[rate], i * rate), stop, errors))
                    for i, rate in enumerate(CLIENT_RATES)]  # rolled 1 s apart: utterances interleave
+        seen = [0]
+        clients += [asyncio.create_task(listener(service.parts.server.port, stop, seen))
+                    for _ in range(args.clients)]
         t_start = time.perf_counter()
         await asyncio.sleep(2.0)
         latency0 = getattr(bank, "last_latency_s", None)
@@ -178,6 +202,7 @@ async def measure(cfg, args) -> list[tuple[str, dict]]:
         latency = getattr(bank, "last_latency_s", None)
         rows.append(("load", {**summary(times, (t_write, t_seen or times[-1])),
                               "utterances": published(service) - before, "errors": len(errors),
+                              "received": seen[0],
                               "seen": t_seen and t_seen - t_write,
                               "embed": latency if t_seen and latency != latency0 else None}))
     finally:
@@ -191,10 +216,10 @@ def table(rows) -> str:
     fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     out = ["| phase | window s | ticks | longest gap ms | p99 gap ms | gaps > 50 ms | of those, during "
            "re-embed | re-embed s (bank) | emotion visible after write s | utterances published | "
-           "ingest errors |", "|---" * 11 + "|"]
+           "ingest errors | messages read by /ws clients |", "|---" * 12 + "|"]
     out += [f"| {name} | {r['window']:.1f} | {r['ticks']} | {r['max']:.1f} | {r['p99']:.1f} | {r['over50']} | "
             f"{fmt(r['during'], 'd')} | {fmt(r.get('embed'), '.2f')} | {fmt(r.get('seen'), '.2f')} | "
-            f"{r['utterances']} | {r['errors']} |" for name, r in rows]
+            f"{r['utterances']} | {r['errors']} | {r.get('received', 0)} |" for name, r in rows]
     return "\n".join(out)
 
 
@@ -207,6 +232,10 @@ def main() -> int:
     ap.add_argument("--why", action="store_true", help="log callbacks that hold the loop > 50 ms")
     ap.add_argument("--reload-after", type=float, help="also call Service.reload() (SIGHUP's path) "
                     "S seconds after the write")
+    ap.add_argument("--stations", type=int, default=0, help="also N replay stations of the capacity "
+                    "workload (bench/workload.py: 50 %% speech, real time, looping)")
+    ap.add_argument("--clients", type=int, default=0, help="/ws clients reading every message")
+    ap.add_argument("--threads", type=int, default=1, help="[encoder] threads")
     ap.add_argument("--build-bundle", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_bundle:
@@ -223,8 +252,16 @@ def main() -> int:
         print(f"building the bundle in {bundle} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--build-bundle", str(bundle)], check=True)
     print(f"bundle: {bundle}")
+    files = []
+    if args.stations:
+        from bench.workload import tracks
+        from emoclap.segmenter import SegmenterOptions
+
+        work_dir = REPO / "var" / "bench-capacity"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        files = tracks(work_dir, 0.5, SegmenterOptions()).files(args.stations)
     with tempfile.TemporaryDirectory(prefix="emoclap-stall-") as tmp:
-        rows = asyncio.run(measure(make_config(Path(tmp), bundle.resolve()), args))
+        rows = asyncio.run(measure(make_config(Path(tmp), bundle.resolve(), files, args.threads), args))
     print(table(rows))
     return 0
 

@@ -2,10 +2,13 @@
 results on to the serve stage, in its stage's process.
 
 One thread runs `emoclap.dispatcher.Dispatcher` (zguide's Paranoid Pirate queue with
-credit-based flow control) over real sockets: a PULL bound on `[stages] utterances`
-(capture agents and the server's ingest PUSH there, as before), a ROUTER bound on
-`[stages] workers` (encode workers CONNECT DEALERs: any number, over inproc, ipc or
-tcp) and a PUSH to the serve stage on `[stages] embeddings`. Status and speech messages
+credit-based flow control): utterances come in on `[stages] utterances` (an inproc://
+endpoint is an in-process inbox, where capture threads and the server's ingest hand
+over the `Utterance` objects themselves; ipc:// or tcp:// is a PULL socket for capture
+agents elsewhere), go out to the encode workers on a ROUTER bound on `[stages] workers`
+(encode workers CONNECT DEALERs: any number, over inproc, ipc or tcp; framed once, where
+they leave for a worker), and their results go on to the serve stage, always in this
+process, as the decoded messages they are (`handoff.ToLoop`). Status and speech messages
 go straight on; a segment of a role the gateway does not score goes on as speech and
 never reaches a worker. Results wait in the outbox when the serve stage's link is full;
 while it is, no work is handed out and no utterance taken, so a slow serve stage slows
@@ -25,7 +28,8 @@ from emoclap import fleet, wire
 from emoclap.dispatcher import Dispatcher, Options
 
 from .config import Config
-from .links import bind, context, pull_socket
+from .handoff import Inbox, ToLoop
+from .links import bind, bind_local, context, pull_socket, speech_only, unbind_local
 from .metrics import Metrics
 
 log = logging.getLogger("emoclapd.broker")
@@ -39,7 +43,7 @@ class Broker(threading.Thread):
     BURST = 256  # messages taken from one socket per turn of the loop
     LOSS_REPORTED_S = 300.0  # a worker that died unannounced is in /healthz this long, or until one joins
 
-    def __init__(self, cfg: Config, metrics: Metrics, consumed=None):
+    def __init__(self, cfg: Config, metrics: Metrics, to_serve: ToLoop, consumed=None):
         super().__init__(name="broker", daemon=True)
         st = cfg.stages
         self.cfg, self.metrics = cfg, metrics
@@ -48,8 +52,9 @@ class Broker(threading.Thread):
                                              st.max_attempts, st.request_timeout_s, st.broker_queue))
         self.lock = threading.Lock()  # the dispatcher, between this thread and /healthz
         self._metrics_lock = threading.Lock()
-        self.outbox: deque[list[bytes]] = deque()
+        self.outbox: deque[wire.Message] = deque()
         self.outbox_limit = st.hwm
+        self.to_serve = to_serve
         self.forwarded = 0  # embeddings handed to the serve stage's link
         # Embeddings the serve stage published or dropped: what it holds counts as backlog.
         self.consumed = consumed if consumed is not None else (lambda: self.forwarded)
@@ -61,8 +66,14 @@ class Broker(threading.Thread):
         self.slow_link_s = st.slow_link_ms / 1000
         self.losses: list[tuple[float, str, str]] = []  # (when, worker, why): died without BYE, none joined since
         # Bound here, so an endpoint in use fails at start-up with its key, not in a thread.
-        self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
-        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        self.endpoint = st.utterances
+        self.inbox, self.pull = None, None
+        if st.utterances.startswith("inproc://"):
+            self.inbox = Inbox(st.hwm)
+            bind_local(st.utterances, self.inbox)
+        else:
+            self.pull = pull_socket(st.utterances, st.hwm, "stages.utterances")
+            self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
         self.router = context().socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not silence
@@ -71,13 +82,9 @@ class Broker(threading.Thread):
         try:
             bind(self.router, st.workers, "stages.workers")
         except Exception:
-            self.pull.close()
+            self._close_input()
             self.router.close()
             raise
-        self.out = context().socket(zmq.PUSH)
-        self.out.set_hwm(st.hwm)
-        self.out.setsockopt(zmq.LINGER, 2000)
-        self.out.connect(st.embeddings)
 
     # ---- control, from other threads
     def drain(self, timeout_s: float = 30.0) -> None:
@@ -135,21 +142,28 @@ class Broker(threading.Thread):
         try:
             drained = self._loop()
             if drained:
-                self.outbox.append(wire.eos())
-            self.out.setsockopt(zmq.SNDTIMEO, 2000)
-            while self.outbox:  # what is left goes, waiting at most the linger time each
-                self.out.send_multipart(self.outbox.popleft())
+                self.outbox.append(wire.Message("eos"))
+            while self.outbox:  # what is left goes: the serve stage takes it before it stops
+                self.to_serve.deliver(self.outbox.popleft())
         except Exception:  # noqa: BLE001
             log.exception("broker failed")
         finally:
-            for sock in (self.pull, self.router, self.out):
-                sock.close()
+            self._close_input()
+            self.router.close()
+
+    def _close_input(self) -> None:
+        if self.inbox is not None:
+            unbind_local(self.endpoint)
+            self.inbox.close()
+        if self.pull is not None:
+            self.pull.close()
 
     def _loop(self) -> bool:
         both, workers_only = zmq.Poller(), zmq.Poller()
         for poller in (both, workers_only):
             poller.register(self.router, zmq.POLLIN)
-        both.register(self.pull, zmq.POLLIN)
+        edges = self.pull if self.pull is not None else self.inbox.fd
+        both.register(edges, zmq.POLLIN)
         tick_ms = max(5, min(50, int(self.dispatcher.options.heartbeat_interval_s * 250)))
         quiet_since, next_gauges = None, 0.0
         while not self.stop_event.is_set():
@@ -160,7 +174,7 @@ class Broker(threading.Thread):
             with self.lock:
                 if self.router in events:
                     self._from_workers(now)
-                if reading and self.pull in events:
+                if reading and edges in events:
                     got = self._from_edges(now)
                 infos = {w: p.info for w, p in self.dispatcher.workers.items()}
                 dead, drops = self.dispatcher.expire(now)
@@ -207,6 +221,16 @@ class Broker(threading.Thread):
 
     # ---- edges → queue
     def _from_edges(self, now: float) -> int:
+        if self.inbox is not None:  # in this process: the messages themselves, no decoding
+            got = 0
+            while got < self.BURST and self.dispatcher.room() and (taken := self.inbox.take(1)):
+                got += 1
+                try:
+                    self._take(taken[0], None, now)
+                except Exception:  # noqa: BLE001 - one message never stops the broker
+                    log.exception("broker: a message from an edge failed")
+                    self.metrics.drop("?", "bad_message")
+            return got
         got = 0
         while got < self.BURST and self.dispatcher.room():
             try:
@@ -224,16 +248,18 @@ class Broker(threading.Thread):
                 self.metrics.drop("?", "bad_message")
         return got
 
-    def _take(self, msg: wire.Message, frames: list[bytes], now: float) -> None:
+    def _take(self, msg: wire.Message, frames: list[bytes] | None, now: float) -> None:
+        """`frames`: the message as it came over a socket (None: handed over in-process)."""
         if msg.kind in ("status", "speech"):
-            self.outbox.append(frames)
+            self.outbox.append(msg)
         elif msg.kind != "segment":
             log.warning("broker: skipped a %s message on the utterances link", msg.kind)
             self.metrics.drop("?", "bad_message")
         elif not self.policy.scores(msg.utterance.role):  # an edge with another policy
-            self.outbox.append(wire.speech(msg.utterance))
+            self.outbox.append(wire.Message("speech", utterance=speech_only(msg.utterance)))
         else:
-            reason = self.dispatcher.submit(fleet.key_of(msg.utterance), frames, now)
+            # Framed once, here, for the workers (and any retry); a socket's frames as they came.
+            reason = self.dispatcher.submit(fleet.key_of(msg.utterance), frames or wire.encode(msg), now)
             if reason is not None:
                 self.metrics.drop(msg.utterance.station, reason)
 
@@ -297,7 +323,7 @@ class Broker(threading.Thread):
                 self._send(worker, fleet.reconnect(), now)
                 return
             if outcome == "ok" and cmd.message is not None:
-                self.outbox.append(cmd.frames)
+                self.outbox.append(cmd.message)
                 self.forwarded += cmd.message.kind == "embedding"
             elif outcome == "ok":
                 self.metrics.drop(key[0], f["reason"])
@@ -319,12 +345,8 @@ class Broker(threading.Thread):
 
     # ---- serve stage
     def _flush(self) -> None:
-        while self.outbox:
-            try:
-                self.out.send_multipart(self.outbox[0], zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.outbox.popleft()
+        while self.outbox and self.to_serve.room():
+            self.to_serve.deliver(self.outbox.popleft())
 
     # ---- accounting
     def _count(self, drops: list[tuple[tuple, str]]) -> None:

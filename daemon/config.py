@@ -120,8 +120,8 @@ class SpeakersConfig:
 
 @dataclass
 class StagesConfig:
-    utterances: str = "inproc://emoclap-utterances"  # capture/ingest -> encode
-    embeddings: str = "inproc://emoclap-embeddings"  # broker -> score/publish, in the serve process
+    # capture/ingest -> the gateway's broker; inproc: handed over as objects in one process
+    utterances: str = "inproc://emoclap-utterances"
     workers: str = "inproc://emoclap-workers"  # the serve stage's broker; encode workers connect
     hwm: int = 64  # messages queued per socket before new ones are dropped
     status_interval_s: float = 1.0
@@ -226,12 +226,18 @@ def _convert(value, tp, key: str):
     return value
 
 
+RETIRED = {"stages.embeddings": "no longer a setting: the broker hands each result to the serve stage "
+                                "inside the gateway's process"}
+
+
 def _build(cls, table: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source" or cls is not Config}
     kwargs = {}
     for key, value in table.items():
         full = f"{prefix}.{key}" if prefix else key
+        if full in RETIRED:
+            raise ConfigError(f"{full}: {RETIRED[full]}; remove it")
         if key not in names:
             raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
         kwargs[key] = _convert(value, hints[key], full)
@@ -313,7 +319,7 @@ def _validate(cfg: Config) -> None:
     if not is_loopback(srv.host) and not srv.token:
         raise ConfigError(f"server.token: required when server.host ({srv.host}) is not a "
                           f"loopback address (or set {TOKEN_ENV})")
-    for name in ("utterances", "embeddings", "workers"):
+    for name in ("utterances", "workers"):
         endpoint = getattr(cfg.stages, name)
         if not endpoint.startswith(ENDPOINT_SCHEMES):
             raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
@@ -366,7 +372,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.speakers.encoder = resolve(cfg.speakers.encoder)
     for st in cfg.stations:
         st.file = resolve(st.file)
-    for name in ("utterances", "embeddings", "workers"):
+    for name in ("utterances", "workers"):
         endpoint = getattr(cfg.stages, name)
         if endpoint.startswith("ipc://") and not endpoint.startswith("ipc:///"):
             setattr(cfg.stages, name, "ipc://" + resolve(endpoint[len("ipc://"):]))

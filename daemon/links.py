@@ -1,7 +1,8 @@
-"""ZeroMQ links between stages, with drop accounting, and binding that refuses an
-endpoint in use.
+"""Links between stages, with drop accounting, and binding that refuses an endpoint in use.
 
-Every link is PUSH -> PULL with a high-water mark, so no queue grows without bound.
+Inside one process a link hands `wire.Message` objects to its reader's inbox; between
+processes it is ZeroMQ PUSH -> PULL. Either has a high-water mark, so no queue grows
+without bound.
 A sender that cannot queue a message counts it as dropped (`queue_full`) instead of
 waiting, unless it was asked to apply back-pressure (file replay as fast as possible).
 Drop counts reach the score/publish stage in `status` messages, so one process's
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import zmq
 
@@ -102,19 +104,88 @@ def pull_socket(endpoint: str, hwm: int, what: str = "endpoint") -> zmq.Socket:
     return sock
 
 
-class Sender:
-    """One PUSH socket (one thread) plus the drop counts and states it reports.
+_local: dict[str, object] = {}  # inproc endpoint -> the Inbox its in-process reader bound
+_local_lock = threading.Lock()
 
-    `state` maps station -> state word; `dropped` counts (station, reason) since the
-    last status message that got through.
-    """
 
-    def __init__(self, endpoint: str, hwm: int, status_interval_s: float = 1.0,
-                 block: bool = False, linger_ms: int = 2000):
+def bind_local(endpoint: str, inbox) -> None:
+    """An in-process reader's inproc:// endpoint: writers in this process hand it
+    `wire.Message` objects directly (daemon.handoff), as inproc:// links only ever
+    connect within one process anyway."""
+    with _local_lock:
+        if endpoint in _local:
+            raise LinkError(f"cannot bind {endpoint}: in use in this process")
+        _local[endpoint] = inbox
+
+
+def unbind_local(endpoint: str) -> None:
+    with _local_lock:
+        _local.pop(endpoint, None)
+
+
+class _ZmqPort:
+    """Messages framed onto a PUSH socket (another process, another host)."""
+
+    def __init__(self, endpoint: str, hwm: int, linger_ms: int):
         self.sock = context().socket(zmq.PUSH)
         self.sock.set_hwm(hwm)
         self.sock.setsockopt(zmq.LINGER, linger_ms)
         self.sock.connect(endpoint)
+
+    def send(self, msg: wire.Message, block: bool) -> bool:
+        try:
+            self.sock.send_multipart(wire.encode(msg), flags=0 if block else zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def finishing(self, linger_ms: int) -> None:
+        """The last sends wait at most the linger time."""
+        self.sock.setsockopt(zmq.SNDTIMEO, linger_ms)
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self.sock.close(linger=linger_ms)
+
+
+class _LocalPort:
+    """Messages handed to an in-process reader's inbox as they are."""
+
+    def __init__(self, inbox, linger_ms: int):
+        self.inbox = inbox
+        self.timeout_s: float | None = None
+
+    def send(self, msg: wire.Message, block: bool) -> bool:
+        return self.inbox.put(msg, block, self.timeout_s)
+
+    def finishing(self, linger_ms: int) -> None:
+        self.timeout_s = linger_ms / 1000
+
+    def close(self, linger_ms: int | None = None) -> None:
+        pass  # the inbox is its reader's
+
+
+def speech_only(utt: Utterance) -> Utterance:
+    """What a `speech` message carries of an utterance: its times, never its audio."""
+    return replace(utt, audio=None, embedding=None, text_embedding=None, transcript=None)
+
+
+def _port(endpoint: str, hwm: int, linger_ms: int):
+    with _local_lock:
+        inbox = _local.get(endpoint)
+    return _LocalPort(inbox, linger_ms) if inbox is not None else _ZmqPort(endpoint, hwm, linger_ms)
+
+
+class Sender:
+    """One link downstream (one thread) plus the drop counts and states it reports.
+
+    The link is the reader's inbox where the reader bound its inproc:// endpoint in this
+    process, else a PUSH socket. `state` maps station -> state word; `dropped` counts
+    (station, reason) since the last status message that got through.
+    """
+
+    def __init__(self, endpoint: str, hwm: int, status_interval_s: float = 1.0,
+                 block: bool = False, linger_ms: int = 2000):
+        self.port = _port(endpoint, hwm, linger_ms)
         self.block = block
         self.linger_ms = linger_ms
         self.state: dict[str, str] = {}
@@ -159,19 +230,14 @@ class Sender:
         self.gauges.update(status.get("gauges", {}))
         self.observations.extend(tuple(o) for o in status.get("batches", []))
 
-    def send(self, frames: list[bytes], block: bool | None = None) -> bool:
-        block = self.block if block is None else block
-        try:
-            self.sock.send_multipart(frames, flags=0 if block else zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
+    def send(self, msg: wire.Message, block: bool | None = None) -> bool:
+        return self.port.send(msg, self.block if block is None else block)
 
     def send_utterances(self, utterances: list[Utterance]) -> int:
         """Segments to the encode stage; one that finds the queue full is counted dropped."""
         sent = 0
         for utt in utterances:
-            if self.send(wire.segment(utt)):
+            if self.send(wire.Message("segment", utterance=utt)):
                 sent += 1
             else:
                 self.drop(utt.station, "queue_full")
@@ -180,7 +246,7 @@ class Sender:
     def send_speech(self, utterances: list[Utterance]) -> None:
         """Utterances of roles that are not scored: their times only, never their audio."""
         for utt in utterances:
-            if not self.send(wire.speech(utt)):
+            if not self.send(wire.Message("speech", utterance=speech_only(utt))):
                 self.drop(utt.station, "queue_full")
 
     def dispatch(self, utterances: list[Utterance], policy) -> None:
@@ -207,7 +273,7 @@ class Sender:
             "gauges": dict(self.gauges),
             "batches": list(self.observations),
         }
-        if self.send(wire.status(header)):
+        if self.send(wire.Message("status", header)):
             self.dropped.clear()
             self.overflows.clear()
             self.segmented.clear()
@@ -216,11 +282,15 @@ class Sender:
             for station in [s for s, state in self.state.items() if state == "ended"]:
                 del self.state[station]
 
+    def abandon(self) -> None:
+        """Gone at once, reporting nothing more (what an edge that crashed does)."""
+        self.port.close(0)
+
     def close(self, eos: bool = False) -> None:
         """Report the last counts (and end-of-stream), waiting at most the linger time."""
-        self.sock.setsockopt(zmq.SNDTIMEO, self.linger_ms)
+        self.port.finishing(self.linger_ms)
         self.block = True
         self.tick(force=True)
         if eos:
-            self.send(wire.eos())
-        self.sock.close()
+            self.send(wire.Message("eos"))
+        self.port.close()

@@ -1,6 +1,6 @@
-"""The serve stage: embeddings in over ZeroMQ, each taken through its parts in turn.
+"""The serve stage: results from the broker, each taken through its parts in turn.
 
-    link → Scoring.take (scores, visits, alerts) → HistoryWriter.commit → Broadcaster
+    broker (handoff.ToLoop) → Scoring.take (scores, visits, alerts) → HistoryWriter.commit → Broadcaster
 
 Scoring runs on the event loop (a few dot products), the commit off it (disk), and only
 then is anything broadcast, so what a client saw is always in the history. Messages
@@ -16,9 +16,6 @@ import asyncio
 import logging
 import time
 
-import zmq
-import zmq.asyncio
-
 from emoclap import latency, scorestream, wire
 from emoclap.record import Utterance
 from emoclap.scoring import Outcome, Scoring, Settings
@@ -26,14 +23,14 @@ from emoclap.scoring import Outcome, Scoring, Settings
 from .broadcaster import Broadcaster
 from .config import Config
 from .floor import Progress
+from .handoff import ToLoop
 from .history_writer import HistoryWriter
-from .links import bind, context
 from .metrics import Metrics
 from .stations import Stations
 
 log = logging.getLogger("emoclapd.serve")
 
-BURST = 64  # messages taken from the link per history transaction
+BURST = 64  # messages taken from the broker per history transaction
 PROMPTS_EVERY_S = 0.5  # `prompts` messages while prompt files keep changing
 
 
@@ -43,7 +40,8 @@ def settings(cfg: Config) -> Settings:
 
 class ServeStage:
     def __init__(self, cfg: Config, bank, scoring: Scoring, writer: HistoryWriter,
-                 broadcaster: Broadcaster, stations: Stations, progress: Progress, metrics: Metrics):
+                 broadcaster: Broadcaster, stations: Stations, progress: Progress, metrics: Metrics,
+                 inbox: ToLoop):
         self.cfg = cfg  # replaced whole by `configure`, never edited
         self.bank = bank
         self.scoring = scoring
@@ -53,16 +51,11 @@ class ServeStage:
         self.progress = progress
         self.metrics = metrics
         self._prompts_sent, self._prompts_due = -PROMPTS_EVERY_S, None  # the prompt set's last broadcast
-        self._pull: zmq.asyncio.Socket | None = None
+        self.inbox = inbox
         self._tasks: list[asyncio.Task] = []
 
     # ---- life cycle
     def start(self) -> None:
-        st = self.cfg.stages
-        self._pull = zmq.asyncio.Context.shadow(context().underlying).socket(zmq.PULL)
-        self._pull.set_hwm(st.hwm)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        bind(self._pull, st.embeddings, "stages.embeddings")
         self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._timer())]
         self.broadcaster.start()
         self.report_unknown_emotions()
@@ -74,8 +67,6 @@ class ServeStage:
         await self.close_visits()  # one opened after close_visits() (a late message) is kept too
         await self.writer.close()
         await self.broadcaster.close()  # what close_visits cleared gets a moment to go out
-        if self._pull is not None:
-            self._pull.close()
 
     async def configure(self, cfg: Config) -> None:
         """A reloaded configuration: what may change without a restart, applied now."""
@@ -91,16 +82,13 @@ class ServeStage:
     # ---- messages from the encode stage
     async def _pump(self) -> None:
         while True:
-            burst = [await self._pull.recv_multipart()]
-            while len(burst) < BURST:
-                try:
-                    burst.append(self._pull.recv_multipart(zmq.NOBLOCK).result())
-                except zmq.Again:
-                    break
+            burst = [await self.inbox.get()]
+            while len(burst) < BURST and (msg := self.inbox.get_nowait()) is not None:
+                burst.append(msg)
             taken: list[tuple[Outcome, float]] = []
-            for frames in burst:
+            for msg in burst:
                 arrived = time.time()
-                if (out := self._take(frames)) is not None:
+                if (out := self._take(msg)) is not None:
                     taken.append((out, arrived))
             if taken:
                 scored = time.time()
@@ -115,13 +103,8 @@ class ServeStage:
                     await asyncio.sleep(0)  # client writers run between events of a burst
             self.progress.settled = self.progress.received  # the whole burst is published (or dropped) now
 
-    def _take(self, frames: list[bytes]) -> Outcome | None:
-        try:
-            msg = wire.decode(frames)
-        except wire.WireError as exc:
-            log.warning("serve: skipped a malformed message: %s", exc)
-            self.metrics.drop("?", "bad_message")
-            return None
+    def _take(self, msg: wire.Message) -> Outcome | None:
+        """One message from the broker (checked where it entered the process)."""
         if msg.kind == "status":
             try:
                 self.metrics.record_status(msg.header)

@@ -140,6 +140,7 @@ class Service:
         from .broadcaster import Broadcaster
         from .broker import Broker
         from .floor import Floor, Limits, Progress
+        from .handoff import ToLoop
         from .history import History
         from .history_writer import HistoryWriter
         from .hub import Hub
@@ -161,13 +162,13 @@ class Service:
         scoring = Scoring(p.bank, settings(cfg), cfg.alerts, policy, keep_transcript=t.publish or t.store)
         writer = HistoryWriter(p.history, metrics, store_transcripts=t.store)
         broadcaster = Broadcaster(hub, metrics, cfg.webhook, publish_transcripts=t.publish)
-        progress = Progress()
-        p.serve = ServeStage(cfg, p.bank, scoring, writer, broadcaster, stations, progress, metrics)
+        progress, to_serve = Progress(), ToLoop(asyncio.get_running_loop(), st.hwm)
+        p.serve = ServeStage(cfg, p.bank, scoring, writer, broadcaster, stations, progress, metrics, to_serve)
         p.serve.start()
         # The bank reloads on its own thread; the serve stage hears of it on the loop.
         p.bank.subscribe(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, p.serve.prompts_changed))
         p.bank.start()
-        p.broker = Broker(cfg, metrics, consumed=lambda: progress.settled)
+        p.broker = Broker(cfg, metrics, to_serve, consumed=lambda: progress.settled)
         p.broker.start()
         limits = Limits(cfg.server.late_after_s,
                         silence_after_s=max(1.0, 5 * st.status_interval_s, 2 * st.heartbeat_interval_s))

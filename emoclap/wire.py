@@ -1,4 +1,5 @@
-"""The framed messages that travel between stages (over ZeroMQ).
+"""The messages that travel between stages: handed over as `Message` objects inside
+one process, framed for ZeroMQ between processes.
 
 A message is two frames: a UTF-8 JSON header and a raw little-endian float32 payload.
 The header carries `v` (format version) and `kind`:
@@ -82,6 +83,22 @@ def status(fields: dict) -> list[bytes]:
 
 def eos() -> list[bytes]:
     return _frames("eos", {})
+
+
+def encode(msg: Message, with_audio: bool = False, with_transcript: bool = False) -> list[bytes]:
+    """A message as frames: what `decode` reads back (a stage that handed it over inside
+    its process serialises it only where it leaves the process)."""
+    if msg.kind == "segment":
+        return segment(msg.utterance)
+    if msg.kind == "embedding":
+        return embedding(msg.utterance, with_audio, with_transcript)
+    if msg.kind == "speech":
+        return speech(msg.utterance)
+    if msg.kind == "status":
+        return status(msg.header)
+    if msg.kind == "eos":
+        return eos()
+    raise WireError(f"unknown kind {msg.kind!r}")
 
 
 STATES = ("starting", "online", "offline", "ended", "failed")

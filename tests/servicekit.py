@@ -11,7 +11,6 @@ import numpy as np
 
 from emoclap import wire
 from emoclap.record import Utterance
-from daemon.links import Sender
 from daemon.service import Service
 from tests.stagekit import config
 
@@ -60,11 +59,13 @@ def embedding_messages(n: int, dim: int, station: str = "s1", seed: int = 0):
                                        embedding=v / np.linalg.norm(v)))
 
 
-def push(cfg, messages) -> int:
-    """Send messages into the serve stage's input link; returns how many went."""
-    sender = Sender(cfg.stages.embeddings, 100000, block=True)
-    n = sum(1 for m in messages if sender.send(m))
-    sender.sock.close()
+def push(svc, messages) -> int:
+    """Hand framed messages to the serve stage as the broker hands its results on
+    (decoded, in order, on the loop); returns how many went."""
+    inbox, n = svc.parts.serve.inbox, 0
+    for frames in messages:
+        inbox.loop.call_soon_threadsafe(inbox.deliver, wire.decode(frames))
+        n += 1
     return n
 
 

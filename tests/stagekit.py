@@ -23,7 +23,6 @@ def endpoint() -> str:
 def config(stations: str = "", **stages):
     cfg = parse_config(stations)
     cfg.stages.utterances = stages.get("utterances", endpoint())
-    cfg.stages.embeddings = stages.get("embeddings", endpoint())
     cfg.stages.hwm = stages.get("hwm", cfg.stages.hwm)
     cfg.stages.status_interval_s = 0.1
     return cfg

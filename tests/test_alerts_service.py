@@ -159,13 +159,13 @@ def test_a_receiver_that_never_answers_holds_up_nothing_and_reload_clears(tmp_pa
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
             messages = list(embeddings(n, time.time()))
-            await asyncio.to_thread(push, cfg, messages[:1])  # fires
+            await asyncio.to_thread(push, svc, messages[:1])  # fires
             got = await receive(ws, "utterance", 1) + await receive(ws, "alert", 1)
             for _ in range(300):  # until the receiver holds the POST
                 if hook.requests:
                     break
                 await asyncio.sleep(0.05)
-            await asyncio.to_thread(push, cfg, messages[1:])
+            await asyncio.to_thread(push, svc, messages[1:])
             got += await receive(ws, "utterance", n - 1)
             # every later utterance came while the receiver still held the delivery
             assert len(hook.requests) == 1 and not hook.release.is_set()
@@ -196,7 +196,7 @@ def test_unknown_emotion_is_logged_once_and_never_fires(tmp_path, tiny_bundle, c
     async def body(svc):
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
-            await asyncio.to_thread(push, cfg, embeddings(3, time.time()))
+            await asyncio.to_thread(push, svc, embeddings(3, time.time()))
             await receive(ws, "utterance", 3)
         svc.parts.serve.prompts_changed()  # the prompt set is read again: still no calm
         return svc.parts.floor.scoring.active_alerts()

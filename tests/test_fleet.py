@@ -124,7 +124,7 @@ def test_a_capture_agent_that_goes_silent_is_degraded_until_it_reports_again(tmp
             await reporting(0.5)
             back = server.health()
         finally:
-            edge.sock.close(linger=0)
+            edge.abandon()
         return alive, silent, back
 
     alive, silent, back = with_service(cfg, body, stages=("serve",))

@@ -165,12 +165,12 @@ def test_failing_history_is_reported_and_scores_still_flow(tmp_path, tiny_bundle
         history.write_many = full
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
-            await asyncio.to_thread(push, cfg, embedding_messages(4, DIM))
+            await asyncio.to_thread(push, svc, embedding_messages(4, DIM))
             got = await receive(ws, "utterance", 4)
             failing = svc.parts.server.health()
             metrics = svc.parts.server.metrics.render().decode()
             history.write_many = real
-            await asyncio.to_thread(push, cfg, embedding_messages(1, DIM, station="s2"))
+            await asyncio.to_thread(push, svc, embedding_messages(1, DIM, station="s2"))
             await receive(ws, "utterance", 1)
             stored = [(e["station"], e["seq"]) for e in history.events()]
         return got, failing, metrics, svc.parts.server.health(), stored
@@ -339,7 +339,7 @@ def test_a_slow_disk_stores_each_row_once(tmp_path, tiny_bundle):
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
             for i in range(6):
-                await asyncio.to_thread(push, cfg, embedding_messages(1, DIM, station=f"s{i}"))
+                await asyncio.to_thread(push, svc, embedding_messages(1, DIM, station=f"s{i}"))
             await receive(ws, "utterance", 6)
         await asyncio.sleep(0.3)
         return [(e["station"], e["seq"]) for e in history.events()]

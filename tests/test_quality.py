@@ -412,7 +412,7 @@ def test_service_sends_counts_and_stores_insufficient(tmp_path, tiny_bundle):
     async def body(svc):
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
-            await asyncio.to_thread(push, cfg, messages())
+            await asyncio.to_thread(push, svc, messages())
             got = await receive(ws, "utterance", 3)
         port = svc.parts.server.port
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(

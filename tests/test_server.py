@@ -33,7 +33,7 @@ def test_hello_utterances_history_metrics(tmp_path, tiny_bundle):
             names = {e["name"]: e for e in hello["emotions"]}
             assert names["purchase_intention"]["roles"] == ["customer"]
             assert names["pleasant"]["negative"] == "Unpleasant"
-            await asyncio.to_thread(push, cfg, embedding_messages(5, DIM))
+            await asyncio.to_thread(push, svc, embedding_messages(5, DIM))
             events = await receive(ws, "utterance", 5)
             rolling = await receive(ws, "rolling", 1)
         status, ctype, text = await asyncio.to_thread(get, http_url(svc, "/metrics"))
@@ -95,7 +95,7 @@ def test_subscribe_filters_stations_and_bad_messages_get_errors(tmp_path, tiny_b
             await ws.send(json.dumps({"type": "subscribe", "stations": ["b"]}))
             await receive(ws, "subscribed", 1)
             msgs = list(embedding_messages(3, DIM, "a")) + list(embedding_messages(2, DIM, "b"))
-            await asyncio.to_thread(push, cfg, msgs)
+            await asyncio.to_thread(push, svc, msgs)
             got = await receive(ws, "utterance", 2)
             rolling = await receive(ws, "rolling", 1)
         return err, got, rolling
@@ -127,7 +127,7 @@ def test_slow_client_is_closed_without_stalling_others(tmp_path, tiny_bundle):
         try:
             async with websockets.connect(url(svc, "/ws"), max_queue=None) as fast:
                 await receive(fast, "hello", 1)
-                await asyncio.to_thread(push, cfg, embedding_messages(n, DIM))
+                await asyncio.to_thread(push, svc, embedding_messages(n, DIM))
                 got = await receive(fast, "utterance", n, timeout=120)
                 hub = svc.parts.server.hub
                 for _ in range(100):  # the close handshake times out after close_timeout

@@ -36,7 +36,6 @@ def test_run_replays_dialogue_and_drains_on_sigterm(tmp_path, tiny_bundle):
     port = free_port()
     write_replay_config(tmp_path, tiny_bundle, wav, port, sections="""[stages]
 utterances = "ipc://u.sock"
-embeddings = "ipc://e.sock"
 """)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
@@ -141,8 +140,7 @@ def test_stages_in_three_processes(tmp_path, tiny_bundle):
     wav = write_stereo(tmp_path / "dialogue.wav", stereo)
     port, link = free_port(), free_port()
     write_replay_config(tmp_path, tiny_bundle, wav, port, sections=f"""[stages]
-utterances = "ipc://u.sock"
-embeddings = "tcp://127.0.0.1:{link}"
+utterances = "tcp://127.0.0.1:{link}"
 workers = "ipc://w.sock"
 """, station="realtime = false\n")
     procs = {}

@@ -237,7 +237,7 @@ def test_encode_stage_survives_triton_going_away(host, tiny_bundle, tmp_path):
                         "the outage cleared from /healthz")
             assert svc.parts.batcher.failures >= 1 and svc.parts.worker.is_alive()
         finally:
-            sender.sock.close(linger=0)
+            sender.abandon()
     with_service(cfg, body)
 
 

@@ -149,7 +149,7 @@ def test_visits_on_ws_in_history_and_export(tmp_path, tiny_bundle):
     async def body(svc):
         async with websockets.connect(url(svc, "/ws")) as ws:
             await receive(ws, "hello", 1)
-            await asyncio.to_thread(push, cfg, messages())
+            await asyncio.to_thread(push, svc, messages())
             got = []
             while not got or got[-1].get("state") != "closed":
                 msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
@@ -187,7 +187,7 @@ def test_open_visit_is_closed_and_stored_at_shutdown(tmp_path, tiny_bundle):
     async def body(svc):
         import numpy as np
         v = np.ones(DIM, np.float32) / np.sqrt(DIM)
-        await asyncio.to_thread(push, cfg, [wire.embedding(
+        await asyncio.to_thread(push, svc, [wire.embedding(
             Utterance("s1", "customer", 1, 0.0, 1.0, time.time(), time.time(), embedding=v))])
         for _ in range(100):
             if svc.parts.serve.scoring.visits.open:

@@ -176,3 +176,28 @@ def test_hostile_stage_spans_are_refused_by_name(spans):
         return
     from emoclap.latency import MAX_SPAN_S, STAGES
     assert set(u.spans) <= set(STAGES) and all(0 <= v <= MAX_SPAN_S for v in u.spans.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["segment", "speech", "embedding", "status", "eos"]),
+       st.lists(st.floats(-1, 1, width=32), max_size=50), st.integers(1, 10_000))
+def test_a_message_handed_over_in_process_frames_to_what_a_socket_would_carry(kind, samples, seq):
+    audio = np.array(samples, np.float32)
+    utt = utterance(seq=seq, audio=audio, embedding=np.ones(4, np.float32) / 2)
+    msg = wire.Message(kind, {"states": {"s": "online"}} if kind == "status" else {},
+                       None if kind in ("status", "eos") else utt)
+    back = wire.decode(wire.encode(msg, with_audio=True))
+    assert back.kind == kind
+    if kind == "status":
+        assert back.header == msg.header
+    elif kind != "eos":
+        assert (back.utterance.station, back.utterance.seq, back.utterance.time) == ("s", seq, utt.time)
+        if kind == "segment":
+            np.testing.assert_array_equal(back.utterance.audio, audio)
+        if kind == "speech":
+            assert back.utterance.audio is None
+
+
+def test_an_unknown_kind_is_not_framed():
+    with pytest.raises(wire.WireError, match="unknown kind"):
+        wire.encode(wire.Message("gossip"))
