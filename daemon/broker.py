@@ -43,7 +43,7 @@ class Broker(threading.Thread):
     BURST = 256  # messages taken from one socket per turn of the loop
     LOSS_REPORTED_S = 300.0  # a worker that died unannounced is in /healthz this long, or until one joins
 
-    def __init__(self, cfg: Config, metrics: Metrics, to_serve: ToLoop, consumed=None):
+    def __init__(self, cfg: Config, metrics: Metrics, to_serve: ToLoop, consumed):
         super().__init__(name="broker", daemon=True)
         st = cfg.stages
         self.cfg, self.metrics = cfg, metrics
@@ -56,8 +56,8 @@ class Broker(threading.Thread):
         self.outbox_limit = st.hwm
         self.to_serve = to_serve
         self.forwarded = 0  # embeddings handed to the serve stage's link
-        # Embeddings the serve stage published or dropped: what it holds counts as backlog.
-        self.consumed = consumed if consumed is not None else (lambda: self.forwarded)
+        # consumed(): embeddings the serve stage published or dropped; what it holds is backlog.
+        self.consumed = consumed
         self.last_worker = time.monotonic()  # when an encode worker was last heard
         self.stop_event, self.drain_event = threading.Event(), threading.Event()
         self.drain_deadline, self.drain_patience_s, self.drain_limit = math.inf, 30.0, math.inf

@@ -33,18 +33,17 @@ class Limits:
     silence_after_s: float  # no word from the encode stage this long: degraded
 
 
+@dataclass(frozen=True)
 class Floor:
-    def __init__(self, limits: Limits, stations, scoring, bank, policy, writer, broadcaster,
-                 progress: Progress, fleet):
-        self.limits = limits
-        self.stations = stations
-        self.scoring = scoring
-        self.bank = bank
-        self.policy = policy
-        self.writer = writer
-        self.broadcaster = broadcaster
-        self.progress = progress
-        self.fleet = fleet  # the broker, which hears the encode workers
+    limits: Limits
+    stations: object  # daemon.stations.Stations
+    scoring: object  # emoclap.scoring.Scoring
+    bank: object  # daemon.prompt_bank.PromptBank
+    policy: object  # emoclap.privacy.PrivacyPolicy
+    writer: object  # daemon.history_writer.HistoryWriter
+    broadcaster: object  # daemon.broadcaster.Broadcaster
+    progress: Progress
+    fleet: object  # daemon.broker.Broker, which hears the encode workers
 
     @property
     def published(self) -> int:

@@ -43,12 +43,8 @@ class Inbox:
         """Up to `most` messages, oldest first; never waits."""
         with self._room:
             out = [self._items.popleft() for _ in range(min(most, len(self._items)))]
-            try:
+            if out and not self._items:  # readable no more; while items remain it stays readable
                 os.eventfd_read(self.fd)
-            except BlockingIOError:
-                pass
-            if self._items:
-                os.eventfd_write(self.fd, 1)  # still readable: the rest waits for the next turn
             self._room.notify_all()
         return out
 
@@ -73,8 +69,8 @@ class ToLoop:
         self.loop = loop
         self.limit = limit
         self._queue: asyncio.Queue[wire.Message] = asyncio.Queue()
-        self.delivered = 0  # written by the writer thread only
-        self.taken = 0  # written by the loop only
+        self.delivered = 0  # counted by the writer (the broker's thread)
+        self.taken = 0  # counted by the loop
 
     def room(self) -> bool:
         return self.delivered - self.taken < self.limit

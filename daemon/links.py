@@ -150,7 +150,7 @@ class _ZmqPort:
 class _LocalPort:
     """Messages handed to an in-process reader's inbox as they are."""
 
-    def __init__(self, inbox, linger_ms: int):
+    def __init__(self, inbox):
         self.inbox = inbox
         self.timeout_s: float | None = None
 
@@ -172,7 +172,7 @@ def speech_only(utt: Utterance) -> Utterance:
 def _port(endpoint: str, hwm: int, linger_ms: int):
     with _local_lock:
         inbox = _local.get(endpoint)
-    return _LocalPort(inbox, linger_ms) if inbox is not None else _ZmqPort(endpoint, hwm, linger_ms)
+    return _LocalPort(inbox) if inbox is not None else _ZmqPort(endpoint, hwm, linger_ms)
 
 
 class Sender:

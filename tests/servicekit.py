@@ -61,7 +61,7 @@ def embedding_messages(n: int, dim: int, station: str = "s1", seed: int = 0):
 
 def push(svc, messages) -> int:
     """Hand framed messages to the serve stage as the broker hands its results on
-    (decoded, in order, on the loop); returns how many went."""
+    (decoded, in order), standing in for the encode fleet; returns how many went."""
     inbox, n = svc.parts.serve.inbox, 0
     for frames in messages:
         inbox.loop.call_soon_threadsafe(inbox.deliver, wire.decode(frames))

@@ -85,7 +85,7 @@ def test_the_transcript_is_kept_only_when_asked():
     assert kept.event["transcript"] == "I'll take it."
 
 
-def test_ended_client_stations_expire_configured_ones_never(monkeypatch):
+def test_ended_client_stations_expire_configured_ones_never():
     class Configured:
         name, role, source = "desk", "customer", "device"
 
