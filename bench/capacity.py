@@ -58,7 +58,7 @@ from bench.workload import tracks, vad_wait_s  # noqa: E402
 from emoclap.audio import SAMPLE_RATE  # noqa: E402
 from emoclap.segmenter import SegmenterOptions  # noqa: E402
 
-ROWS = ("hubert-fp32", "hubert-int8", "demo", "whisper-fp32", "whisper-int8", "tiny")
+ROWS = ("hubert-fp32", "hubert-int8", "hubert-int8-pieces", "demo", "whisper-fp32", "whisper-int8", "tiny")
 
 
 def search(run: Callable[[int], Probe], start: int, max_n: int, budget_s: float,
@@ -131,6 +131,12 @@ def transcriber_load(bundle: Path, segments: list[int], sets: dict) -> tuple[str
 def bundle_for(row: str, workdir: Path) -> Path:
     if Path(row).is_dir():
         return Path(row).resolve()
+    if row == "hubert-int8-pieces":  # the same tower encoded in 1-s pieces
+        from bench.encoder import CONFIG, build_in_pieces
+        folder = REPO / "var" / "bench-encoder" / CONFIG.stem / "int8-pieces"
+        if not (folder / "manifest.json").exists():
+            build_in_pieces(folder)
+        return folder
     if row.startswith("hubert-"):
         from bench.encoder import CONFIG
         folder = REPO / "var" / "bench-encoder" / CONFIG.stem / row.removeprefix("hubert-")
@@ -231,7 +237,7 @@ def main() -> None:
               for t, b, mw in itertools.product(ints(args.threads), ints(args.max_batch), ints(args.max_wait_ms))]
     floors: dict[Path, float] = {}
     for bundle in dict.fromkeys(s.bundle for s in setups):
-        flops = floor.GraphFlops(bundle / "audio_encoder.onnx")
+        flops = floor.GraphFlops(bundle / "audio_encoder.onnx", floor.piece_samples(bundle))
         per_loop = {"fp32": 0.0, "int8": 0.0}
         for samples in work.segments:
             for k, v in flops(samples).items():

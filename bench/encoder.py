@@ -116,6 +116,21 @@ def build(workdir: Path) -> tuple[ClapModel, object, Path, Path]:
     return model, model.audio.encoder.config, fp32_dir, int8_dir
 
 
+def build_in_pieces(folder: Path, piece_s: float = 1.0) -> Path:
+    """The same tower (same seed) exported int8 and encoded in pieces of `piece_s`."""
+    from trainer.config import load_config
+    from trainer.model import ClapModel, load_tokenizer
+
+    cfg = load_config(CONFIG, {"model.audio_piece_s": piece_s})
+    torch.manual_seed(0)  # build_model's seed: the same weights as the whole-utterance rows
+    model = ClapModel(cfg.model).eval()
+    tokenizer = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
+    print(f"exporting the HuBERT-base tower in {piece_s:g}-s pieces to ONNX (once; kept in {folder})", flush=True)
+    export_model(cfg, model, tokenizer, folder, int8=True,
+                 description=f"benchmark: HuBERT-base-sized tower, random weights, in {piece_s:g}-s pieces")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small grid, one repetition")

@@ -122,9 +122,12 @@ def gemm_rates(cores: int | None = None, t: int = 512, int8: bool = True) -> Rat
 
 
 class GraphFlops:
-    """FLOP of one ONNX audio tower by precision, counted from the shapes a run produces."""
+    """FLOP of one ONNX audio tower by precision, counted from the shapes a run produces;
+    with `piece_samples`, the tower's graph runs once per piece of the utterance (a bundle
+    encoded in pieces; its head graph's few thousand FLOP are left out)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, piece_samples: int = 0):
+        self.piece_samples = piece_samples
         import onnx
         import onnxruntime as ort
 
@@ -147,9 +150,14 @@ class GraphFlops:
 
     def __call__(self, samples: int) -> dict[str, float]:
         """{'fp32': FLOP, 'int8': FLOP} for one utterance of `samples` samples."""
+        if self.piece_samples and samples > self.piece_samples:
+            from emoclap.pieces import bounds
+
+            parts = [self(e - s) for s, e in bounds(samples, self.piece_samples)]
+            return {k: sum(p[k] for p in parts) for k in ("fp32", "int8")}
         if samples not in self._cache:
             wave = (np.random.default_rng(samples).standard_normal((1, samples)) * 0.1).astype(np.float32)
-            feed = {"waveform": wave, "lengths": np.array([samples], np.int64)}
+            feed = {"waveform": wave, "lengths": np.array([samples], np.int64), "offsets": np.zeros(1, np.int64)}
             names = [o.name for o in self.session.get_outputs()]
             outs = self.session.run(names, {k: v for k, v in feed.items() if k in self.inputs})
             shapes = dict(self.shapes, waveform=[1, samples])
@@ -173,6 +181,12 @@ class GraphFlops:
 
     def per_audio_second(self, seconds: float) -> dict[str, float]:
         return {k: v / seconds for k, v in self(int(seconds * RATE)).items()}
+
+
+def piece_samples(folder: Path) -> int:
+    import json
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return int(manifest.get("audio_encoder", {}).get("piece_samples") or 0)
 
 
 def hubert_analytic(seconds: float) -> float:
@@ -248,7 +262,7 @@ def main() -> None:
     rates = gemm_rates(args.cores)
     print("\n".join(describe_rates(rates)))
     for folder in args.bundles:
-        flops = GraphFlops(folder / "audio_encoder.onnx")
+        flops = GraphFlops(folder / "audio_encoder.onnx", piece_samples(folder))
         extra = ""
         if is_hubert_base(folder):
             extra = "; by hand " + ", ".join(f"{s:g} s {hubert_analytic(s) / s / 1e9:.2f}" for s in (1.0, 10.0))

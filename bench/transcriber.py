@@ -108,7 +108,7 @@ def main() -> int:
         enc.encode([a])
         t1 = time.perf_counter()
         _, frames = enc.encode_with_frames([a])
-        f = frames[0][0][:encoder_frames(a.size)]
+        f = frames[0][0][0]
         before = tr.tokens
         got = tr.transcribe([f], [a.size / 16000])
         text.embed_sentences(got)
@@ -118,7 +118,7 @@ def main() -> int:
         padded[:a.size] = a
         _, full = enc.encode_with_frames([padded])
         before = tr.tokens
-        sep = tr.transcribe([full[0][0]], [a.size / 16000])
+        sep = tr.transcribe([full[0][0][0]], [a.size / 16000])
         text.embed_sentences(sep)
         t3 = time.perf_counter()
         tokens["separate pass"] += tr.tokens - before
@@ -131,7 +131,7 @@ def main() -> int:
             before = other.transcriber.tokens
             t4 = time.perf_counter()
             _, frames = other.encoder.encode_with_frames([a])
-            o = other.transcriber.transcribe([frames[0][0][:encoder_frames(a.size)]], [a.size / 16000])
+            o = other.transcriber.transcribe([frames[0][0][0]], [a.size / 16000])
             other.text_encoder.embed_sentences(o)
             times[name].append(time.perf_counter() - t4)
             tokens[name] += other.transcriber.tokens - before
@@ -142,7 +142,7 @@ def main() -> int:
     k = vectors.names.index("purchase_intention")
     from emoclap.zeroshot import bipolar_margins
 
-    d = int(full[0][0].shape[1])
+    d = int(full[0][0][0].shape[1])
     frames_mean = float(np.mean([encoder_frames(a.size) for a in audio]))
     vocab = tr.tokenizer.get_vocab_size()
     print(f"{len(audio)} words-only clips, mean {np.mean([a.size for a in audio]) / 16000:.2f} s, "

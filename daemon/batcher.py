@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,27 @@ log = logging.getLogger("emoclapd.batcher")
 class BatcherOptions:
     max_batch: int = 16       # utterances per encoder call
     max_wait_ms: float = 20.0  # how long the first request of a batch waits for company
+
+
+@dataclass
+class _Utterance:
+    audio: np.ndarray
+    station: str
+    future: Future
+    read_words: bool
+    known: dict = field(default_factory=dict)  # piece index -> Future of its moments, encoded ahead
+
+
+@dataclass
+class _Piece:
+    audio: np.ndarray
+    offset: int
+    future: Future
+
+
+def finished(known: dict) -> dict:
+    """The pieces among `known` whose encoding succeeded (a piece that failed is encoded again)."""
+    return {k: f.result() for k, f in known.items() if f.done() and not f.cancelled() and f.exception() is None}
 
 
 class Batcher:
@@ -43,6 +64,7 @@ class Batcher:
         self.batches = 0
         self.utterances = 0
         self.failures = 0
+        self.pieces = 0  # pieces encoded ahead
         self.reads_words = bool(getattr(encoder, "reads_words", False))
         self._words: queue.Queue = queue.Queue()  # encoded batches whose words are to be read
         self._worker = threading.Thread(target=self._loop, name="emoclapd-batcher", daemon=True)
@@ -52,14 +74,28 @@ class Batcher:
         if self._reader is not None:
             self._reader.start()
 
-    def submit(self, audio: np.ndarray, station: str = "", read_words: bool = True) -> Future:
+    def submit(self, audio: np.ndarray, station: str = "", read_words: bool = True,
+               known: dict[int, Future] | None = None) -> Future:
         """`read_words` False: the audio path alone, even where the encoder reads words
-        (an utterance too poor to count is not worth its transcript)."""
+        (an utterance too poor to count is not worth its transcript). `known`: its pieces
+        submitted ahead (`submit_piece`); they are queued before it, so they are encoded by
+        the time it is, and it is encoded from them."""
         future: Future = Future()
         if self._closed:
             future.set_exception(RuntimeError("batcher is closed"))
             return future
-        self._queue.put((np.asarray(audio, np.float32).reshape(-1), station, future, read_words))
+        self._queue.put(_Utterance(np.asarray(audio, np.float32).reshape(-1), station, future, read_words,
+                                   dict(known or {})))
+        return future
+
+    def submit_piece(self, audio: np.ndarray, offset: int) -> Future:
+        """A piece of an utterance still being spoken (a bundle encoded in pieces) → a Future
+        of its moments (`encoder.encode_pieces`)."""
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(RuntimeError("batcher is closed"))
+            return future
+        self._queue.put(_Piece(np.asarray(audio, np.float32).reshape(-1), int(offset), future))
         return future
 
     def close(self, timeout: float = 5.0) -> None:
@@ -93,15 +129,20 @@ class Batcher:
             self._words.put(None)
 
     def _encode(self, batch: list) -> None:
-        live = [item for item in batch if item[2].set_running_or_notify_cancel()]
+        # Pieces first: an utterance in the same batch may be made of them.
+        self._encode_pieces([item for item in batch if isinstance(item, _Piece)
+                             and item.future.set_running_or_notify_cancel()])
+        live = [item for item in batch if isinstance(item, _Utterance) and item.future.set_running_or_notify_cancel()]
         if not live:
             return
-        audios = [item[0] for item in live]
+        audios = [item.audio for item in live]
+        ahead = {"known": [finished(item.known) for item in live]} if any(item.known for item in live) else {}
         try:
             if self.reads_words:
-                results = self.encoder.encode(audios, words=[item[3] for item in live], defer_words=True)
+                results = self.encoder.encode(audios, words=[item.read_words for item in live], defer_words=True,
+                                              **ahead)
             else:
-                results = self.encoder.encode(audios)
+                results = self.encoder.encode(audios, **ahead)
         except Exception as exc:  # one bad batch must not stop the daemon
             self._fail(live, exc)
             return
@@ -131,17 +172,31 @@ class Batcher:
             for live, results in waiting:
                 self._resolve(live, results)
 
+    def _encode_pieces(self, items: list[_Piece]) -> None:
+        if not items:
+            return
+        try:
+            results = self.encoder.encode_pieces([(item.audio, item.offset) for item in items])
+        except Exception as exc:  # noqa: BLE001 - their utterances are then encoded whole
+            log.warning("encoder failed on %d piece(s) encoded ahead: %s", len(items), exc)
+            for item in items:
+                item.future.set_exception(exc)
+            return
+        self.pieces += len(items)
+        for item, result in zip(items, results):
+            item.future.set_result(result)
+
     def _fail(self, live: list, exc: Exception) -> None:
         self.failures += 1
         if getattr(exc, "reported", False):  # e.g. Triton down: logged once, where it arose
             log.debug("encoder failed on a batch of %d: %s", len(live), exc)
         else:
             log.error("encoder failed on a batch of %d", len(live), exc_info=exc)
-        for _, _, future, _ in live:
-            future.set_exception(exc)
+        for item in live:
+            item.future.set_exception(exc)
 
     def _resolve(self, live: list, results: list) -> None:
         self.batches += 1
         self.utterances += len(live)
-        for (_, _, future, _), result in zip(live, results):
-            future.set_result(result)
+        for item, result in zip(live, results):
+            item.future.set_result(result)

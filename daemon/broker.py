@@ -56,6 +56,7 @@ class Broker(threading.Thread):
         self.outbox_limit = st.hwm
         self.to_serve = to_serve
         self.forwarded = 0  # embeddings handed to the serve stage's link
+        self.pieces_forwarded = 0  # pieces of utterances in progress sent to a worker
         # consumed(): embeddings the serve stage published or dropped; what it holds is backlog.
         self.consumed = consumed
         self.last_worker = time.monotonic()  # when an encode worker was last heard
@@ -250,6 +251,13 @@ class Broker(threading.Thread):
 
     def _take(self, msg: wire.Message, frames: list[bytes] | None, now: float) -> None:
         """`frames`: the message as it came over a socket (None: handed over in-process)."""
+        if msg.kind == "piece":
+            # To the worker its utterance will go to; dropped where nobody can use it.
+            worker = self.dispatcher.piece_holder(msg.piece.station) if self.policy.encodes_early(msg.piece.role) else None
+            if worker is not None:
+                self._send(worker, fleet.piece(frames or wire.encode(msg)), now)
+                self.pieces_forwarded += 1
+            return
         if msg.kind in ("status", "speech"):
             self.outbox.append(msg)
         elif msg.kind != "segment":

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from emoclap.audio import SAMPLE_RATE
 from emoclap.station import StationStream
 
 from .config import Config, StationConfig
@@ -32,15 +33,29 @@ def mix(block: np.ndarray, channels: list[int] | None) -> np.ndarray:
     return block[:, channels].mean(axis=1)
 
 
+def piece_samples(cfg: Config, bundle) -> int:
+    """`[stages] piece_s`: "auto" is the bundle's own where this process loads it (none
+    elsewhere); a number is the gateway's bundle's, given to capture agents on other hosts."""
+    value = cfg.stages.piece_s
+    if value == "auto":
+        return bundle.piece_samples if bundle is not None else 0
+    samples = round(float(value) * SAMPLE_RATE)
+    if bundle is not None and samples and samples != bundle.piece_samples:
+        log.warning("stages.piece_s = %g but the bundle is encoded in pieces of %g s: pieces cut "
+                    "here will be encoded again", value, bundle.piece_samples / SAMPLE_RATE)
+    return samples
+
+
 class SourceThread(threading.Thread):
     """Base for a source feeding one or more stations from one input (file or device).
 
     The ZeroMQ socket is created inside the thread, which is its only user.
     """
 
-    def __init__(self, cfg: Config, stations: list[StationConfig], label: str):
+    def __init__(self, cfg: Config, stations: list[StationConfig], label: str, piece_samples: int = 0):
         super().__init__(name=f"source {label}", daemon=True)
         self.cfg = cfg
+        self.piece_samples = piece_samples
         self.stations = stations
         self.label = label
         self.stop_event = threading.Event()
@@ -55,13 +70,15 @@ class SourceThread(threading.Thread):
         self.sender = Sender(st.utterances, st.hwm, st.status_interval_s, block=block)
         for s in self.stations:
             self.streams[s.name] = StationStream(s.name, s.role, self.cfg.segmenter, input_rate,
-                                                 quality=self.cfg.quality)
+                                                 quality=self.cfg.quality,
+                                                 piece_samples=self.piece_samples if self.policy.encodes_early(s.role) else 0)
             self.sender.set_state(s.name, "starting")
         if any(s.role == "auto" for s in self.stations):
             self.speakers = make_gate(self.cfg)
 
     def send(self, stream: StationStream, utterances) -> None:
         self.sender.too_short(stream.name, stream.take_too_short())
+        self.sender.send_pieces(stream.take_pieces())
         if self.speakers is not None:  # before dispatch: a staff voice never reaches the encoder
             utterances = self.speakers.tag(utterances)
         self.sender.dispatch(utterances, self.policy)

@@ -131,6 +131,9 @@ class StagesConfig:
     request_timeout_s: float = 30.0  # a worker holding work that answers nothing this long is stuck
     broker_queue: int = 256  # utterances waiting for a worker; past it (no worker alive): no_worker
     slow_link_ms: float = 100.0  # a worker whose heartbeat round trip is above it is named in /healthz
+    # Pieces of utterances in progress, for a bundle encoded in pieces: "auto" the bundle's
+    # length where this process loads it; 0 none; seconds for capture agents elsewhere.
+    piece_s: float | str = "auto"
 
 
 @dataclass
@@ -324,6 +327,9 @@ def _validate(cfg: Config) -> None:
         if not endpoint.startswith(ENDPOINT_SCHEMES):
             raise ConfigError(f"stages.{name}: expected an inproc://, ipc:// or tcp:// "
                               f"endpoint, got {endpoint!r}")
+    piece = cfg.stages.piece_s
+    if piece != "auto" and (isinstance(piece, str) or not 0 <= piece <= 30 or abs(piece * 50 - round(piece * 50)) > 1e-9):
+        raise ConfigError(f"stages.piece_s: expected \"auto\", 0 or seconds up to 30 in steps of 0.02, got {piece!r}")
     _check_positive(cfg.stages, "stages", ("hwm", "status_interval_s", "heartbeat_interval_s",
                                            "heartbeat_liveness", "max_attempts", "request_timeout_s",
                                            "broker_queue", "slow_link_ms"))

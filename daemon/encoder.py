@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from emoclap import pieces
 from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, chunks, embed_in_chunks, length_batches, pad_batch
 from emoclap.bundle import Bundle
+from emoclap.transcript import encoder_frames
 from emoclap.tokenizer import load_text_tokenizer
 
 log = logging.getLogger("emoclapd.encoder")
@@ -112,7 +114,8 @@ def _short_name(provider: str) -> str:
 
 
 class AudioEncoder:
-    """Utterance audio (16 kHz float32) → unit embeddings, on one shared ORT session.
+    """Utterance audio (16 kHz float32) → unit embeddings, on one shared ORT session (two for
+    a piece-encoded bundle: the piece graph and the head, see `emoclap.pieces`).
 
     Thread-safe: ORT sessions may be run from several threads at once.
     """
@@ -123,6 +126,7 @@ class AudioEncoder:
         self.options = options or EncoderOptions(provider=provider)
         if options is not None and provider != "auto":
             self.options = dataclasses.replace(options, provider=provider)
+        self.pieces: pieces.PieceSpec | None = None
         self._open()
         rate = bundle.sample_rate
         self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
@@ -136,13 +140,26 @@ class AudioEncoder:
         self.skipped_short = 0
 
     def _open(self) -> None:
-        """The engine that runs the model (here an ORT session; Triton in daemon.triton)."""
-        self.session = open_session(self.bundle.audio_encoder, self.options.provider,
-                                    self.options.intra_op_threads)
-        _check_io(self.session, self.bundle.audio_encoder, ("waveform", "lengths"), self.bundle.embedding_dim)
+        """The engine that runs the model (here ORT sessions; Triton in daemon.triton)."""
+        b, opts = self.bundle, self.options
+        self.session = open_session(b.audio_encoder, opts.provider, opts.intra_op_threads)
         self.provider = _short_name(self.session.get_providers()[0])
-        self.returns_frames = "frames" in [o.name for o in self.session.get_outputs()]
-        log.info("audio encoder on %s (%s)", self.provider, self.bundle.audio_encoder)
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.returns_frames = "frames" in outputs
+        if b.piece_samples:
+            inputs = {i.name for i in self.session.get_inputs()}
+            if not {"waveform", "lengths"} <= inputs <= {"waveform", "lengths", "offsets"} or \
+                    not {"count", "mean", "variance"} <= set(outputs):
+                raise EncoderError(f"{b.audio_encoder}: not a piece graph (inputs {sorted(inputs)}, "
+                                   f"outputs {outputs}; expected waveform, lengths[, offsets] → count, mean, variance)")
+            self.head_session = open_session(b.audio_head, opts.provider, opts.intra_op_threads)
+            _check_io(self.head_session, b.audio_head, ("statistics",), b.embedding_dim)
+            self.pieces = pieces.PieceSpec(b.piece_samples, b.min_samples, b.head_reads_std, "offsets" in inputs)
+            log.info("audio encoder on %s (%s), in pieces of %.2f s", self.provider, b.audio_encoder,
+                     b.piece_samples / b.sample_rate)
+            return
+        _check_io(self.session, b.audio_encoder, ("waveform", "lengths"), b.embedding_dim)
+        log.info("audio encoder on %s (%s)", self.provider, b.audio_encoder)
 
     def _infer(self, wave: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One padded batch → [n, D] embeddings."""
@@ -159,16 +176,48 @@ class AudioEncoder:
             out[idx] = self._infer(wave, lengths)
         return out
 
-    def encode_with_frames(self, audios: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[list[np.ndarray]]]:
-        """Like `encode`, and each utterance's frames from the same pass: one [T, H] array per
-        chunk it was embedded in (padded to its batch's length; `emoclap.transcript.encoder_frames`
-        says how many are its own)."""
+    # ---- a piece-encoded bundle
+    def encode_pieces(self, rows: list[tuple[np.ndarray, int]]) -> list[pieces.Moments]:
+        """Pieces of utterances still being spoken, (audio, start in its utterance) each →
+        their moments (with frames where the text path reads them), for `encode(known=...)`."""
+        run, _ = pieces.session_runs(self.session, self.head_session, self.returns_frames)
+        return pieces.encode_pieces([(np.asarray(a, np.float32).reshape(-1), int(o)) for a, o in rows],
+                                    self.pieces, run, self.rows_per_call)
+
+    def _in_pieces(self, audios: list[np.ndarray], known, frames: bool):
+        run, head = pieces.session_runs(self.session, self.head_session, frames)
+        return pieces.encode_utterances(audios, self.pieces, run, head, self.rows_per_call, known)
+
+    # ---- whole utterances
+    def encode_with_frames(self, audios: list[np.ndarray], known: list[dict] | None = None
+                           ) -> tuple[list[np.ndarray | None], list[list[tuple[np.ndarray, float]]]]:
+        """Like `encode`, and what the transcriber reads of each utterance: (valid frames
+        [T, H], seconds) per chunk, from the same pass (a piece-encoded bundle: from one more
+        pass of its piece graph over each chunk of the whole utterance)."""
         if not self.returns_frames:
             raise EncoderError(f"{self.bundle.audio_encoder}: the audio encoder has no 'frames' output")
         audios = [np.asarray(a, np.float32).reshape(-1) for a in audios]
         keep = [i for i, a in enumerate(audios) if not self.too_short(a)]
         with self._lock:
             self.skipped_short += len(audios) - len(keep)
+        embeddings: list[np.ndarray | None] = [None] * len(audios)
+        units: list[list[tuple[np.ndarray, float]]] = [[] for _ in audios]
+        if not keep:
+            return embeddings, units
+        kept = [audios[i] for i in keep]
+        rate = self.bundle.sample_rate
+        if self.pieces is not None:
+            run, _ = pieces.session_runs(self.session, self.head_session, frames=True)
+            read = pieces.words_pass(kept, self.pieces, run, self.rows_per_call, self.chunk_samples,
+                                     self.options.long_utterances)
+            have = [pieces.as_known(a, self.pieces, ms, known[i] if known else None)
+                    for i, a, ms in zip(keep, kept, read)]
+            emb, _ = self._in_pieces(kept, have, frames=False)
+            for i, e, a, ms in zip(keep, emb, kept, read):
+                embeddings[i] = e
+                parts = chunks(a, self.chunk_samples, self.options.long_utterances)
+                units[i] = [(m.frames, c.size / rate) for m, c in zip(ms, parts)]
+            return embeddings, units
         captured: dict[int, np.ndarray] = {}
 
         def run(rows: list[np.ndarray]) -> np.ndarray:
@@ -180,37 +229,36 @@ class AudioEncoder:
                 captured.update(zip(idx, frames))
             return out
 
-        embeddings: list[np.ndarray | None] = [None] * len(audios)
-        frames: list[list[np.ndarray]] = [[] for _ in audios]
-        if keep:
-            kept = [audios[i] for i in keep]
-            for i, e in zip(keep, embed_in_chunks(kept, self.chunk_samples, self.options.long_utterances,
-                                                  self.bundle.embedding_dim, run)):
-                embeddings[i] = e
-            row = 0
-            for i, a in zip(keep, kept):
-                n = len(chunks(a, self.chunk_samples, self.options.long_utterances))
-                frames[i] = [captured[r] for r in range(row, row + n)]
-                row += n
-        return embeddings, frames
+        for i, e in zip(keep, embed_in_chunks(kept, self.chunk_samples, self.options.long_utterances,
+                                              self.bundle.embedding_dim, run)):
+            embeddings[i] = e
+        row = 0
+        for i, a in zip(keep, kept):
+            for chunk in chunks(a, self.chunk_samples, self.options.long_utterances):
+                units[i].append((captured[row][:encoder_frames(chunk.size)], chunk.size / rate))
+                row += 1
+        return embeddings, units
 
-    def embed(self, audios: list[np.ndarray]) -> np.ndarray:
-        """[n, D] unit embeddings; every input must be at least `min_samples` long."""
+    def embed(self, audios: list[np.ndarray], known: list[dict] | None = None) -> np.ndarray:
+        """[n, D] unit embeddings; every input must be at least `min_samples` long. `known[i]`:
+        pieces of utterance i encoded while it was spoken (a piece-encoded bundle)."""
         audios = [np.asarray(a, np.float32).reshape(-1) for a in audios]
         for i, a in enumerate(audios):
             if self.too_short(a):
                 raise ValueError(f"utterance {i} has {a.size} samples; the minimum is {self.min_samples}")
+        if self.pieces is not None:
+            return self._in_pieces(audios, known, frames=False)[0]
         return embed_in_chunks(audios, self.chunk_samples, self.options.long_utterances,
                                self.bundle.embedding_dim, self._run)
 
-    def encode(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
+    def encode(self, audios: list[np.ndarray], known: list[dict] | None = None) -> list[np.ndarray | None]:
         """Like `embed`, but too-short utterances give None (and are counted) instead of failing."""
         keep = [i for i, a in enumerate(audios) if not self.too_short(a)]
         with self._lock:
             self.skipped_short += len(audios) - len(keep)
         out: list[np.ndarray | None] = [None] * len(audios)
         if keep:
-            for i, e in zip(keep, self.embed([audios[i] for i in keep])):
+            for i, e in zip(keep, self.embed([audios[i] for i in keep], [known[i] for i in keep] if known else None)):
                 out[i] = e
         return out
 

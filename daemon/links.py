@@ -23,7 +23,7 @@ from dataclasses import replace
 import zmq
 
 from emoclap import wire
-from emoclap.record import Utterance
+from emoclap.record import Piece, Utterance
 
 log = logging.getLogger("emoclapd.links")
 
@@ -194,6 +194,7 @@ class Sender:
         self.segmented: Counter[str] = Counter()  # utterances cut and handed on, by station
         self.gauges: dict[str, float] = {}
         self.observations: list[tuple[int, float]] = []
+        self.pieces_sent = 0
         self.status_interval_s = status_interval_s
         self._last_status = 0.0
 
@@ -248,6 +249,12 @@ class Sender:
         for utt in utterances:
             if not self.send(wire.Message("speech", utterance=speech_only(utt))):
                 self.drop(utt.station, "queue_full")
+
+    def send_pieces(self, pieces: list[Piece]) -> None:
+        """Pieces of utterances in progress, best effort: one that finds the queue full is
+        left out (its utterance is encoded whole), not counted as a drop."""
+        for p in pieces:
+            self.pieces_sent += self.send(wire.Message("piece", piece=p), block=False)
 
     def dispatch(self, utterances: list[Utterance], policy) -> None:
         """Each utterance to the encoder, or, for a role the privacy policy does not score,

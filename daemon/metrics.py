@@ -101,6 +101,9 @@ class Metrics:
                                        "Time an utterance spent in each stage, from its last audio to "
                                        "its event in the clients' queues (emoclap.latency)",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.pieces = Counter("emoclap_audio_pieces", "Pieces of scored utterances (a bundle encoded in "
+                              "pieces), by when they were encoded: while the customer spoke (ahead) "
+                              "or once the utterance had ended (at_close)", ["when"], registry=r)
         self.fanout = Histogram("emoclap_fanout_seconds",
                                 "From an event in a client's queue to its WebSocket send done, per client",
                                 buckets=STAGE_BUCKETS, registry=r)
@@ -226,6 +229,11 @@ class Metrics:
     def observe_spans(self, spans: dict[str, float]) -> None:
         for stage, seconds in spans.items():
             self.stage_latency.labels(stage).observe(seconds)
+
+    def observe_pieces(self, pieces: tuple[int, int] | None) -> None:
+        if pieces is not None:
+            self.pieces.labels("ahead").inc(pieces[0])
+            self.pieces.labels("at_close").inc(pieces[1] - pieces[0])
 
     def drop(self, station: str, reason: str, n: int = 1) -> None:
         self.dropped.labels(station, reason).inc(n)

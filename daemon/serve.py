@@ -138,6 +138,7 @@ class ServeStage:
                          store=latency.span(stored - scored), publish=latency.span(now - stored))
         event["latency_ms"] = latency.milliseconds(utt.spans)
         self.metrics.observe_spans(utt.spans)
+        self.metrics.observe_pieces(utt.pieces)
         self.metrics.event_latency.observe(max(0.0, now - utt.emitted))
         self.progress.latency.add(max(0.0, now - utt.emitted), time.monotonic())
 

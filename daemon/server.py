@@ -52,8 +52,10 @@ def _equal(given: str, token: str) -> bool:
 
 
 class Server:
-    def __init__(self, cfg: Config, floor: Floor, stations: Stations, hub: Hub, metrics: Metrics):
+    def __init__(self, cfg: Config, floor: Floor, stations: Stations, hub: Hub, metrics: Metrics,
+                 piece_samples: int = 0):
         self.cfg = cfg  # replaced whole by `configure`, never edited
+        self.piece_samples = piece_samples  # the bundle's: ingest stations cut pieces as they are spoken
         self.floor = floor
         self.stations = stations  # written here for ingest stations only
         self.hub = hub
@@ -236,7 +238,8 @@ class Server:
             raise IngestRefused("shutting_down", "the server is shutting down")
         self.stations.register(name, role, "ingest", "online")
         self.ingest_sender.set_state(name, "online")
-        return StationStream(name, role, self.cfg.segmenter, rate, quality=self.cfg.quality)
+        return StationStream(name, role, self.cfg.segmenter, rate, quality=self.cfg.quality,
+                             piece_samples=self.piece_samples if self.cfg.privacy.policy().encodes_early(role) else 0)
 
     def _tag(self, utterances):
         """Staff voices on an auto station become staff before dispatch (a worker thread:
@@ -252,6 +255,8 @@ class Server:
         if self.ingest_sender is None:
             return
         self.ingest_sender.too_short(session.station, short)
+        if session.stream is not None:
+            self.ingest_sender.send_pieces(session.stream.take_pieces())
         self.ingest_sender.dispatch(utterances, self.cfg.privacy.policy())
 
     async def _end_ingest(self, name: str) -> None:

@@ -22,8 +22,8 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .capture import SourceThread
-from .sources import build_sources
+from .capture import SourceThread, piece_samples
+from .sources import build_sources, check_files
 from .config import Config, ConfigError, load_config
 from .notify import notify, watchdog_interval
 
@@ -90,6 +90,7 @@ class Service:
         self.stages = tuple(stages)
         self.config_path = config_path
         self.stream_factory = stream_factory
+        self.piece_samples = 0  # the bundle's piece length for capture and ingest (daemon.capture.piece_samples)
         self.drain_timeout_s = drain_timeout_s
         self.parts = Parts()
         self.stop_event: asyncio.Event | None = None
@@ -124,9 +125,12 @@ class Service:
         cfg, p = self.cfg, self.parts
         for warning in cfg.privacy.policy().warnings():
             log.warning("%s", warning)
-        # Built (and checked) first: a missing replay file stops start-up before anything runs.
-        sources = build_sources(cfg, self.stream_factory) if "capture" in self.stages else []
+        # Checked first: a missing replay file, then a bad bundle, stops start-up before anything runs.
+        if "capture" in self.stages:
+            check_files(cfg)
         bundle = load_bundle(cfg.bundle) if {"encode", "serve"} & set(self.stages) else None
+        self.piece_samples = piece_samples(cfg, bundle)
+        sources = build_sources(cfg, self.stream_factory, self.piece_samples) if "capture" in self.stages else []
         if "serve" in self.stages:
             await self._start_serve(bundle)
         if "encode" in self.stages:
@@ -173,7 +177,7 @@ class Service:
         limits = Limits(cfg.server.late_after_s,
                         silence_after_s=max(1.0, 5 * st.status_interval_s, 2 * st.heartbeat_interval_s))
         p.floor = Floor(limits, stations, scoring, p.bank, policy, writer, broadcaster, progress, p.broker)
-        p.server = Server(cfg, p.floor, stations, hub, metrics)
+        p.server = Server(cfg, p.floor, stations, hub, metrics, self.piece_samples)
         await p.server.start()
 
     def _start_sources(self, sources: list[SourceThread]) -> None:
@@ -249,7 +253,8 @@ class Service:
         if capture:
             try:
                 sources = build_sources(replace(old, stations=new.stations, segmenter=new.segmenter,
-                                                quality=new.quality), self.stream_factory)
+                                                quality=new.quality), self.stream_factory,
+                                        self.piece_samples)
             except ConfigError as exc:
                 log.error("%s; keeping the running stations", exc)
         live = replace(old, prompts=new.prompts, rolling=new.rolling, visits=new.visits, alerts=new.alerts,

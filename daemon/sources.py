@@ -31,8 +31,8 @@ class DeviceError(RuntimeError):
 class ReplaySource(SourceThread):
     """Plays one file into the stations mapped to its channels, paced or at full speed."""
 
-    def __init__(self, cfg: Config, stations: list[StationConfig]):
-        super().__init__(cfg, stations, stations[0].file)
+    def __init__(self, cfg: Config, stations: list[StationConfig], piece_samples: int = 0):
+        super().__init__(cfg, stations, stations[0].file, piece_samples)
         first = stations[0]
         self.path, self.realtime, self.loop = first.file, first.realtime, first.loop
 
@@ -114,9 +114,10 @@ class DeviceSource(SourceThread):
     BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 
     def __init__(self, cfg: Config, stations: list[StationConfig],
-                 stream_factory: StreamFactory | None = None):
+                 stream_factory: StreamFactory | None = None, piece_samples: int = 0):
         first = stations[0]
-        super().__init__(cfg, stations, f"device {first.device if first.device is not None else 'default'}")
+        super().__init__(cfg, stations, f"device {first.device if first.device is not None else 'default'}",
+                         piece_samples)
         self.device = first.device
         self.rate = first.sample_rate or SAMPLE_RATE
         self.block = max(1, self.rate * first.block_ms // 1000)
@@ -200,19 +201,26 @@ class DeviceSource(SourceThread):
                 return
 
 
-def build_sources(cfg: Config, stream_factory=None) -> list[SourceThread]:
-    """One source thread per file or device; stations sharing one input share a thread."""
-    groups: dict[tuple, list[StationConfig]] = {}
+def check_files(cfg: Config) -> None:
+    """Every replay station's file exists (before anything else is loaded or started)."""
     for i, s in enumerate(cfg.stations):
         if s.source == "replay" and not Path(s.file).is_file():
             raise ConfigError(f"{cfg.source}: stations[{i}].file: no such file: {s.file}")
+
+
+def build_sources(cfg: Config, stream_factory=None, piece_samples: int = 0) -> list[SourceThread]:
+    """One source thread per file or device; stations sharing one input share a thread.
+    `piece_samples`: the bundle's piece length (daemon.capture.piece_samples), 0 for none."""
+    check_files(cfg)
+    groups: dict[tuple, list[StationConfig]] = {}
+    for s in cfg.stations:
         key = (s.source, s.file if s.source == "replay" else s.device,
                s.realtime, s.loop, s.sample_rate, s.block_ms)
         groups.setdefault(key, []).append(s)
     sources: list[SourceThread] = []
     for (kind, *_), stations in groups.items():
         if kind == "replay":
-            sources.append(ReplaySource(cfg, stations))
+            sources.append(ReplaySource(cfg, stations, piece_samples))
         else:
-            sources.append(DeviceSource(cfg, stations, stream_factory))
+            sources.append(DeviceSource(cfg, stations, stream_factory, piece_samples))
     return sources

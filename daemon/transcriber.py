@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from emoclap.audio import chunks
 from emoclap.bundle import Bundle
-from emoclap.transcript import encoder_frames, graph_step, greedy_decode, pad_frames
+from emoclap.transcript import graph_step, greedy_decode, pad_frames
 
 from .encoder import EncoderError, open_session
 
@@ -81,25 +80,21 @@ class Reader:
         return self.transcriber is not None
 
     def encode(self, audios: list[np.ndarray], words: list[bool] | None = None,
-               defer_words: bool = False) -> list[Reading | None]:
+               defer_words: bool = False, known: list[dict] | None = None) -> list[Reading | None]:
         """`words[i]` False: utterance i on the audio path alone (no transcript).
         `defer_words`: the audio path only now; the readings that are to be read carry
         their frames until `read_words` reads them (the batcher's second stage)."""
         started = time.perf_counter()
         if self.transcriber is None:
-            embeddings = self.encoder.encode(audios)
+            embeddings = self.encoder.encode(audios, known)
             spans = {"encode": time.perf_counter() - started}
             return [None if e is None else Reading(e, spans=spans) for e in embeddings]
-        embeddings, frames = self.encoder.encode_with_frames(audios)
+        embeddings, units = self.encoder.encode_with_frames(audios, known)
         spans = {"encode": time.perf_counter() - started}
         out: list[Reading | None] = [None if e is None else Reading(e, spans=spans) for e in embeddings]
-        for i, (audio, per) in enumerate(zip(audios, frames)):
-            if out[i] is None or (words is not None and not words[i]):
-                continue
-            # A long utterance is read chunk by chunk, as its audio embedding was made.
-            out[i].unread = [(f[:encoder_frames(chunk.size)], chunk.size / self.rate) for chunk, f in
-                             zip(chunks(np.asarray(audio).reshape(-1), self.encoder.chunk_samples,
-                                        self.encoder.options.long_utterances), per)]
+        for i, per in enumerate(units):
+            if out[i] is not None and (words is None or words[i]):
+                out[i].unread = per  # read as it was embedded: chunk by chunk, or all its pieces at once
         if not defer_words:
             self.read_words([r for r in out if r is not None])
         return out

@@ -70,6 +70,9 @@ class TritonAudioEncoder(AudioEncoder):
 
     def __init__(self, bundle: Bundle, triton: TritonOptions | None = None,
                  options: EncoderOptions | None = None):
+        if bundle.piece_samples:
+            raise EncoderError(f"{bundle.folder}: a bundle encoded in pieces runs in ONNX Runtime only "
+                               "(encoder.backend = \"onnxruntime\"); Triton serves whole-utterance bundles")
         self.triton = triton or TritonOptions()
         self.available = True  # False from a failed request that found no server until one succeeds
         self.down_since: float | None = None

@@ -176,6 +176,9 @@ def write_repository(bundle, out: str | Path, options: RepositoryOptions | None 
     refuses to overwrite an existing model folder."""
     options = options or RepositoryOptions()
     folder = Path(out) / options.model
+    if bundle.piece_samples:
+        raise RepositoryError(f"{bundle.folder}: a bundle encoded in pieces has two audio graphs and runs "
+                              "in ONNX Runtime only; Triton serves whole-utterance bundles")
     if folder.exists():
         raise RepositoryError(f"{folder}: already exists; remove it or choose another output folder")
     text = config_text(bundle, options)

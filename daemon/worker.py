@@ -22,7 +22,9 @@ import time
 import numpy as np
 import zmq
 
-from emoclap import fleet, latency, wire
+from emoclap import fleet, latency, pieces, wire
+from emoclap.record import piece_key
+from .batcher import finished
 from .config import Config
 from .links import LinkError, context
 from .transcriber import Reading
@@ -69,7 +71,12 @@ class EncodeWorker(threading.Thread):
         self.policy = cfg.privacy.policy()
         self.credit = min(max_pending or 2 * cfg.encoder.max_batch, fleet.MAX_CREDIT)
         self.interval_s, self.liveness = st.heartbeat_interval_s, st.heartbeat_liveness
-        self.pending: dict[tuple, tuple] = {}  # key -> (utterance, future)
+        self.pending: dict[tuple, tuple] = {}  # key -> (utterance, future, taken, its pieces encoded ahead)
+        # A bundle encoded in pieces: pieces of utterances still being spoken, encoded as
+        # they come and held until their utterance does (or for as long as one can last).
+        self.piece_spec = getattr(getattr(batcher, "encoder", None), "pieces", None)
+        self.shelf = pieces.Shelf(cfg.segmenter.max_utterance_s + 10.0)
+        self.pieces_refused = 0  # not this bundle's piece length (a capture agent's stages.piece_s)
         self.sock: zmq.Socket | None = None
         self.broker: fleet.Liveness | None = None
         self.stop_event = threading.Event()
@@ -199,25 +206,44 @@ class EncodeWorker(threading.Thread):
             if cmd.name == "WORK":
                 got += 1
                 self._work(cmd.message.utterance)
+            elif cmd.name == "PIECE":
+                self._piece(cmd.message.piece, now)
+
+    def _piece(self, piece, now: float) -> None:
+        if self.piece_spec is None or piece.audio.size != self.piece_spec.samples \
+                or not self.policy.encodes_early(piece.role):
+            self.pieces_refused += 1
+            return
+        self.shelf.put(piece.utterance_key, piece.index, self.batcher.submit_piece(piece.audio, piece.offset), now)
 
     def _work(self, utt) -> None:
         key = fleet.key_of(utt)
         if key in self.pending:
             return  # sent again while we hold it: one answer will do
+        known = self.shelf.take(piece_key(utt.station, utt.t0, utt.start))
         if not self.policy.scores(utt.role):  # this worker's policy is stricter than the gateway's
             self._send(fleet.result(wire.speech(utt)))
             return
         try:
-            future = self.batcher.submit(utt.audio, utt.station, read_words=utt.insufficient is None)
+            future = self.batcher.submit(utt.audio, utt.station, read_words=utt.insufficient is None, known=known)
         except Exception as exc:  # noqa: BLE001
             log.warning("encode: %s: cannot queue: %s", utt.station, exc)
             self._send(fleet.drop(key, "encoder_error"))
             return
-        self.pending[key] = (utt, future, time.time())
+        self.pending[key] = (utt, future, time.time(), known)
+
+    def _pieces_of(self, utt, known: dict) -> tuple[int, int] | None:
+        """(encoded while spoken, all) of an utterance's pieces; None for a whole-utterance bundle."""
+        spec = self.piece_spec
+        if spec is None or utt.audio is None:
+            return None
+        cut = pieces.bounds(utt.audio.size, spec.samples, spec.min_samples)
+        ahead = sum(1 for k, m in finished(known).items() if k < len(cut) and m.samples == cut[k][1] - cut[k][0])
+        return ahead, len(cut)
 
     def _complete(self) -> None:
-        for key in [k for k, (_, f, _) in self.pending.items() if f.done()]:
-            utt, future, taken = self.pending.pop(key)
+        for key in [k for k, (_, f, _, _) in self.pending.items() if f.done()]:
+            utt, future, taken, known = self.pending.pop(key)
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - one bad utterance never stops the stage
@@ -233,6 +259,7 @@ class EncodeWorker(threading.Thread):
                 result = Reading(result)
             utt.embedding, utt.encoded = np.asarray(result.embedding, np.float32).reshape(-1), time.time()
             utt.text_embedding, utt.transcript = result.text_embedding, result.transcript
+            utt.pieces = self._pieces_of(utt, known)
             computed = dict(result.spans or {})
             utt.spans.update(to_encoder=latency.span(taken - utt.emitted),
                              queue=latency.span(utt.encoded - taken - sum(computed.values())),

@@ -70,6 +70,11 @@ class Bundle:
     description: str = ""
     tokenizer_kind: str = "fast"
     transcriber: Transcriber | None = None
+    # Encoded in pieces (emoclap.pieces): `audio_encoder` is then the piece graph and
+    # `audio_head` maps the merged statistics to the embedding.
+    piece_samples: int = 0
+    audio_head: Path | None = None
+    head_reads_std: bool = False
 
 
 def sha256_file(path: Path) -> str:
@@ -106,6 +111,8 @@ def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
     check_tokenizer_section(manifest["tokenizer"], f"{folder}: cannot write manifest")
     files = {}
     extra = [manifest["transcriber"][k] for k in TRANSCRIBER_FILES] if manifest.get("transcriber") else []
+    if manifest.get("audio_head"):
+        extra.append(manifest["audio_head"]["file"])
     for name in [*_file_names(manifest).values(), *extra]:
         path = folder / name
         if not path.is_file():
@@ -216,6 +223,8 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise BundleError(f"{where}: field '{field}' must be a positive integer, got {value!r}")
     transcriber = _transcriber(manifest.get("transcriber"), folder, hashes, where)
+    piece_samples, head, reads_std = _pieces(sections["audio_encoder"], manifest.get("audio_head"), folder,
+                                             hashes, where)
     bundle_hash = hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()
     return Bundle(folder=folder, manifest=manifest, sample_rate=rate, embedding_dim=dim,
                   logit_scale=scale, languages=tuple(languages),
@@ -223,7 +232,35 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
                   tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
                   precision=str(sections["audio_encoder"].get("precision", "fp32")),
                   hash=bundle_hash, description=str(manifest.get("description", "")),
-                  tokenizer_kind=tokenizer_kind, transcriber=transcriber)
+                  tokenizer_kind=tokenizer_kind, transcriber=transcriber,
+                  piece_samples=piece_samples, audio_head=head, head_reads_std=reads_std)
+
+
+HEAD_STATISTICS = ("mean", "mean+std")
+
+
+def _pieces(audio: dict, head: Any, folder: Path, hashes: dict, where: str) -> tuple[int, Path | None, bool]:
+    """A piece-encoded bundle's `audio_encoder.piece_samples` and `audio_head` section, or (0, None, False)."""
+    samples = audio.get("piece_samples")
+    if samples is None and head is None:
+        return 0, None, False
+    if samples is None or head is None:
+        raise BundleError(f"{where}: fields 'audio_encoder.piece_samples' and 'audio_head' go together")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples <= 30 * 16_000:
+        raise BundleError(f"{where}: field 'audio_encoder.piece_samples' must be a positive number of "
+                          f"samples up to 30 s, got {samples!r}")
+    if not isinstance(head, dict):
+        raise BundleError(f"{where}: field 'audio_head' must be an object")
+    name = head.get("file")
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{where}: field 'audio_head.file' is missing")
+    if name not in hashes:
+        raise BundleError(f"{where}: field 'files' has no sha256 for {name}")
+    reads = head.get("statistics")
+    if reads not in HEAD_STATISTICS:
+        raise BundleError(f"{where}: field 'audio_head.statistics' must be one of {', '.join(HEAD_STATISTICS)}, "
+                          f"got {reads!r}")
+    return samples, folder / name, reads == "mean+std"
 
 
 def _transcriber(section: Any, folder: Path, hashes: dict, where: str) -> Transcriber | None:

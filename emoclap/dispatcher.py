@@ -20,6 +20,9 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 
+MAX_PIECE_HOLDERS = 4096
+
+
 @dataclass
 class Options:
     heartbeat_interval_s: float = 0.5
@@ -58,6 +61,7 @@ class Request:
     attempts: int = 0
     worker: bytes | None = None  # the worker it is now given to
     deadline: float = math.inf
+    prefer: bytes | None = None  # the worker that holds its pieces, while it has credit
 
 
 class Dispatcher:
@@ -75,6 +79,7 @@ class Dispatcher:
         self.accepted = self.finished = self.requeued = self.duplicates = 0
         self.dropped: Counter[str] = Counter()
         self._turns = 0
+        self.piece_holders: dict[str, bytes] = {}  # station -> the worker its pieces go to
 
     # ---- questions
     @property
@@ -96,8 +101,25 @@ class Dispatcher:
         return len(self.queue) < self.options.queue_limit or not self.workers
 
     # ---- edges
+    def piece_holder(self, station: str) -> bytes | None:
+        """The worker a station's pieces go to, and so its utterances while that worker has
+        credit (it encoded their pieces ahead): the one it had while it lives, else the
+        freest. None while no worker is alive."""
+        worker = self.piece_holders.get(station)
+        if worker in self.workers:
+            return worker
+        peer = max(self.workers.values(), key=lambda p: (p.free, -p.turn), default=None)
+        if peer is None:
+            self.piece_holders.pop(station, None)
+            return None
+        self.piece_holders[station] = peer.id
+        while len(self.piece_holders) > MAX_PIECE_HOLDERS:  # stations that came and went (ingest)
+            del self.piece_holders[next(iter(self.piece_holders))]
+        return peer.id
+
     def submit(self, key: tuple, payload, now: float) -> str | None:
-        """A new utterance; returns the reason it was dropped, or None when queued."""
+        """A new utterance; returns the reason it was dropped, or None when queued. It goes
+        to its station's piece holder where there is one (`piece_holder`)."""
         self.accepted += 1
         if key in self.requests or key in self.done:
             reason = "duplicate"
@@ -108,7 +130,8 @@ class Dispatcher:
         if reason is not None:
             self.dropped[reason] += 1
             return reason
-        self.requests[key] = Request(key, payload, now, self.accepted)
+        self.requests[key] = Request(key, payload, now, self.accepted,
+                                     prefer=self.piece_holders.get(key[0]))
         self.queue.append(key)
         return None
 
@@ -138,12 +161,14 @@ class Dispatcher:
         out, waiting = [], []
         while self.queue and any(p.free > 0 for p in self.workers.values()):
             key = self.queue.popleft()
-            peer = max((p for p in self.workers.values() if p.free > 0 and key not in p.inflight),
-                       key=lambda p: (p.free, -p.turn), default=None)
+            req = self.requests[key]
+            peer = self.workers.get(req.prefer)
+            if peer is None or peer.free <= 0 or key in peer.inflight or req.attempts:
+                peer = max((p for p in self.workers.values() if p.free > 0 and key not in p.inflight),
+                           key=lambda p: (p.free, -p.turn), default=None)
             if peer is None:
                 waiting.append(key)
                 continue
-            req = self.requests[key]
             self._turns += 1
             req.attempts += 1
             req.worker, req.deadline, peer.turn = peer.id, now + self.options.request_timeout_s, self._turns

@@ -15,7 +15,9 @@ Frames (after the ROUTER's identity frame): [PROTOCOL, command, *body]
 - worker → broker: READY [json credit, name, host, pid]; HEARTBEAT [json pending,
   batches, problem, pong, held] or []; RESULT [a `wire` embedding or speech message];
   DROP [json station, t0, seq, reason]; BYE [] (leaving: requeue what it still holds)
-- broker → worker: WORK [a `wire` segment message]; HEARTBEAT [json ping] or [];
+- broker → worker: WORK [a `wire` segment message]; PIECE [a `wire` piece message: a
+  piece of an utterance still being spoken, for the worker its utterance will go to, to
+  encode ahead; no answer, nothing to retry]; HEARTBEAT [json ping] or [];
   RECONNECT [] (you are not known here: connect again and say READY)
 
 A broker heartbeat's `ping` (the broker's own clock) comes back as the worker's next
@@ -32,9 +34,9 @@ from dataclasses import dataclass, field
 
 from emoclap import wire
 
-PROTOCOL = b"EMOCLAP-FLEET/2"  # 2: heartbeats carry the round-trip ping
+PROTOCOL = b"EMOCLAP-FLEET/3"  # 2: heartbeats carry the round-trip ping; 3: PIECE
 TO_BROKER = (b"READY", b"HEARTBEAT", b"RESULT", b"DROP", b"BYE")
-TO_WORKER = (b"WORK", b"HEARTBEAT", b"RECONNECT")
+TO_WORKER = (b"WORK", b"PIECE", b"HEARTBEAT", b"RECONNECT")
 WORKER_DROPS = ("too_short", "encoder_error")  # reasons a worker may give for a drop
 MAX_CREDIT = 4096
 MAX_CONTROL_BYTES = 65536  # a JSON body of a control command
@@ -50,7 +52,7 @@ class FleetError(wire.WireError):
 class Command:
     name: str  # READY, HEARTBEAT, ...
     fields: dict = field(default_factory=dict)  # the JSON body of a control command
-    message: wire.Message | None = None  # WORK, RESULT: the stage message inside
+    message: wire.Message | None = None  # WORK, PIECE, RESULT: the stage message inside
     frames: list[bytes] = field(default_factory=list)  # ... and its frames, to pass on
 
 
@@ -101,6 +103,10 @@ def bye() -> list[bytes]:
 
 def work(frames: list[bytes]) -> list[bytes]:
     return [PROTOCOL, b"WORK", *frames]
+
+
+def piece(frames: list[bytes]) -> list[bytes]:
+    return [PROTOCOL, b"PIECE", *frames]
 
 
 def broker_heartbeat(ping: float | None = None) -> list[bytes]:
@@ -176,9 +182,9 @@ def decode(frames: list[bytes], to: str) -> Command:
     if name not in allowed:
         raise FleetError(f"unknown command {name[:20]!r} for a {to}")
     text = name.decode()
-    if name in (b"RESULT", b"WORK"):
+    if name in (b"RESULT", b"WORK", b"PIECE"):
         msg = wire.decode(body)  # WireError names the problem
-        kinds = ("embedding", "speech") if name == b"RESULT" else ("segment",)
+        kinds = {b"RESULT": ("embedding", "speech"), b"WORK": ("segment",), b"PIECE": ("piece",)}[name]
         if msg.kind not in kinds:
             raise FleetError(f"{text}: carries a {msg.kind} message")
         return Command(text, message=msg, frames=body)

@@ -29,6 +29,12 @@ class PrivacyPolicy:
     def scores(self, role: str) -> bool:
         return role in self.scored_roles
 
+    def encodes_early(self, role: str) -> bool:
+        """Whether a station of this role may have its utterances encoded while they are
+        spoken (emoclap.pieces): a scored role, known before the utterance ends (an auto
+        station's role is decided by voice once it has ended)."""
+        return role != "auto" and self.scores(role)
+
     def split(self, utterances: list[Utterance]) -> tuple[list[Utterance], list[Utterance]]:
         """(to be scored, speech activity only)."""
         scored = [u for u in utterances if self.scores(u.role)]

@@ -35,6 +35,7 @@ class Utterance:
     quality: dict | None = None          # emoclap.quality: duration_s, level_dbfs, clipped, snr_db
     insufficient: str | None = None      # why it is too poor to count (emoclap.quality.REASONS)
     spans: dict = field(default_factory=dict)  # stage → seconds it held this utterance (emoclap.latency)
+    pieces: tuple[int, int] | None = None  # a bundle encoded in pieces: (encoded while spoken, all)
 
     @property
     def duration(self) -> float:
@@ -68,6 +69,8 @@ def header(utt: Utterance) -> dict:
         out["insufficient"] = utt.insufficient
     if utt.spans:
         out["spans"] = {k: round(v, 6) for k, v in utt.spans.items()}
+    if utt.pieces is not None:
+        out["pieces"] = list(utt.pieces)
     return out
 
 
@@ -105,8 +108,68 @@ def from_header(fields: dict) -> Utterance:
         spans = latency.check(fields.get("spans", {}))
     except ValueError as exc:
         raise ValueError(f"field 'spans': {exc}") from None
+    pieces = fields.get("pieces")
+    if pieces is not None:
+        if not (isinstance(pieces, list) and len(pieces) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_PIECE_INDEX for n in pieces)
+                and pieces[0] <= pieces[1]):
+            raise ValueError("field 'pieces': expected [encoded ahead, all], whole numbers, ahead <= all")
+        pieces = (pieces[0], pieces[1])
     return Utterance(**values, encoded=None if encoded is None else float(encoded), speaker=speaker,
-                     quality=quality, insufficient=insufficient, spans=spans)
+                     quality=quality, insufficient=insufficient, spans=spans, pieces=pieces)
+
+
+@dataclass
+class Piece:
+    """A whole piece of an utterance still being spoken (emoclap.pieces): its samples
+    from `offset` on, for a bundle encoded in pieces to encode before the utterance ends.
+    The utterance is the one of this station and stream (`t0`) that starts at `start`."""
+    station: str
+    role: str
+    t0: float
+    start: float
+    index: int
+    offset: int  # samples from the utterance's first
+    audio: np.ndarray
+
+    @property
+    def utterance_key(self) -> tuple[str, float, float]:
+        return piece_key(self.station, self.t0, self.start)
+
+
+def piece_key(station: str, t0: float, start: float) -> tuple[str, float, float]:
+    """What a piece and its utterance share (`start` as the header rounds it)."""
+    return (station, t0, round(start, 4))
+
+
+MAX_PIECE_INDEX = 4096
+
+
+def piece_header(p: Piece) -> dict:
+    return {"station": p.station, "role": p.role, "t0": p.t0, "start": round(p.start, 4),
+            "index": p.index, "offset": p.offset}
+
+
+def piece_from_header(fields: dict, audio: np.ndarray) -> Piece:
+    """A piece from its header and samples; ValueError names the first bad field."""
+    for key in ("station", "role"):
+        if not isinstance(fields.get(key), str) or not fields[key]:
+            raise ValueError(f"field {key!r}: expected a non-empty string")
+    if fields["role"] not in ROLES:
+        raise ValueError(f"field 'role': expected one of {', '.join(ROLES)}, got {fields['role']!r}")
+    for key in ("t0", "start"):
+        v = fields.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"field {key!r}: not a finite number")
+    for key, top in (("index", MAX_PIECE_INDEX), ("offset", 2**31)):
+        v = fields.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < top:
+            raise ValueError(f"field {key!r}: expected a whole number from 0 below {top}")
+    unknown = set(fields) - {"station", "role", "t0", "start", "index", "offset"}
+    if unknown:
+        raise ValueError(f"unknown field {sorted(unknown)[0][:40]!r}")
+    return Piece(fields["station"], fields["role"], float(fields["t0"]), float(fields["start"]),
+                 fields["index"], fields["offset"], audio)
 
 
 @dataclass

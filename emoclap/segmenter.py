@@ -54,11 +54,27 @@ class Segment:
         return self.end - self.start
 
 
-class Segmenter:
-    """Feeds frames to webrtcvad and cuts utterances; one instance per station."""
+@dataclass
+class PieceCut:
+    """A whole piece (`piece_samples` long) of the utterance in progress, cut once it is sure
+    to lie inside the utterance however it ends."""
+    start: float  # the utterance's start, as its Segment will have it
+    index: int
+    offset: int  # samples from the utterance's first
+    audio: np.ndarray
 
-    def __init__(self, station: str, options: SegmenterOptions | None = None):
+
+class Segmenter:
+    """Feeds frames to webrtcvad and cuts utterances; one instance per station.
+
+    With `piece_samples`, it also cuts the utterance in progress into whole pieces that
+    long as they are spoken (`take_pieces`), for a bundle encoded in pieces."""
+
+    def __init__(self, station: str, options: SegmenterOptions | None = None, piece_samples: int = 0):
         self.station = station
+        self.piece_samples = piece_samples
+        self._pieces: list[PieceCut] = []
+        self._cut = 0  # pieces of the utterance in progress cut so far
         self.options = opts = options or SegmenterOptions()
         self._vad = webrtcvad.Vad(opts.aggressiveness)
         self._frame = self.frame_samples = opts.sample_rate * opts.frame_ms // 1000
@@ -68,6 +84,9 @@ class Segmenter:
         self._onset_frames = max(1, ms(opts.onset_ms))
         self._hang_frames = max(1, ms(opts.hangover_ms))
         self._max_frames = max(1, int(opts.max_utterance_s * 1000 / opts.frame_ms))
+        # However the utterance in progress ends, it keeps every frame up to this many
+        # before the newest: it closes after `hangover` silent frames and keeps `post` of them.
+        self._settled_lag = max(0, self._hang_frames - 1 - self._post_frames)
         self._pending = np.zeros(0, np.float32)
         self._index = 0  # frames consumed so far
         self._history: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._pre_frames + self._onset_frames)
@@ -128,6 +147,7 @@ class Segmenter:
                 self._last_voiced = self._index
                 self._onset = self._index - self._onset_frames
                 self._history.clear()
+                self._cut = 0
             return None
         self._active.append(frame)
         self._flags.append(voiced)
@@ -139,12 +159,31 @@ class Segmenter:
             segment = self._emit(self._start, self._index)
             self._active, self._flags, self._start = [], [], self._index
             self._last_voiced = self._onset = self._index
+            self._cut = 0
             return segment
         if self._index - self._last_voiced >= self._hang_frames:
             segment = self._close(self._index)
             self._voiced_run = 0
             return segment
+        if self.piece_samples:
+            self._cut_pieces()
         return None
+
+    def _cut_pieces(self) -> None:
+        settled = (self._index - self._settled_lag - self._start) * self._frame
+        size = self.piece_samples
+        while (self._cut + 1) * size <= settled:
+            lo, hi = self._cut * size, (self._cut + 1) * size
+            first = lo // self._frame
+            audio = np.concatenate(self._active[first:-(-hi // self._frame)])
+            self._pieces.append(PieceCut(self._t(self._start), self._cut, lo,
+                                         audio[lo - first * self._frame:hi - first * self._frame]))
+            self._cut += 1
+
+    def take_pieces(self) -> list[PieceCut]:
+        """Pieces cut since the last call."""
+        out, self._pieces = self._pieces, []
+        return out
 
     def _close(self, now: int) -> Segment | None:
         end = min(now, self._last_voiced + self._post_frames)

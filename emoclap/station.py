@@ -15,14 +15,14 @@ import soxr
 
 from emoclap.audio import SAMPLE_RATE, to_float
 from emoclap.quality import QualityOptions, measure
-from emoclap.record import Utterance
+from emoclap.record import Piece, Utterance
 from emoclap.segmenter import Segmenter, SegmenterOptions
 
 
 class StationStream:
     def __init__(self, name: str, role: str, options: SegmenterOptions,
                  input_rate: int = SAMPLE_RATE, clock: Callable[[], float] = time.time,
-                 quality: QualityOptions | None = None):
+                 quality: QualityOptions | None = None, piece_samples: int = 0):
         if options.sample_rate != SAMPLE_RATE:
             raise ValueError(f"the segmenter must run at {SAMPLE_RATE} Hz")
         self.name, self.role = name, role
@@ -31,6 +31,7 @@ class StationStream:
         self.quality = quality or QualityOptions()
         self.input_rate = input_rate
         self.clock = clock
+        self.piece_samples = piece_samples  # > 0: cut pieces of utterances in progress (emoclap.pieces)
         self.seq = 0
         self.segmenter: Segmenter | None = None
         self._unreported_short = 0  # from segmenters replaced by a restart
@@ -39,7 +40,7 @@ class StationStream:
     def _restart(self) -> None:
         if self.segmenter is not None:
             self._unreported_short += self.segmenter.dropped_short - self._reported_short
-        self.segmenter = Segmenter(self.name, self.options)
+        self.segmenter = Segmenter(self.name, self.options, self.piece_samples)
         self._reported_short = 0
         self.t0 = self.clock()  # wall-clock time of stream position 0
         self._resampler = (None if self.input_rate == SAMPLE_RATE else
@@ -63,6 +64,11 @@ class StationStream:
                                  audio=seg.audio, quality=quality.as_dict(),
                                  insufficient=thresholds.verdict(quality)))
         return out
+
+    def take_pieces(self) -> list[Piece]:
+        """Pieces of the utterance in progress cut since the last call."""
+        return [Piece(self.name, self.role, self.t0, p.start, p.index, p.offset, p.audio)
+                for p in self.segmenter.take_pieces()]
 
     def finish(self) -> list[Utterance]:
         """End of stream: the utterance in progress is cut and returned, not lost."""

@@ -11,6 +11,9 @@ The header carries `v` (format version) and `kind`:
               stage is configured to pass transcripts on); payload: the audio embedding
               (`dim` values), the transcript's embedding (`text_dim`), then the audio when
               it is to be stored
+- `piece`     capture/ingest → encode: a whole piece of an utterance still being spoken,
+              for a bundle encoded in pieces (`record.piece_header`); payload: its audio.
+              Best effort: a piece lost costs only time, the utterance is encoded whole
 - `speech`    capture/ingest → encode → score: an utterance of a role whose emotions are
               not inferred (privacy policy): the header only, no audio, never embedded
 - `status`    any stage → downstream: station states, drop counts by reason since the
@@ -25,10 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emoclap.record import Utterance, from_header, header
+from emoclap.record import Piece, Utterance, from_header, header, piece_from_header, piece_header
 
 VERSION = 1
-KINDS = ("segment", "embedding", "speech", "status", "eos")
+KINDS = ("segment", "embedding", "speech", "status", "eos", "piece")
+MAX_PIECE_SAMPLES = 30 * 16_000
 
 
 class WireError(ValueError):
@@ -40,6 +44,7 @@ class Message:
     kind: str
     header: dict = field(default_factory=dict)
     utterance: Utterance | None = None  # segment and embedding messages
+    piece: Piece | None = None  # piece messages
 
     def get(self, key, default=None):
         return self.header.get(key, default)
@@ -77,6 +82,10 @@ def speech(utt: Utterance) -> list[bytes]:
     return _frames("speech", header(utt))
 
 
+def piece(p: Piece) -> list[bytes]:
+    return _frames("piece", piece_header(p), p.audio)
+
+
 def status(fields: dict) -> list[bytes]:
     return _frames("status", fields)
 
@@ -94,6 +103,8 @@ def encode(msg: Message, with_audio: bool = False, with_transcript: bool = False
         return embedding(msg.utterance, with_audio, with_transcript)
     if msg.kind == "speech":
         return speech(msg.utterance)
+    if msg.kind == "piece":
+        return piece(msg.piece)
     if msg.kind == "status":
         return status(msg.header)
     if msg.kind == "eos":
@@ -152,6 +163,13 @@ def decode(frames: list[bytes]) -> Message:
     if len(frames[1]) % 4:
         raise WireError("payload is not whole float32 values")
     payload = np.frombuffer(frames[1], dtype="<f4")
+    if kind == "piece":
+        if not 0 < payload.size <= MAX_PIECE_SAMPLES or not np.isfinite(payload).all():
+            raise WireError(f"piece: the payload must be 1 to {MAX_PIECE_SAMPLES} finite samples")
+        try:
+            return Message(kind, head, piece=piece_from_header(head, payload))
+        except ValueError as exc:
+            raise WireError(f"piece: {exc}") from None
     if kind in ("status", "eos"):
         if payload.size:
             raise WireError(f"a {kind} message has no payload")

@@ -62,7 +62,7 @@ def refused(frames, to, why):
 def test_bad_messages_name_the_rule():
     utt = utterance()
     p = fleet.PROTOCOL
-    refused([b"MDPW01", b"READY", b"{}"], "broker", "not a EMOCLAP-FLEET/2 message")
+    refused([b"MDPW01", b"READY", b"{}"], "broker", "not a EMOCLAP-FLEET/3 message")
     refused([p, b"WORK", *wire.segment(utt)], "broker", "unknown command b'WORK' for a broker")
     refused([p, b"READY"], "broker", "READY: missing its body")
     refused([p, b"READY", b'{"credit": -1}'], "broker", "field 'credit' is malformed")
@@ -231,6 +231,12 @@ class FleetMachine(RuleBasedStateMachine):
             self.queued.add(key)
         else:
             assert reason in ("queue_full", "no_worker")
+
+    @rule(station=st.sampled_from(["a", "b"]))
+    def piece(self, station):  # its utterances then prefer the worker that holds its pieces
+        holder = self.d.piece_holder(station)
+        assert (holder is None) == (not self.d.workers)
+        assert holder is None or holder in self.d.workers
 
     @rule()
     def resubmit(self):  # a key seen before never becomes a second request

@@ -109,3 +109,47 @@ def test_silence_gives_nothing_and_options_are_checked():
                 {"min_utterance_s": 5, "max_utterance_s": 2}, {"hangover_ms": -1}):
         with pytest.raises(ValueError):
             SegmenterOptions(**bad)
+
+
+def test_pieces_cut_while_speaking_are_the_utterances_own_samples(tmp_path):
+    """Every piece cut before an utterance ends lies inside it, sample for sample, however
+    the audio arrives, and by the end only its last piece (or two) is left uncut."""
+    from emoclap import pieces
+    from emoclap.station import StationStream
+
+    audio, _ = dialogue([0.6, "I will take it, can I pay by card? That one over there looks very nice indeed.",
+                         1.2, "No, thank you.", 1.0, "Could you wrap it as a present for my sister please?", 1.0],
+                        tmp_path)
+    size = 8000
+    seen = None
+    for block in (160, 1600, 4801):
+        stream = StationStream("s1", "customer", SegmenterOptions(), piece_samples=size)
+        cut, utts = [], []
+        for i in range(0, audio.size, block):
+            utts += stream.feed(audio[i:i + block])
+            cut += stream.take_pieces()
+        utts += stream.finish()
+        cut += stream.take_pieces()
+        assert len(utts) == 3
+        keys = {(u.station, u.t0, round(u.start, 4)): u for u in utts}
+        for p in cut:
+            u = keys[p.utterance_key]  # no piece of an utterance that never came
+            np.testing.assert_array_equal(p.audio, u.audio[p.offset:p.offset + size])
+            assert p.offset == p.index * size and p.audio.size == size
+        for u in utts:
+            own = sorted(p.index for p in cut if p.utterance_key == (u.station, u.t0, round(u.start, 4)))
+            whole = sum(1 for s, e in pieces.bounds(u.audio.size, size) if e - s == size)
+            assert own == list(range(len(own))) and whole - 1 <= len(own) <= whole
+        got = [(p.index, p.offset, p.start, p.audio.tobytes()) for p in cut]
+        assert seen is None or got == seen  # block size changes nothing
+        seen = got
+    assert len(seen) >= 4
+
+
+def test_no_pieces_unless_asked(tmp_path):
+    from emoclap.station import StationStream
+
+    audio, _ = dialogue([0.5, "I will take it, can I pay by card? That one looks very nice.", 1.0], tmp_path)
+    stream = StationStream("s1", "customer", SegmenterOptions())
+    utts = stream.feed(audio) + stream.finish()
+    assert stream.take_pieces() == [] and len(utts) == 1

@@ -201,3 +201,62 @@ def test_a_message_handed_over_in_process_frames_to_what_a_socket_would_carry(ki
 def test_an_unknown_kind_is_not_framed():
     with pytest.raises(wire.WireError, match="unknown kind"):
         wire.encode(wire.Message("gossip"))
+
+
+def a_piece(**kw):
+    from emoclap.record import Piece
+
+    fields = dict(station="s", role="customer", t0=1000.0, start=1.23456, index=2, offset=32000,
+                  audio=np.linspace(-0.5, 0.5, 16000, dtype=np.float32))
+    fields.update(kw)
+    return Piece(**fields)
+
+
+def test_a_piece_round_trips_and_names_its_utterance():
+    p = a_piece()
+    got = wire.decode(wire.piece(p)).piece
+    assert (got.station, got.role, got.t0, got.index, got.offset) == ("s", "customer", 1000.0, 2, 32000)
+    np.testing.assert_array_equal(got.audio, p.audio)
+    # The key its utterance carries through the fleet: start as the utterance header rounds it.
+    utt = wire.decode(wire.segment(utterance(start=1.23456, end=3.0, t0=1000.0, audio=np.zeros(8, np.float32))))
+    from emoclap.record import piece_key
+    assert got.utterance_key == piece_key(utt.utterance.station, utt.utterance.t0, utt.utterance.start)
+
+
+PIECE_FIELDS = st.dictionaries(
+    st.sampled_from(["station", "role", "t0", "start", "index", "offset", "extra"]),
+    st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+              st.text(max_size=8), st.sampled_from(["customer", "staff", "auto"])), max_size=7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=PIECE_FIELDS, samples=st.integers(0, 40), bad=st.sampled_from([None, "nan", "inf"]))
+def test_hostile_pieces_are_refused_by_name_or_valid(fields, samples, bad):
+    payload = np.zeros(samples, np.float32)
+    if bad and samples:
+        payload[0] = float(bad)
+    head = json.dumps(dict(fields, v=wire.VERSION, kind="piece"), allow_nan=True).encode()
+    try:
+        msg = wire.decode([head, payload.tobytes()])
+    except wire.WireError as exc:
+        assert str(exc).startswith("piece:") or "header" in str(exc)
+        return
+    p = msg.piece
+    assert p.station and p.role in ("customer", "staff", "auto") and 0 <= p.index and 0 <= p.offset
+    assert 0 < p.audio.size and np.isfinite(p.audio).all() and np.isfinite([p.t0, p.start]).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(pieces=st.one_of(st.none(), st.lists(st.one_of(st.integers(-3, 5000), st.booleans(), st.floats()), max_size=3),
+                        st.text(max_size=3)))
+def test_an_utterances_piece_count_is_checked(pieces):
+    head = json.loads(wire.embedding(utterance(embedding=np.ones(4, np.float32) / 2))[0])
+    if pieces is not None:
+        head["pieces"] = pieces
+    frames = [json.dumps(head).encode(), (np.ones(4, np.float32) / 2).tobytes()]
+    try:
+        got = wire.decode(frames).utterance
+    except wire.WireError as exc:
+        assert "pieces" in str(exc)
+        return
+    assert got.pieces is None or (0 <= got.pieces[0] <= got.pieces[1] <= 4096)

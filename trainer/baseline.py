@@ -27,7 +27,7 @@ class BaselineModel(nn.Module):
         self.audio = build_audio_tower(cfg.model, weights)
         # The CLAP model's pooling: both read the same statistics (and share their cache).
         self.audio_pool = AudioPooling(self.audio.hidden_size, self.audio.depth, cfg.model.audio_layers,
-                                       cfg.model.audio_pooling)
+                                       cfg.model.audio_pooling, cfg.model.piece_samples)
         self.linear = nn.Linear(self.audio_pool.width, hidden)
         self.fc = nn.Linear(hidden, n_outputs)
 
@@ -35,7 +35,7 @@ class BaselineModel(nn.Module):
         return self.from_pooled(self.audio_statistics(waveform, lengths))
 
     def audio_statistics(self, waveform, lengths):
-        return self.audio_pool.statistics(*self.audio_pool.states(self.audio, waveform, lengths))
+        return self.audio_pool.utterance_statistics(self.audio, waveform, lengths)
 
     def from_pooled(self, stats):
         """The classifier on the pooled statistics (cached when the tower is frozen)."""

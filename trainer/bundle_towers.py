@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from emoclap import pieces
 from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, chunks, embed_in_chunks, length_batches, pad_batch
 from emoclap.transcript import encoder_frames
 from emoclap.bundle import Bundle
@@ -56,6 +57,10 @@ class AudioEmbedder:
     def __init__(self, bundle: Bundle, batch: int = 16):
         self.bundle = bundle
         self.session = cpu_session(bundle.audio_encoder)
+        self.head = cpu_session(bundle.audio_head) if bundle.piece_samples else None
+        self.pieces = (pieces.PieceSpec(bundle.piece_samples, bundle.min_samples, bundle.head_reads_std,
+                                        "offsets" in [i.name for i in self.session.get_inputs()])
+                       if bundle.piece_samples else None)
         self.min_samples = max(bundle.min_samples, int(MIN_UTTERANCE_S * bundle.sample_rate))
         self.chunk_samples = max(self.min_samples, int(MAX_CHUNK_S * bundle.sample_rate))
         # int8 activations are scaled over the whole batch: batch mates would shift each
@@ -82,6 +87,13 @@ class AudioEmbedder:
         short = [i for i, c in enumerate(clips) if self.too_short(c)]
         if short:
             raise ValueError(f"clip {short[0]} is shorter than {self.min_samples} samples")
+        if self.pieces is not None:  # as the daemon's encoder runs such a bundle
+            run, head = pieces.session_runs(self.session, self.head, frames is not None)
+            emb, _ = pieces.encode_utterances(clips, self.pieces, run, head, self.rows_per_call)
+            if frames is not None:
+                read = pieces.words_pass(clips, self.pieces, run, self.rows_per_call, self.chunk_samples)
+                frames.extend([m.frames for m in ms] for ms in read)
+            return emb
         captured = {} if frames is not None else None
         emb = embed_in_chunks(clips, self.chunk_samples, "split", self.bundle.embedding_dim,
                               lambda rows: self._run(rows, captured))

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emoclap.audio import SAMPLE_RATE
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -48,9 +50,17 @@ class ModelOptions:
     audio_layers: str = "last"
     audio_pooling: str = "mean"
     normalize_waveform: bool = False  # zero mean, unit variance over the valid samples
+    # > 0: every utterance is encoded in pieces this long (a multiple of 20 ms), their frame
+    # statistics merged exactly (emoclap.pieces), so the daemon encodes the pieces while the
+    # customer is still speaking and only the last one remains when the utterance ends.
+    audio_piece_s: float = 0.0
     max_tokens: int = 64
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
+
+    @property
+    def piece_samples(self) -> int:
+        return round(self.audio_piece_s * SAMPLE_RATE)
 
 
 @dataclass
@@ -145,6 +155,11 @@ def _check(cfg: Config) -> None:
         value = getattr(getattr(cfg, table), key)
         if value not in allowed:
             raise ConfigError(f"{cfg.source}: {table}.{key} = {value!r}; expected one of {allowed}")
+    piece = cfg.model.audio_piece_s
+    if not isinstance(piece, (int, float)) or isinstance(piece, bool) or not 0 <= piece <= 30 \
+            or abs(piece * 50 - round(piece * 50)) > 1e-9:
+        raise ConfigError(f"{cfg.source}: model.audio_piece_s = {piece!r}; expected 0 (whole utterances) "
+                          "or a length in seconds up to 30 that is a multiple of 0.02")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"{cfg.source}: train.batch_size must be at least 2 (contrastive loss)")
     if not 1 <= cfg.train.views <= 64:

@@ -47,6 +47,32 @@ class _AudioGraph(nn.Module):
         return self.model.audio_from_pooled(self.model.audio_pool.statistics(states, mask)), states[-1]
 
 
+class _PieceGraph(nn.Module):
+    """One piece of an utterance per row → its frame `count`, per layer the frames' `mean`
+    and `variance`, and (with `frames`) the last layer's frames; a tower with absolute
+    positions also takes each piece's `offsets` in its utterance (samples)."""
+
+    def __init__(self, model, frames: bool = False):
+        super().__init__()
+        self.model = model
+        self.frames = frames
+
+    def forward(self, waveform, lengths, offsets=None):
+        count, mean, variance, frames = self.model.audio_moments(waveform, lengths, offsets)
+        return (count, mean, variance, frames) if self.frames else (count, mean, variance)
+
+
+class _HeadGraph(nn.Module):
+    """The merged `statistics` [batch, L, S] of an utterance's pieces → its `embedding`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, statistics):
+        return self.model.audio_from_pooled(statistics)
+
+
 class _TextGraph(nn.Module):
     """The shared-space `embedding`, and the tower's own `sentence` vector (unit length):
     the text path compares transcripts with prompt sentences there, where the pretrained
@@ -76,6 +102,33 @@ def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) 
         axes["frames"] = {0: "batch", 1: "frames"}
     _export(_AudioGraph(model, frames), example, path, ["waveform", "lengths"], axes, dynamo,
             ["embedding", "frames"] if frames else ["embedding"])
+
+
+def export_pieces(model, path: Path, head_path: Path, frames: bool = False) -> tuple[str, ...]:
+    """The piece graph (`_PieceGraph`) and the head graph (`_HeadGraph`); returns the piece
+    graph's inputs. Legacy exporter only: the piece graph is traced like `export_audio`'s."""
+    n = max(model.audio.min_samples * 4, 16000)
+    example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
+    names = ["waveform", "lengths"]
+    axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "count": {0: "batch"},
+            "mean": {0: "batch"}, "variance": {0: "batch"}}
+    if getattr(model.audio, "absolute_positions", False):
+        example += (torch.tensor([0, model.opts.piece_samples]),)
+        names.append("offsets")
+        axes["offsets"] = {0: "batch"}
+    outputs = ["count", "mean", "variance"] + (["frames"] if frames else [])
+    if frames:
+        axes["frames"] = {0: "batch", 1: "frames"}
+    module = _PieceGraph(model, frames).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), input_names=names, output_names=outputs,
+                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
+        stats = model.audio_statistics(example[0], example[1]).detach()
+        torch.onnx.export(_HeadGraph(model).eval(), (stats,), str(head_path), input_names=["statistics"],
+                          output_names=["embedding"], dynamic_axes={"statistics": {0: "batch"}, "embedding": {0: "batch"}},
+                          dynamo=False, opset_version=OPSET)
+    return tuple(names)
 
 
 def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
@@ -160,7 +213,7 @@ def check_tokenizer(tokenizer, runtime: TextTokenizer, texts: list[str]) -> None
                               f"{text[:60]!r}: ids {got_ids.tolist()[0][:24]} instead of {ids.tolist()[0][:24]}")
 
 
-def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: list[list[np.ndarray]],
+def check_parity(model, tokenizer, audio_onnx: Path | None, text_onnx: Path, batches: list[list[np.ndarray]],
                  texts: list[str], runtime: TextTokenizer | None = None) -> Parity:
     """Minimum cosine between ONNX Runtime and torch embeddings; torch runs each clip alone,
     and the ONNX text tower gets the ids of the `runtime` tokenizer when given."""
@@ -169,17 +222,19 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    audio = ort.InferenceSession(str(audio_onnx), opts, providers=["CPUExecutionProvider"])
-    worst, count = 1.0, 0
+    worst, count = 1.0, sum(map(len, batches))
+    # A piece-encoded bundle's audio path is checked by `check_piece_parity` (None here).
+    audio = None if audio_onnx is None else ort.InferenceSession(str(audio_onnx), opts,
+                                                                 providers=["CPUExecutionProvider"])
     model.eval()
     with torch.no_grad():
-        for clips in batches:
+        for clips in batches if audio is not None else []:
             wave, lengths = pad_batch(clips)
             got = audio.run(["embedding"], {"waveform": wave, "lengths": lengths})[0]
             for i, c in enumerate(clips):
                 ref = model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])).numpy()[0]
                 cos = float(np.dot(got[i], ref) / (np.linalg.norm(got[i]) * np.linalg.norm(ref)))
-                worst, count = min(worst, cos), count + 1
+                worst = min(worst, cos)
         text = ort.InferenceSession(str(text_onnx), opts, providers=["CPUExecutionProvider"])
         ids, mask = tokenize(tokenizer, texts)
         run_ids, run_mask = runtime.encode_batch(texts) if runtime else (ids.numpy(), mask.numpy())
@@ -187,6 +242,31 @@ def check_parity(model, tokenizer, audio_onnx: Path, text_onnx: Path, batches: l
         ref = model.encode_text(ids, mask).numpy()
         text_worst = float(np.min(np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))))
     return Parity(worst, text_worst, count)
+
+
+def check_piece_parity(model, piece_onnx: Path, head_onnx: Path, batches: list[list[np.ndarray]]) -> float:
+    """Minimum cosine between the runtime's piece path (emoclap.pieces over the two graphs)
+    and torch's `encode_audio`, which cuts and merges the same pieces."""
+    import onnxruntime as ort
+
+    from emoclap import pieces
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    piece = ort.InferenceSession(str(piece_onnx), opts, providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(head_onnx), opts, providers=["CPUExecutionProvider"])
+    spec = pieces.PieceSpec(model.opts.piece_samples, int(model.audio.min_samples), model.audio_pool.std,
+                            "offsets" in [i.name for i in piece.get_inputs()])
+    run, run_head = pieces.session_runs(piece, head)
+    worst = 1.0
+    model.eval()
+    with torch.no_grad():
+        for clips in batches:
+            got, _ = pieces.encode_utterances(clips, spec, run, run_head, 16)
+            for i, c in enumerate(clips):
+                ref = model.encode_audio(torch.from_numpy(c)[None], torch.tensor([len(c)])).numpy()[0]
+                worst = min(worst, float(np.dot(got[i], ref) / (np.linalg.norm(got[i]) * np.linalg.norm(ref))))
+    return worst
 
 
 def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources: dict, texts: list[str],
@@ -203,13 +283,22 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
     model = model.float().eval()
     decoder = transcriber_source(model) if transcriber else None
     audio_path, text_path = out / "audio_encoder.onnx", out / "text_encoder.onnx"
-    export_audio(model, audio_path, dynamo, frames=decoder is not None)
+    head_path = out / "audio_head.onnx"
+    piece_samples = int(model.opts.piece_samples)
+    if piece_samples:
+        export_pieces(model, audio_path, head_path, frames=decoder is not None)
+    else:
+        export_audio(model, audio_path, dynamo, frames=decoder is not None)
     export_text(model, tokenizer, text_path, dynamo)
     tokenizer_section = write_runtime_tokenizer(tokenizer, out)
     runtime = open_text_tokenizer(out, tokenizer_section, int(model.opts.max_tokens))
     check_tokenizer(tokenizer, runtime, texts + TOKENIZER_PROBES)
     batches = parity_batches(model, real_audio)
-    fp32 = check_parity(model, tokenizer, audio_path, text_path, batches, texts, runtime)
+    if piece_samples:  # and long clips, so that parity covers utterances of several pieces
+        batches.append([np.concatenate([c] * 4) for c in real_audio[:2]])
+    fp32 = check_parity(model, tokenizer, None if piece_samples else audio_path, text_path, batches, texts, runtime)
+    if piece_samples:
+        fp32.audio_min_cosine = check_piece_parity(model, audio_path, head_path, batches)
     if min(fp32.audio_min_cosine, fp32.text_min_cosine) < FP32_MIN_COSINE:
         raise ExportError(f"{out}: ONNX does not reproduce the torch model: cosine audio "
                           f"{fp32.audio_min_cosine:.6f}, text {fp32.text_min_cosine:.6f} (need ≥ {FP32_MIN_COSINE})")
@@ -220,7 +309,11 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
         audio_path.rename(fp32_copy)
         quantize_int8(fp32_copy, audio_path)
         fp32_copy.unlink()
-        parity["int8"] = check_parity(model, tokenizer, audio_path, text_path, batches, texts, runtime).as_dict()
+        int8_parity = check_parity(model, tokenizer, None if piece_samples else audio_path, text_path, batches,
+                                   texts, runtime)
+        if piece_samples:
+            int8_parity.audio_min_cosine = check_piece_parity(model, audio_path, head_path, batches)
+        parity["int8"] = int8_parity.as_dict()
         precision = "int8"
     transcriber_section = None
     if decoder is not None:
@@ -242,6 +335,10 @@ def export_bundle(model, tokenizer, out: Path, *, languages: list[str], sources:
     }
     if transcriber_section is not None:
         fields["transcriber"] = transcriber_section
+    if piece_samples:
+        fields["audio_encoder"]["piece_samples"] = piece_samples
+        fields["audio_head"] = {"file": head_path.name,
+                                "statistics": "mean+std" if model.audio_pool.std else "mean"}
     return write_manifest(out, fields)
 
 

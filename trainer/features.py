@@ -37,6 +37,8 @@ def tower_key(cfg, views: int) -> str:
     spec = {"format": FORMAT, "audio": vars(cfg.model.audio), "normalize": cfg.model.normalize_waveform,
             "layers": cfg.model.audio_layers, "pooling": cfg.model.audio_pooling,
             "views": views, "seed": cfg.train.seed}
+    if cfg.model.audio_piece_s:  # absent when 0, so caches made before pieces existed still match
+        spec["piece_s"] = cfg.model.audio_piece_s
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

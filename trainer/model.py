@@ -146,12 +146,14 @@ class AudioTower(nn.Module):
         out = self.encoder.encoder(hidden, attention_mask=frame_mask, output_hidden_states=every)
         return (list(out.hidden_states) if every else [out[0]]), frame_mask
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    absolute_positions = False  # its positional convolution is relative: a piece starts anywhere
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor, offsets=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [B, T, H] and their validity mask [B, T]."""
         states, mask = self._encode(waveform, lengths, every=False)
         return states[-1], mask
 
-    def states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def states(self, waveform: torch.Tensor, lengths: torch.Tensor, offsets=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every hidden state [B, T, H] (the transformer's input first, its output last) and the mask."""
         return self._encode(waveform, lengths, every=True)
 
@@ -223,7 +225,8 @@ class ClapModel(nn.Module):
         self.audio = build_audio_tower(opts, weights)
         self.text = build_text_tower(opts, weights)
         d = opts.embedding_dim
-        self.audio_pool = AudioPooling(self.audio.hidden_size, self.audio.depth, opts.audio_layers, opts.audio_pooling)
+        self.audio_pool = AudioPooling(self.audio.hidden_size, self.audio.depth, opts.audio_layers, opts.audio_pooling,
+                                       opts.piece_samples)
         width = self.audio_pool.width
         self.audio_norm = nn.BatchNorm1d(width, affine=False) if opts.audio_norm == "batch" else nn.Identity()
         self.audio_head = ProjectionHead(width, d, opts.head, opts.head_dropout)
@@ -238,7 +241,14 @@ class ClapModel(nn.Module):
 
     def audio_statistics(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[B, L, S]: the pooled statistics the head reads (what a frozen tower's cache stores)."""
-        return self.audio_pool.statistics(*self.audio_states(waveform, lengths))
+        return self.audio_pool.utterance_statistics(self.audio, waveform, lengths)
+
+    def audio_moments(self, waveform: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor | None = None):
+        """One piece per row: its frame count [B], per layer the frames' mean and variance
+        [B, L, H], and its last layer's frames [B, T, H] (the piece graph of a bundle)."""
+        states, mask = self.audio_pool.states(self.audio, waveform, lengths, offsets)
+        count, mean, var = self.audio_pool.moments(states, mask)
+        return count, mean, var, states[-1] * mask[..., None].to(states[-1].dtype)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_from_pooled(self.text(input_ids, attention_mask))

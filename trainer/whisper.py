@@ -93,13 +93,21 @@ class WhisperTower(nn.Module):
         # Three mel frames give two encoder frames: the least that is still a sequence.
         self.min_samples = 3 * HOP
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # A piece of an utterance is encoded at the positions it has in the utterance, so its
+    # frames sit where one pass would have put them and the decoder reads the pieces'
+    # frames, end to end, as one sequence.
+    absolute_positions = True
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor,
+                offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [B, T, H] and their validity mask [B, T]."""
-        states, mask = self.states(waveform, lengths)
+        states, mask = self.states(waveform, lengths, offsets)
         return states[-1], mask
 
-    def states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Every hidden state [B, T, H] (the layers' input first, the normed output last) and the mask."""
+    def states(self, waveform: torch.Tensor, lengths: torch.Tensor,
+               offsets: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden state [B, T, H] (the layers' input first, the normed output last) and
+        the mask; `offsets` [B]: where each row starts in its utterance, in samples."""
         lengths = lengths.to(torch.long)
         if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and waveform.shape[1] > self.max_samples:
             raise ValueError(f"Whisper's encoder takes at most {self.max_samples} samples "
@@ -107,21 +115,29 @@ class WhisperTower(nn.Module):
         if self.normalize_waveform:
             waveform = normalize_valid(waveform, lengths)
         features, mels = self.front(waveform, lengths)
-        return self.encode_states(features, mels)
+        return self.encode_states(features, mels, offsets)
 
     def encode_features(self, features: torch.Tensor, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whisper's encoder on log-mel features [B, n_mels, T] of which the first `mels` frames are valid."""
         states, mask = self.encode_states(features, mels)
         return states[-1], mask
 
-    def encode_states(self, features: torch.Tensor, mels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encode_states(self, features: torch.Tensor, mels: torch.Tensor,
+                      offsets: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         enc = self.encoder
         mel_mask = length_mask(mels, features.shape[-1])[:, None, :].to(features.dtype)
         # conv2 looks one frame ahead: conv1's outputs past the end must be the zeros an
         # utterance alone would be padded with.
         x = F.gelu(enc.conv1(features * mel_mask)) * mel_mask
         x = F.gelu(enc.conv2(x)).transpose(1, 2)
-        x = x + enc.embed_positions.weight[: x.shape[1]]
+        table = enc.embed_positions.weight
+        if offsets is None:
+            x = x + table[: x.shape[1]]
+        else:
+            # Past the table's end (an utterance over 30 s) the last positions are reused.
+            first = torch.div(offsets.to(torch.long), HOP * CONV_STRIDE, rounding_mode="floor")
+            first = torch.minimum(first, torch.full_like(first, table.shape[0]) - x.shape[1]).clamp(min=0)
+            x = x + table[first[:, None] + torch.arange(x.shape[1], device=x.device)[None, :]]
         x = F.dropout(x, p=enc.dropout, training=self.training)
         mask = length_mask(encoder_frames(mels), x.shape[1])
         bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
