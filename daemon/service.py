@@ -128,13 +128,14 @@ class Service:
         # Checked first: a missing replay file, then a bad bundle, stops start-up before anything runs.
         if "capture" in self.stages:
             check_files(cfg)
-        bundle = load_bundle(cfg.bundle) if {"encode", "serve"} & set(self.stages) else None
+        # Hashing and checking the bundle takes a few hundred ms: not on the event loop.
+        bundle = await asyncio.to_thread(load_bundle, cfg.bundle) if {"encode", "serve"} & set(self.stages) else None
         self.piece_samples = piece_samples(cfg, bundle)
         sources = build_sources(cfg, self.stream_factory, self.piece_samples) if "capture" in self.stages else []
         if "serve" in self.stages:
             await self._start_serve(bundle)
         if "encode" in self.stages:
-            p.worker, p.batcher = open_encoder(cfg, bundle)
+            p.worker, p.batcher = await asyncio.to_thread(open_encoder, cfg, bundle)  # ONNX sessions: seconds
             p.worker.start()
         self._start_sources(sources)
 

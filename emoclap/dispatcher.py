@@ -103,12 +103,12 @@ class Dispatcher:
     # ---- edges
     def piece_holder(self, station: str) -> bytes | None:
         """The worker a station's pieces go to, and so its utterances while that worker has
-        credit (it encoded their pieces ahead): the one it had while it lives, else the
-        freest. None while no worker is alive."""
+        credit (it encoded their pieces ahead): the one it had while it lives and takes work,
+        else the freest. None while no worker takes work."""
         worker = self.piece_holders.get(station)
-        if worker in self.workers:
+        if worker in self.workers and self.workers[worker].credit > 0:  # not one that is draining
             return worker
-        peer = max(self.workers.values(), key=lambda p: (p.free, -p.turn), default=None)
+        peer = max((p for p in self.workers.values() if p.credit > 0), key=lambda p: (p.free, -p.turn), default=None)
         if peer is None:
             self.piece_holders.pop(station, None)
             return None

@@ -235,8 +235,8 @@ class FleetMachine(RuleBasedStateMachine):
     @rule(station=st.sampled_from(["a", "b"]))
     def piece(self, station):  # its utterances then prefer the worker that holds its pieces
         holder = self.d.piece_holder(station)
-        assert (holder is None) == (not self.d.workers)
-        assert holder is None or holder in self.d.workers
+        assert (holder is None) == (not any(p.credit for p in self.d.workers.values()))
+        assert holder is None or self.d.workers[holder].credit > 0
 
     @rule()
     def resubmit(self):  # a key seen before never becomes a second request

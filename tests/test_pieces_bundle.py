@@ -184,3 +184,26 @@ def test_whisper_pieces_sit_at_their_positions_and_the_words_are_read_whole(tmp_
             assert float(np.dot(r.embedding, ref)) > 0.9999
     said = " ".join(r.transcript.lower() for r in readings)
     assert all(w in said for w in ("card", "expensive")), said
+
+
+def test_a_piece_graph_that_does_not_reproduce_training_fails_the_export(tmp_path, monkeypatch):
+    import onnx
+
+    import trainer.export as ex
+
+    real = ex.export_pieces
+
+    def tampered(model, path, head_path, frames=False):
+        out = real(model, path, head_path, frames)
+        g = onnx.load(str(head_path))
+        for init in g.graph.initializer:  # one weight of the head, changed
+            if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
+                init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
+                break
+        onnx.save(g, str(head_path))
+        return out
+
+    monkeypatch.setattr(ex, "export_pieces", tampered)
+    with pytest.raises(ex.ExportError, match="does not reproduce"):
+        build(tmp_path / "b")
+    assert not (tmp_path / "b" / "manifest.json").exists()
