@@ -23,7 +23,7 @@ log = logging.getLogger("emoclapd.batcher")
 @dataclass
 class BatcherOptions:
     max_batch: int = 16       # utterances per encoder call
-    max_wait_ms: float = 20.0  # how long the first request of a batch waits for company
+    max_wait_ms: float = 0.0  # how long the first request of a batch waits for company
 
 
 @dataclass

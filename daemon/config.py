@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 @dataclass
 class EncoderConfig:
     max_batch: int = 8
-    max_wait_ms: int = 20
+    max_wait_ms: int = 0  # 0: a batch is what queued while the last one ran (bench/RESULTS.md, pieces)
     threads: int = 0  # ONNX Runtime intra-op threads; 0: one per physical core
     backend: str = "onnxruntime"  # or "triton": the model runs in a Triton server (daemon.triton)
     triton_url: str = "127.0.0.1:8001"  # Triton's gRPC endpoint, HOST:PORT
