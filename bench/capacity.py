@@ -1,7 +1,7 @@
 """Capacity: the most live stations a configuration sustains, beside the compute floor.
 
     python bench/capacity.py                               # HuBERT-base fp32 and int8, demo bundle
-    python bench/capacity.py --rows hubert-int8 --threads 1,2 --max-batch 1,8 --max-wait-ms 5,20
+    python bench/capacity.py --rows hubert-int8 --threads 1,2 --max-batch 1,8 --max-wait-ms 0,5,20
     python bench/capacity.py --rows hubert-int8 --workers 2          # encode workers (broker)
     python bench/capacity.py --rows hubert-int8 --backend triton     # Triton backend
     python bench/capacity.py --quick                       # smoke: tiny bundle, 10-s windows
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--rows", default="hubert-fp32,hubert-int8,demo", help=f"comma list of {', '.join(ROWS)} or bundle folders")
     ap.add_argument("--threads", default="0", help="encoder.threads, comma list (0: one per physical core)")
     ap.add_argument("--max-batch", default="8", help="encoder.max_batch, comma list")
-    ap.add_argument("--max-wait-ms", default="20", help="encoder.max_wait_ms, comma list")
+    ap.add_argument("--max-wait-ms", default="0", help="encoder.max_wait_ms, comma list (default: the daemon's, 0)")
     ap.add_argument("--workers", type=int, default=1, help="[stages] workers (encode workers behind the broker)")
     ap.add_argument("--worker-command", default="{python} -m daemon.cli encode --config {config}",
                     help="an encode worker joining the gateway's broker, started workers - 1 times per probe")

@@ -31,7 +31,7 @@ class Setup:
     bundle: Path
     threads: int = 0
     max_batch: int = 8
-    max_wait_ms: int = 20
+    max_wait_ms: int = 0  # the daemon's default
     workers: int = 1
     backend: str = "onnxruntime"
     provider: str = "cpu"
