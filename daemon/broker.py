@@ -56,7 +56,6 @@ class Broker(threading.Thread):
         self.outbox_limit = st.hwm
         self.to_serve = to_serve
         self.forwarded = 0  # embeddings handed to the serve stage's link
-        self.pieces_forwarded = 0  # pieces of utterances in progress sent to a worker
         # consumed(): embeddings the serve stage published or dropped; what it holds is backlog.
         self.consumed = consumed
         self.last_worker = time.monotonic()  # when an encode worker was last heard
@@ -256,7 +255,6 @@ class Broker(threading.Thread):
             worker = self.dispatcher.piece_holder(msg.piece.station) if self.policy.encodes_early(msg.piece.role) else None
             if worker is not None:
                 self._send(worker, fleet.piece(frames or wire.encode(msg)), now)
-                self.pieces_forwarded += 1
             return
         if msg.kind in ("status", "speech"):
             self.outbox.append(msg)

@@ -179,13 +179,14 @@ class AudioEncoder:
     # ---- a piece-encoded bundle
     def encode_pieces(self, rows: list[tuple[np.ndarray, int]]) -> list[pieces.Moments]:
         """Pieces of utterances still being spoken, (audio, start in its utterance) each →
-        their moments (with frames where the text path reads them), for `encode(known=...)`."""
-        run, _ = pieces.session_runs(self.session, self.head_session, self.returns_frames)
+        their moments, for `encode(known=...)` (no frames: the words are read from a pass
+        over the whole utterance)."""
+        run, _ = pieces.session_runs(self.session, self.head_session)
         return pieces.encode_pieces([(np.asarray(a, np.float32).reshape(-1), int(o)) for a, o in rows],
                                     self.pieces, run, self.rows_per_call)
 
-    def _in_pieces(self, audios: list[np.ndarray], known, frames: bool):
-        run, head = pieces.session_runs(self.session, self.head_session, frames)
+    def _in_pieces(self, audios: list[np.ndarray], known):
+        run, head = pieces.session_runs(self.session, self.head_session)
         return pieces.encode_utterances(audios, self.pieces, run, head, self.rows_per_call, known)
 
     # ---- whole utterances
@@ -212,7 +213,7 @@ class AudioEncoder:
                                      self.options.long_utterances)
             have = [pieces.as_known(a, self.pieces, ms, known[i] if known else None)
                     for i, a, ms in zip(keep, kept, read)]
-            emb, _ = self._in_pieces(kept, have, frames=False)
+            emb, _ = self._in_pieces(kept, have)
             for i, e, a, ms in zip(keep, emb, kept, read):
                 embeddings[i] = e
                 parts = chunks(a, self.chunk_samples, self.options.long_utterances)
@@ -247,7 +248,7 @@ class AudioEncoder:
             if self.too_short(a):
                 raise ValueError(f"utterance {i} has {a.size} samples; the minimum is {self.min_samples}")
         if self.pieces is not None:
-            return self._in_pieces(audios, known, frames=False)[0]
+            return self._in_pieces(audios, known)[0]
         return embed_in_chunks(audios, self.chunk_samples, self.options.long_utterances,
                                self.bundle.embedding_dim, self._run)
 

@@ -194,7 +194,6 @@ class Sender:
         self.segmented: Counter[str] = Counter()  # utterances cut and handed on, by station
         self.gauges: dict[str, float] = {}
         self.observations: list[tuple[int, float]] = []
-        self.pieces_sent = 0
         self.status_interval_s = status_interval_s
         self._last_status = 0.0
 
@@ -254,7 +253,7 @@ class Sender:
         """Pieces of utterances in progress, best effort: one that finds the queue full is
         left out (its utterance is encoded whole), not counted as a drop."""
         for p in pieces:
-            self.pieces_sent += self.send(wire.Message("piece", piece=p), block=False)
+            self.send(wire.Message("piece", piece=p), block=False)
 
     def dispatch(self, utterances: list[Utterance], policy) -> None:
         """Each utterance to the encoder, or, for a role the privacy policy does not score,

@@ -76,7 +76,6 @@ class EncodeWorker(threading.Thread):
         # they come and held until their utterance does (or for as long as one can last).
         self.piece_spec = getattr(getattr(batcher, "encoder", None), "pieces", None)
         self.shelf = pieces.Shelf(cfg.segmenter.max_utterance_s + 10.0)
-        self.pieces_refused = 0  # not this bundle's piece length (a capture agent's stages.piece_s)
         self.sock: zmq.Socket | None = None
         self.broker: fleet.Liveness | None = None
         self.stop_event = threading.Event()
@@ -212,8 +211,7 @@ class EncodeWorker(threading.Thread):
     def _piece(self, piece, now: float) -> None:
         if self.piece_spec is None or piece.audio.size != self.piece_spec.samples \
                 or not self.policy.encodes_early(piece.role):
-            self.pieces_refused += 1
-            return
+            return  # not this bundle's length (a capture agent's stages.piece_s), or a role not to encode early
         self.shelf.put(piece.utterance_key, piece.index, self.batcher.submit_piece(piece.audio, piece.offset), now)
 
     def _work(self, utt) -> None:

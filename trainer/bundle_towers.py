@@ -88,12 +88,14 @@ class AudioEmbedder:
         if short:
             raise ValueError(f"clip {short[0]} is shorter than {self.min_samples} samples")
         if self.pieces is not None:  # as the daemon's encoder runs such a bundle
-            run, head = pieces.session_runs(self.session, self.head, frames is not None)
-            emb, _ = pieces.encode_utterances(clips, self.pieces, run, head, self.rows_per_call)
+            run, head = pieces.session_runs(self.session, self.head)
+            known = None
             if frames is not None:
-                read = pieces.words_pass(clips, self.pieces, run, self.rows_per_call, self.chunk_samples)
+                with_frames, _ = pieces.session_runs(self.session, self.head, frames=True)
+                read = pieces.words_pass(clips, self.pieces, with_frames, self.rows_per_call, self.chunk_samples)
                 frames.extend([m.frames for m in ms] for ms in read)
-            return emb
+                known = [pieces.as_known(c, self.pieces, ms, None) for c, ms in zip(clips, read)]
+            return pieces.encode_utterances(clips, self.pieces, run, head, self.rows_per_call, known)[0]
         captured = {} if frames is not None else None
         emb = embed_in_chunks(clips, self.chunk_samples, "split", self.bundle.embedding_dim,
                               lambda rows: self._run(rows, captured))
