@@ -2,9 +2,10 @@
 
 With an encoder that reads words, the batcher is a two-stage pipeline: one thread runs
 the audio tower over a batch and hands it to a second that reads the words (the
-transcriber's decode, memory-bound) of every batch waiting for it, at once. So an
-utterance that closes while another's words are being read is encoded meanwhile,
-instead of waiting for both, and decodes that pile up share their steps.
+transcriber's decode, memory-bound, one step at a time). An utterance that closes while
+another's words are being read is encoded meanwhile, and its words join the decode at
+the next step: every utterance being read shares each step, and each is answered as
+soon as its own words are read.
 """
 from __future__ import annotations
 
@@ -146,31 +147,62 @@ class Batcher:
         except Exception as exc:  # one bad batch must not stop the daemon
             self._fail(live, exc)
             return
+        self.batches += 1
         if self.reads_words:
             self._words.put((live, results))
         else:
             self._resolve(live, results)
 
     def _read_loop(self) -> None:
-        done = False
-        while not done:
-            waiting = [self._words.get()]
-            while True:  # every batch that waits is read in one decode
-                try:
-                    waiting.append(self._words.get_nowait())
-                except queue.Empty:
-                    break
-            done = None in waiting
-            waiting = [w for w in waiting if w is not None]
-            if not waiting:
+        reading: dict[int, _Utterance] = {}  # id(reading) -> its utterance
+        closing = False
+        while True:
+            # Block only with nothing to decode; else take what waits and step on.
+            arrived = self._take_words(block=not (reading or closing))
+            closing = closing or None in arrived
+            for live, results in (a for a in arrived if a is not None):
+                self._start_words(live, results, reading)
+            if not reading:
+                if closing:
+                    return
                 continue
             try:
-                self.encoder.read_words([r for _, results in waiting for r in results if r is not None])
-            except Exception as exc:  # noqa: BLE001 - the words' failure fails their batches only
-                self._fail([item for live, _ in waiting for item in live], exc)
+                done = self.encoder.step_words()
+            except Exception as exc:  # noqa: BLE001 - a broken step fails the utterances in it only
+                failed = getattr(exc, "readings", None)
+                keys = [id(r) for r in failed] if failed is not None else list(reading)
+                self._fail([reading.pop(k) for k in keys if k in reading], getattr(exc, "cause", exc))
                 continue
-            for live, results in waiting:
-                self._resolve(live, results)
+            for r in done:
+                item = reading.pop(id(r))
+                self._resolve([item], [r])
+
+    def _take_words(self, block: bool) -> list:
+        arrived = []
+        try:
+            arrived.append(self._words.get() if block else self._words.get_nowait())
+            while True:
+                arrived.append(self._words.get_nowait())
+        except queue.Empty:
+            pass
+        return arrived
+
+    def _start_words(self, live: list, results: list, reading: dict) -> None:
+        """Answer the utterances with no words to read; start reading the others'."""
+        ready = [(item, r) for item, r in zip(live, results) if r is None or not r.unread]
+        self._resolve([item for item, _ in ready], [r for _, r in ready])
+        todo = [(item, r) for item, r in zip(live, results) if r is not None and r.unread]
+        if not todo:
+            return
+        reading.update((id(r), item) for item, r in todo)
+        try:
+            done = self.encoder.start_words([r for _, r in todo])
+        except Exception as exc:  # noqa: BLE001 - their first step failed; the others go on
+            keys = [id(r) for r in getattr(exc, "readings", [r for _, r in todo])]
+            self._fail([reading.pop(k) for k in keys if k in reading], getattr(exc, "cause", exc))
+            return
+        for r in done:
+            self._resolve([reading.pop(id(r))], [r])
 
     def _encode_pieces(self, items: list[_Piece]) -> None:
         if not items:
@@ -196,7 +228,6 @@ class Batcher:
             item.future.set_exception(exc)
 
     def _resolve(self, live: list, results: list) -> None:
-        self.batches += 1
         self.utterances += len(live)
         for item, result in zip(live, results):
             item.future.set_result(result)

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from emoclap.bundle import Bundle
-from emoclap.transcript import graph_step, greedy_decode, pad_frames
+from emoclap.decoding import Decoding, session_decoding
 
 from .encoder import EncoderError, open_session
 
@@ -33,6 +33,14 @@ class Reading:
     unread: list | None = None  # (frames, seconds) per chunk, until `Reader.read_words`
 
 
+class WordsError(Exception):
+    """Reading words failed; `readings` are the ones that failed with it."""
+
+    def __init__(self, readings: list[Reading], cause: Exception):
+        super().__init__(str(cause))
+        self.readings, self.cause = readings, cause
+
+
 class Transcriber:
     """Frames of utterances → their transcripts, greedy, batched, bounded in tokens."""
 
@@ -47,23 +55,40 @@ class Transcriber:
         self.seconds = 0.0  # spent decoding, for /metrics
         self.tokens = 0
 
+    def decoding(self) -> Decoding:
+        """A new set of rows over the shared graphs (a session runs from any thread)."""
+        return session_decoding(self.cross, self.step, self.spec)
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids).strip()[:MAX_TRANSCRIPT_CHARS]
+
     def transcribe(self, frames: list[np.ndarray], seconds: list[float]) -> list[str]:
-        """Each utterance's words; `frames[i]` its valid frames [T_i, D]."""
+        """Each utterance's words, decoded together to the end; `frames[i]` its valid frames [T_i, D]."""
         if not frames:
             return []
         started = time.perf_counter()
-        batch, valid = pad_frames(frames)
-        ids = greedy_decode(graph_step(self.cross, self.step, self.spec, batch, valid),
-                            [self.spec.budget(s) for s in seconds], self.spec)
+        ids = self.decoding().decode(frames, [self.spec.budget(s) for s in seconds])
         self.seconds += time.perf_counter() - started
         self.tokens += sum(map(len, ids))
-        return [self.tokenizer.decode(row).strip()[:MAX_TRANSCRIPT_CHARS] for row in ids]
+        return [self.text(row) for row in ids]
+
+
+@dataclass
+class _Words:
+    """A reading whose chunks are being decoded."""
+    reading: Reading
+    parts: list
+    started: float
 
 
 class Reader:
     """The batcher's encoder: audio → `Reading`s (None for a too-short utterance). Without a
     transcriber (none in the bundle, `[transcripts] enabled = false`, or an engine that does
-    not return frames) it reads the audio path only."""
+    not return frames) it reads the audio path only.
+
+    The words of deferred readings are read by one thread (the batcher's second stage)
+    through `start_words` and `step_words`: every reading being read shares each decoder
+    step, and one that starts joins the others at the next step."""
 
     def __init__(self, encoder, transcriber: Transcriber | None = None, text_encoder=None):
         self.encoder = encoder
@@ -71,6 +96,9 @@ class Reader:
         self.text_encoder = text_encoder
         self.rate = encoder.bundle.sample_rate
         self._lock = threading.Lock()
+        self._live = self.transcriber.decoding() if self.transcriber is not None else None
+        self._reading: dict[int, _Words] = {}  # id(reading) -> its decode
+        self._waiting: list[_Words] = []  # for a step graph that cannot take rows into a running batch
 
     def __getattr__(self, name):  # provider, min_samples, skipped_short, ... of the audio encoder
         return getattr(self.encoder, name)
@@ -79,11 +107,15 @@ class Reader:
     def reads_words(self) -> bool:
         return self.transcriber is not None
 
+    @property
+    def words_pending(self) -> bool:
+        return bool(self._reading)
+
     def encode(self, audios: list[np.ndarray], words: list[bool] | None = None,
                defer_words: bool = False, known: list[dict] | None = None) -> list[Reading | None]:
         """`words[i]` False: utterance i on the audio path alone (no transcript).
         `defer_words`: the audio path only now; the readings that are to be read carry
-        their frames until `read_words` reads them (the batcher's second stage)."""
+        their frames until their words are read (`start_words`, or `read_words`)."""
         started = time.perf_counter()
         if self.transcriber is None:
             embeddings = self.encoder.encode(audios, known)
@@ -100,7 +132,7 @@ class Reader:
         return out
 
     def read_words(self, readings: list[Reading]) -> None:
-        """Transcribe and embed, in one batch, the readings that carry unread frames."""
+        """Transcribe and embed, together and to the end, the readings that carry unread frames."""
         todo = [r for r in readings if r.unread]
         if not todo:
             return
@@ -111,14 +143,89 @@ class Reader:
         for r in todo:
             r.transcript = " ".join(t for t in (next(texts) for _ in r.unread) if t)
             r.unread = None
-        said = [r for r in todo if r.transcript]
+        self._embed(todo, {id(r): started for r in todo})
+
+    def start_words(self, readings: list[Reading]) -> list[Reading]:
+        """Begin reading the words of `readings` (those with unread frames); they join the
+        readings being read at once. Returns the readings whose words are already read;
+        raises `WordsError` naming the new readings if their first step fails (the others go on)."""
+        now = time.perf_counter()
+        todo = [_Words(r, [None] * len(r.unread), now) for r in readings if r.unread and id(r) not in self._reading]
+        for w in todo:
+            self._reading[id(w.reading)] = w
+        self._waiting += todo
+        return self._admit()
+
+    def step_words(self) -> list[Reading]:
+        """One decoder step for every reading being read; returns those whose words are now
+        read (transcript and text embedding set). A failed step raises `WordsError` naming
+        every reading that was in it: they are dropped, and the next readings start afresh."""
+        admitted = self._admit()  # an older step graph admits into an empty batch only
+        if admitted or not self._live:
+            return admitted
+        try:
+            done = self._timed(self._live.step)
+        except Exception as exc:  # noqa: BLE001 - one broken step fails the readings in it, not the daemon
+            self._live.drop()
+            waiting = {id(w.reading) for w in self._waiting}
+            failed = [w.reading for key, w in list(self._reading.items()) if key not in waiting]
+            for r in failed:
+                del self._reading[id(r)]
+            raise WordsError(failed, exc) from exc
+        return self._take(done)
+
+    def _admit(self) -> list[Reading]:
+        if not self._waiting or not self._live.can_admit:
+            return []
+        todo, self._waiting = self._waiting, []
+        keys = [(id(w.reading), i) for w in todo for i in range(len(w.parts))]
+        chunks = [c for w in todo for c in w.reading.unread]
+        budgets = [self.transcriber.spec.budget(s) for _, s in chunks]
+        try:
+            done = self._timed(lambda: self._live.admit(keys, [f for f, _ in chunks], budgets))
+        except Exception as exc:  # noqa: BLE001 - the readings already being read go on
+            for w in todo:
+                del self._reading[id(w.reading)]
+            raise WordsError([w.reading for w in todo], exc) from exc
+        return self._take(done)
+
+    def _timed(self, run):
+        started = time.perf_counter()
+        done = run()
+        with self._lock:
+            self.transcriber.seconds += time.perf_counter() - started
+            self.transcriber.tokens += sum(len(ids) for _, ids in done)
+        return done
+
+    def _take(self, done: list) -> list[Reading]:
+        """Readings all of whose chunks are in `done` or were before, now embedded."""
+        complete, started = [], {}
+        for (key, part), ids in done:
+            w = self._reading[key]
+            w.parts[part] = self.transcriber.text(ids)
+            if all(p is not None for p in w.parts):
+                del self._reading[key]
+                w.reading.transcript = " ".join(p for p in w.parts if p)
+                w.reading.unread = None
+                complete.append(w.reading)
+                started[key] = w.started
+        try:
+            self._embed(complete, started)
+        except Exception as exc:  # noqa: BLE001 - the text tower's failure fails these readings only
+            raise WordsError(complete, exc) from exc
+        return complete
+
+    def _embed(self, readings: list[Reading], started: dict[int, float]) -> None:
+        """The transcripts' sentence vectors; each reading's `decode` span runs from when its
+        words began to be read."""
+        said = [r for r in readings if r.transcript]
         if said:
             vectors = self.text_encoder.embed_sentences([r.transcript for r in said])
             for r, v in zip(said, vectors):
                 r.text_embedding = v / max(float(np.linalg.norm(v)), 1e-12)
-        decode = time.perf_counter() - started
-        for r in todo:
-            r.spans = {**(r.spans or {}), "decode": decode}
+        now = time.perf_counter()
+        for r in readings:
+            r.spans = {**(r.spans or {}), "decode": now - started[id(r)]}
 
     def read(self, utts: list) -> None:
         """Sets each utterance's embedding, text embedding and transcript (a too-short one keeps None)."""

@@ -1,9 +1,8 @@
 """The transcript of an utterance, read from the audio encoder's own frames: Whisper's
-decoder, greedy, a bounded number of tokens, batched across utterances.
+decoder, greedy, a bounded number of tokens, batched across utterances (`emoclap.decoding`
+drives the steps, so the runtime and the trainer decode alike).
 
-Sans-I/O: `greedy_decode` drives any `step` (the ONNX graph in the daemon, torch in the
-export check), so the runtime and the trainer decode alike. The bundle's `transcriber`
-section is a `DecodingSpec`; `parse_spec` checks it field by field.
+The bundle's `transcriber` section is a `DecodingSpec`; `parse_spec` checks it field by field.
 
 The decoder attends to the utterance's frames only, not to 30 s of padding as Whisper
 was trained: that is what lets it share the audio tower's pass (one encoder run per
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -100,11 +98,6 @@ def loop_start(tokens: list[int]) -> int | None:
     return None
 
 
-# step(tokens [B, S] int64, state) -> (logits [B, V] of each row's last token, new state);
-# state None before the first step. The caller's state is the decoder's cache.
-Step = Callable[[np.ndarray, object], tuple[np.ndarray, object]]
-
-
 def pad_frames(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Utterances' valid frames [T_i, D] → a zero-padded batch [B, T, D] and its validity [B, T]."""
     t = max(f.shape[0] for f in frames)
@@ -113,52 +106,3 @@ def pad_frames(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for i, f in enumerate(frames):
         batch[i, :f.shape[0]], valid[i, :f.shape[0]] = f, 1.0
     return batch, valid
-
-
-def graph_step(cross, step, spec: DecodingSpec, frames: np.ndarray, valid: np.ndarray) -> Step:
-    """The `Step` of the bundle's two transcriber graphs for one padded batch: `cross` and
-    `step` are anything with ONNX Runtime's `run(outputs, feeds)` (the daemon's sessions,
-    calibration's). The cross-attention keys and values are computed once, here."""
-    ck, cv = cross.run(None, {"frames": np.asarray(frames, np.float32)})
-    empty = np.zeros((spec.layers, frames.shape[0], spec.heads, 0, spec.head_dim), np.float32)
-
-    def run(tokens, state):
-        pk, pv = state or (empty, empty)
-        logits, k, v = step.run(None, {"tokens": tokens, "frame_mask": valid, "past_k": pk, "past_v": pv,
-                                       "cross_k": ck, "cross_v": cv})
-        return logits, (k, v)
-    return run
-
-
-def greedy_decode(step: Step, budgets: list[int], spec: DecodingSpec) -> list[list[int]]:
-    """Each row's text tokens (prompt and <|endoftext|> excluded), greedy, at most
-    `budgets[i]` tokens for row i; a loop is cut to its first copy."""
-    rows = len(budgets)
-    out: list[list[int]] = [[] for _ in range(rows)]
-    if rows == 0:
-        return out
-    done = np.zeros(rows, bool)
-    tokens = np.tile(np.asarray(spec.prompt, np.int64), (rows, 1))
-    state = None
-    for i in range(max(budgets)):
-        logits, state = step(tokens, state)
-        logits = np.array(logits, np.float32, copy=True)
-        logits[:, spec.eot + 1:] = -np.inf
-        if i == 0:
-            logits[:, [spec.eot, *spec.blank]] = -np.inf
-        nxt = logits.argmax(axis=1)
-        for r in np.flatnonzero(~done):
-            if nxt[r] == spec.eot:
-                done[r] = True
-                continue
-            out[r].append(int(nxt[r]))
-            cut = loop_start(out[r])
-            if cut is not None:
-                del out[r][cut:]
-                done[r] = True
-            elif len(out[r]) >= budgets[r]:
-                done[r] = True
-        if done.all():
-            break
-        tokens = nxt.astype(np.int64)[:, None]
-    return out

@@ -146,48 +146,65 @@ def test_batcher_survives_a_failing_batch(encoder):
 
 def test_an_utterance_is_encoded_while_another_one_s_words_are_read():
     """The text path in two stages: a second utterance's audio pass runs during the first
-    one's decode, the decodes that wait are read together, and a failed decode fails only
-    its own utterances."""
+    one's decode, its words join that decode at the next step, each is answered when its
+    own words are read, and a failed step fails only the utterances in it."""
     import time
 
-    from daemon.transcriber import Reading
+    from daemon.transcriber import Reading, WordsError
 
-    class SlowWords:
+    class SteppedWords:
         reads_words = True
 
         def __init__(self):
-            self.log, self.decoded = [], []
+            self.log, self.left, self.steps = [], {}, []
+
+        @property
+        def words_pending(self):
+            return bool(self.left)
 
         def encode(self, audios, words=None, defer_words=False):
             assert defer_words
             self.log.append(("encode", time.monotonic()))
             return [Reading(np.full(DIM, a[0], np.float32), unread=[(None, 1.0)]) for a in audios]
 
-        def read_words(self, readings):
-            self.log.append(("words", time.monotonic()))
-            self.decoded.append(len(readings))
-            time.sleep(0.3)
-            if any(r.embedding[0] == 7.0 for r in readings):  # the poisoned utterance
-                raise RuntimeError("decoder broke")
+        def start_words(self, readings):
             for r in readings:
-                r.transcript, r.unread = "words", None
+                self.left[id(r)] = [r, round(r.embedding[0] * 10)]  # steps its words take
+            return []
 
-    enc = SlowWords()
+        def step_words(self):
+            time.sleep(0.05)
+            self.steps.append(sorted(round(r.embedding[0] * 10) for r, _ in self.left.values()))
+            if any(round(r.embedding[0] * 10) == 7 for r, _ in self.left.values()):  # the poisoned utterance
+                failed = [r for r, _ in self.left.values()]
+                self.left.clear()
+                raise WordsError(failed, RuntimeError("decoder broke"))
+            done = []
+            for key, entry in list(self.left.items()):
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    entry[0].transcript, entry[0].unread = "words", None
+                    done.append(entry[0])
+                    del self.left[key]
+            return done
+
+    enc = SteppedWords()
     batcher = Batcher(enc, BatcherOptions(max_batch=4, max_wait_ms=0))
-    first = batcher.submit(noise(0.5, 1))
-    time.sleep(0.1)  # the first is being read now
-    later = [batcher.submit(noise(0.5, k)) for k in (2, 3)]
-    time.sleep(0.05)
+    first = batcher.submit(np.full(8000, 0.8, np.float32))  # 8 steps of words
+    time.sleep(0.12)  # the first is being read now
+    second = batcher.submit(np.full(8000, 0.2, np.float32))  # 2 steps
+    assert second.result(timeout=5).transcript == "words" and not first.done()  # answered first
+    assert first.result(timeout=5).transcript == "words"
     encoded = [t for what, t in enc.log if what == "encode"]
-    assert len(encoded) >= 2 and encoded[1] < enc.log[1][1] + 0.3  # encoded during the first decode
-    assert [f.result(timeout=5).transcript for f in [first, *later]] == ["words"] * 3
-    assert enc.decoded == [1, 2]  # the two that waited were read in one decode
-    poisoned = batcher.submit(np.full(8000, 7.0, np.float32))
+    assert len(encoded) == 2 and encoded[1] < encoded[0] + 0.4  # encoded during the first decode
+    assert any(len(s) == 2 for s in enc.steps)  # the second's words shared the first's steps
+    assert len(enc.steps) < 8 + 2
+    poisoned = batcher.submit(np.full(8000, 0.7, np.float32))
     with pytest.raises(RuntimeError, match="decoder broke"):
         poisoned.result(timeout=5)
-    assert batcher.submit(noise(0.5, 4)).result(timeout=5).transcript == "words"
+    assert batcher.submit(np.full(8000, 0.3, np.float32)).result(timeout=5).transcript == "words"
     batcher.close()
-    assert batcher.utterances == 4 and batcher.failures == 1
+    assert batcher.utterances == 3 and batcher.failures == 1
 
 
 def test_text_encoder(bundle):

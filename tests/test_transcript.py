@@ -1,50 +1,13 @@
-"""Greedy decoding of transcripts (emoclap.transcript), driven by scripted decoders."""
+"""The transcript's decoding spec and loop cut (emoclap.transcript), and the fusion fit."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emoclap.transcript import (DecodingSpec, encoder_frames, greedy_decode, loop_start, parse_spec,
-                                spec_section)
+from emoclap.transcript import DecodingSpec, encoder_frames, loop_start, parse_spec, spec_section
 
 EOT, VOCAB = 10, 14  # ids above EOT are special, like Whisper's timestamps and task tokens
 SPEC = DecodingSpec(prompt=(11, 12), eot=EOT, blank=(0,), max_tokens=8, tokens_per_second=2.0,
                     base_tokens=1, layers=1, heads=1, head_dim=1)
-
-
-def scripted(rows: list[list[int]]):
-    """A decoder that says rows[r][i] at step i (then EOT), with a special token ranked higher
-    still at every step, and records what it was fed."""
-    fed = []
-
-    def step(tokens, state):
-        i = 0 if state is None else state
-        fed.append(tokens.copy())
-        logits = np.zeros((len(rows), VOCAB), np.float32)
-        for r, row in enumerate(rows):
-            logits[r, row[i] if i < len(row) else EOT] = 5.0
-            logits[r, VOCAB - 1] = 9.0  # never emitted: above EOT
-        return logits, i + 1
-    return step, fed
-
-
-def test_rows_stop_at_their_own_end_and_budget_and_specials_never_appear():
-    step, fed = scripted([[3, 4], [5, 6, 7, 8, 9, 1, 2, 3], [2]])
-    out = greedy_decode(step, [8, 3, 8], SPEC)
-    assert out == [[3, 4], [5, 6, 7], [2]]
-    assert fed[0].tolist() == [[11, 12]] * 3  # the prompt first, then one token a row
-    assert all(f.shape == (3, 1) for f in fed[1:])
-
-
-def test_the_first_token_is_never_blank_or_the_end():
-    step, _ = scripted([[EOT, 3], [0, 4]])
-    out = greedy_decode(step, [4, 4], SPEC)
-    assert all(row and row[0] not in (EOT, 0) for row in out)
-
-
-def test_a_loop_is_cut_to_its_first_copy():
-    step, _ = scripted([[1, 2, 3, 1, 2, 3, 1, 2, 3, 4]])
-    spec = DecodingSpec(**{**SPEC.__dict__, "max_tokens": 40})
-    assert greedy_decode(step, [40], spec) == [[1, 2, 3]]
 
 
 def test_loop_start_finds_repeats_and_leaves_speech_alone():

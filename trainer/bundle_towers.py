@@ -12,6 +12,7 @@ import numpy as np
 
 from emoclap import pieces
 from emoclap.audio import MAX_CHUNK_S, MIN_UTTERANCE_S, chunks, embed_in_chunks, length_batches, pad_batch
+from emoclap.decoding import session_decoding
 from emoclap.transcript import encoder_frames
 from emoclap.bundle import Bundle
 
@@ -120,7 +121,7 @@ class ClipReader:
         t = bundle.transcriber
         self.audio = AudioEmbedder(bundle)
         self.spec = t.spec
-        self.cross, self.step = cpu_session(t.cross), cpu_session(t.step)
+        self.decoding = session_decoding(cpu_session(t.cross), cpu_session(t.step), t.spec)
         self.tokenizer = Tokenizer.from_file(str(t.tokenizer))
         self.sentences = text_embedder(bundle, output="sentence")
         self.rate = bundle.sample_rate
@@ -129,15 +130,14 @@ class ClipReader:
         return self.audio.too_short(clip)
 
     def read(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from emoclap.transcript import HOP, CONV_STRIDE, graph_step, greedy_decode, pad_frames
+        from emoclap.transcript import HOP, CONV_STRIDE
 
         frames: list = []
         emb = self.audio.embed(clips, frames)
         said = []
         for per in frames:  # one clip's chunks at a time: calibration is offline
-            batch, valid = pad_frames(per)
             budgets = [self.spec.budget(f.shape[0] * HOP * CONV_STRIDE / self.rate) for f in per]
-            ids = greedy_decode(graph_step(self.cross, self.step, self.spec, batch, valid), budgets, self.spec)
+            ids = self.decoding.decode(per, budgets)
             said.append(" ".join(w for w in (self.tokenizer.decode(i).strip() for i in ids) if w))
         text = np.full((len(clips), 0), np.nan, np.float32)
         known = [i for i, s in enumerate(said) if s]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
-from emoclap.transcript import DecodingSpec, encoder_frames, greedy_decode, spec_section
+from emoclap.decoding import STEP_INPUTS, Decoding, session_decoding
+from emoclap.transcript import DecodingSpec, encoder_frames, spec_section
 
 log = logging.getLogger("emoclap.transcriber")
 OPSET = 18
@@ -61,15 +62,18 @@ class StepGraph(CrossGraph):
         out = (w @ v).transpose(1, 2)
         return out.reshape(out.shape[0], out.shape[1], -1)
 
-    def forward(self, tokens, frame_mask, past_k, past_v, cross_k, cross_v):
+    def forward(self, tokens, positions, past_mask, frame_mask, past_k, past_v, cross_k, cross_v):
         dec = self.decoder
-        past, new = past_k.shape[3], tokens.shape[1]
+        new = tokens.shape[1]
         looked_up = torch.index_select(self.vocab, 1, tokens.reshape(-1)).T.reshape(tokens.shape[0], new, -1)
-        x = looked_up * dec.embed_scale + dec.embed_positions.weight[past:past + new]
-        # Causal over the cache and the new tokens: key j is visible to new token i when j <= past + i.
-        keys = torch.arange(past + new)[None, :]
-        queries = torch.arange(new)[:, None] + past
-        self_bias = (keys > queries).to(x.dtype)[None, None] * torch.finfo(x.dtype).min
+        # Each row at its own position: rows that started at different steps share a batch.
+        at = positions[:, None] + torch.arange(new)[None, :]
+        x = looked_up * dec.embed_scale + nn.functional.embedding(at, dec.embed_positions.weight)
+        # A row sees the cache columns it has tokens in, and the new tokens causally.
+        causal = torch.triu(torch.ones(new, new), diagonal=1)
+        hidden = torch.cat([(1.0 - past_mask)[:, None, :].expand(-1, new, -1),
+                            causal[None].expand(tokens.shape[0], -1, -1)], 2)
+        self_bias = hidden[:, None].to(x.dtype) * torch.finfo(x.dtype).min
         cross_bias = (1.0 - frame_mask.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min
         ks, vs = [], []
         for i, layer in enumerate(dec.layers):
@@ -128,18 +132,18 @@ def decoding_spec(decoder: WhisperDecoder, tokenizer, language: str) -> Decoding
                         head_dim=cfg.d_model // cfg.decoder_attention_heads)
 
 
-def torch_step(step: StepGraph, frames: torch.Tensor, mask: torch.Tensor):
-    """A `greedy_decode` step running the graphs in torch (the reference the export is held to)."""
-    with torch.no_grad():
-        cross = CrossGraph.forward(step, frames)
-
-    def run(tokens, state):
-        l, b, h, d = len(step.decoder.layers), tokens.shape[0], step.heads, step.head_dim
-        past = state or (torch.zeros(l, b, h, 0, d), torch.zeros(l, b, h, 0, d))
+def torch_decoding(step: StepGraph, spec: DecodingSpec) -> Decoding:
+    """A `Decoding` running the graphs in torch (the reference the export is held to)."""
+    def cross(frames):
         with torch.no_grad():
-            logits, k, v = step(torch.from_numpy(tokens), mask, *past, *cross)
-        return logits.numpy(), (k, v)
-    return run
+            k, v = CrossGraph.forward(step, torch.from_numpy(frames))
+        return k.numpy(), v.numpy()
+
+    def run(feeds):
+        with torch.no_grad():
+            logits, k, v = step(*(torch.from_numpy(np.asarray(feeds[name])) for name in STEP_INPUTS))
+        return logits.numpy(), k.numpy(), v.numpy()
+    return Decoding(spec, cross, run)
 
 
 def export_transcriber(decoder: WhisperDecoder, tokenizer_json: Path, language: str, out: Path) -> dict:
@@ -162,11 +166,13 @@ def export_transcriber(decoder: WhisperDecoder, tokenizer_json: Path, language: 
         ck, cv = CrossGraph.forward(step, frames)
         past = torch.randn(l, 2, h, 3, hd)
         cache = {1: "batch", 3: "past"}
-        torch.onnx.export(step, (torch.tensor([[1, 2], [3, 4]]), mask, past, past.clone(), ck, cv),
+        positions, past_mask = torch.tensor([3, 1]), torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+        torch.onnx.export(step, (torch.tensor([[1, 2], [3, 4]]), positions, past_mask, mask, past, past.clone(), ck, cv),
                           str(out / "transcriber_step.onnx"),
-                          input_names=["tokens", "frame_mask", "past_k", "past_v", "cross_k", "cross_v"],
+                          input_names=list(STEP_INPUTS),
                           output_names=["logits", "next_k", "next_v"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"tokens": {0: "batch", 1: "new"}, "frame_mask": {0: "batch", 1: "frames"},
+                          dynamic_axes={"tokens": {0: "batch", 1: "new"}, "positions": {0: "batch"},
+                                        "past_mask": {0: "batch", 1: "past"}, "frame_mask": {0: "batch", 1: "frames"},
                                         "past_k": cache, "past_v": cache, "cross_k": {1: "batch", 3: "frames"},
                                         "cross_v": {1: "batch", 3: "frames"}, "logits": {0: "batch"},
                                         "next_k": {1: "batch", 3: "total"}, "next_v": {1: "batch", 3: "total"}})
@@ -177,52 +183,50 @@ def export_transcriber(decoder: WhisperDecoder, tokenizer_json: Path, language: 
 
 
 def check_transcriber(decoder: WhisperDecoder, section: dict, out: Path, frames: list[np.ndarray]) -> dict:
-    """The exported graphs against torch on real frames, each utterance alone and all in one
-    batch: the same tokens, and first-step logits within MAX_LOGIT_ERROR. Raises ValueError."""
-    from emoclap.transcript import graph_step, pad_frames, parse_spec
+    """The exported graphs against torch on real frames: each utterance alone, all in one
+    batch, and half of them joining the other half's batch three steps in must give torch's
+    tokens, and first-step logits within MAX_LOGIT_ERROR. Raises ValueError."""
+    from emoclap.transcript import parse_spec
     from trainer.bundle_towers import cpu_session
 
     spec = parse_spec(section, str(out))
-    step = StepGraph(decoder.float().eval()).eval()
+    reference = torch_decoding(StepGraph(decoder.float().eval()).eval(), spec)
     cross_graph, step_graph = cpu_session(out / section["cross"]), cpu_session(out / section["step"])
-
-    def run(f, valid):
-        return graph_step(cross_graph, step_graph, spec, f, valid)
-    worst, rows = 0.0, 0
-    batch, valid = pad_frames(frames)
-    onnx_batch = greedy_decode(run(batch, valid), [spec.max_tokens] * len(frames), spec)
+    exported = session_decoding(cross_graph, step_graph, spec)
+    budgets = [spec.max_tokens] * len(frames)
+    together = exported.decode(frames, budgets)
+    joined = dict(exported.admit(list(range(len(frames) // 2)), frames[:len(frames) // 2], budgets))
+    for _ in range(3):
+        joined.update(exported.step())
+    joined.update(exported.admit(list(range(len(frames) // 2, len(frames))), frames[len(frames) // 2:], budgets))
+    while len(exported):
+        joined.update(exported.step())
+    worst = 0.0
     for i, f in enumerate(frames):
-        ref_step = torch_step(step, torch.from_numpy(f[None]), torch.ones(1, f.shape[0]))
-        ref = greedy_decode(ref_step, [spec.max_tokens], spec)[0]
-        got = greedy_decode(run(f[None], np.ones((1, f.shape[0]), np.float32)), [spec.max_tokens], spec)[0]
-        prompt = np.asarray([spec.prompt], np.int64)
-        worst = max(worst, float(np.abs(ref_step(prompt, None)[0] - run(f[None], np.ones((1, f.shape[0]),
-                                                                            np.float32))(prompt, None)[0]).max()))
-        if got != ref or onnx_batch[i] != ref:
-            raise ValueError(f"{out}: the exported transcriber decodes clip {i} as {got[:12]} "
-                             f"(batched {onnx_batch[i][:12]}), torch as {ref[:12]}")
-        rows += 1
+        ref = reference.decode([f], [spec.max_tokens])[0]
+        got = exported.decode([f], [spec.max_tokens])[0]
+        if not got == ref == together[i] == joined[i]:
+            raise ValueError(f"{out}: the exported transcriber decodes clip {i} as {got[:12]} (batched "
+                             f"{together[i][:12]}, joining a batch {joined[i][:12]}), torch as {ref[:12]}")
+        worst = max(worst, float(np.abs(reference.first_logits([f]) - exported.first_logits([f])).max()))
     if worst > MAX_LOGIT_ERROR:
         raise ValueError(f"{out}: the exported transcriber's logits differ from torch's by {worst:.2e}")
-    return {"clips": rows, "max_logit_error": round(worst, 7)}
+    return {"clips": len(frames), "max_logit_error": round(worst, 7)}
 
 
 def int8_agreement(section: dict, out: Path, frames: list[np.ndarray], fp32: dict[str, Path]) -> dict:
     """The int8 graphs against the fp32 ones on the same frames: how many clips decode to the
     same tokens, and the largest first-step logit difference."""
-    from emoclap.transcript import graph_step, parse_spec
+    from emoclap.transcript import parse_spec
     from trainer.bundle_towers import cpu_session
 
     spec = parse_spec(section, str(out))
-    quantised = [cpu_session(out / section[k]) for k in ("cross", "step")]
-    reference = [cpu_session(fp32[k]) for k in ("cross", "step")]
-    prompt = np.asarray([spec.prompt], np.int64)
+    quantised, reference = (session_decoding(*(cpu_session(paths[k]) for k in ("cross", "step")), spec)
+                            for paths in ({k: out / section[k] for k in ("cross", "step")}, fp32))
     same, worst = 0, 0.0
     for f in frames:
-        valid = np.ones((1, f.shape[0]), np.float32)
-        got, ref = (graph_step(*graphs, spec, f[None], valid) for graphs in (quantised, reference))
-        same += greedy_decode(got, [spec.max_tokens], spec) == greedy_decode(ref, [spec.max_tokens], spec)
-        worst = max(worst, float(np.abs(got(prompt, None)[0] - ref(prompt, None)[0]).max()))
+        same += quantised.decode([f], [spec.max_tokens]) == reference.decode([f], [spec.max_tokens])
+        worst = max(worst, float(np.abs(quantised.first_logits([f]) - reference.first_logits([f])).max()))
     return {"clips": len(frames), "same_tokens": same, "max_logit_difference": round(worst, 4)}
 
 
