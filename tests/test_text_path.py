@@ -75,6 +75,33 @@ def test_one_encoder_pass_gives_the_audio_embedding_and_the_words(bundle, clips)
     assert all(w in said for w in ("card", "two", "looking", "expensive")), said
 
 
+def test_words_read_while_others_are_decoded_are_the_words_read_alone(bundle, clips):
+    """Utterances whose words join a running decode (the encode stage's batcher, real
+    graphs) are answered with what each gives decoded alone, sharing decoder steps."""
+    from daemon.batcher import Batcher, BatcherOptions
+    from daemon.encoder import AudioEncoder, TextEncoder
+    from daemon.transcriber import utterance_reader
+    from emoclap.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    reader = utterance_reader(b, AudioEncoder(b, provider="cpu"), TextEncoder(b, provider="cpu"), provider="cpu")
+    alone = [reader.encode([c])[0].transcript for c in clips]
+    steps_alone = reader._live.graph_runs
+    assert steps_alone == 0 and reader._live.joins  # read_words decodes apart from the live batch
+    runs_alone = 0
+    for c in clips:
+        decoding, chunks = reader.transcriber.decoding(), reader.encoder.encode_with_frames([c])[1][0]
+        decoding.decode([f for f, _ in chunks], [b.transcriber.spec.budget(s) for _, s in chunks])
+        runs_alone += decoding.graph_runs
+    # One utterance an audio pass: each one's words arrive while the ones before are decoded.
+    batcher = Batcher(reader, BatcherOptions(max_batch=1))
+    got = [f.result(timeout=60) for f in [batcher.submit(c) for c in clips]]
+    batcher.close()
+    assert [r.transcript for r in got] == alone
+    assert all(r.spans["decode"] > 0 for r in got)
+    assert reader._live.graph_runs < runs_alone  # steps were shared
+
+
 def test_the_text_path_tells_a_buyer_from_someone_browsing(bundle, clips):
     from daemon.clips import ClipScorer
 
