@@ -30,7 +30,7 @@ class Reading:
     text_embedding: np.ndarray | None = None
     transcript: str | None = None
     spans: dict | None = None  # "encode" and "decode": seconds of the batches it was read in
-    unread: list | None = None  # (frames, seconds) per chunk, until `Reader.read_words`
+    unread: list | None = None  # (frames, seconds) per chunk, until its words are read
 
 
 class WordsError(Exception):
@@ -106,10 +106,6 @@ class Reader:
     @property
     def reads_words(self) -> bool:
         return self.transcriber is not None
-
-    @property
-    def words_pending(self) -> bool:
-        return bool(self._reading)
 
     def encode(self, audios: list[np.ndarray], words: list[bool] | None = None,
                defer_words: bool = False, known: list[dict] | None = None) -> list[Reading | None]:

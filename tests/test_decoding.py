@@ -120,14 +120,19 @@ def test_an_older_step_graph_takes_rows_only_into_an_empty_batch():
 
 def test_a_failed_step_can_be_dropped_and_decoding_goes_on():
     d = Scripted({0: [1, 2, 3], 1: [4, 5]})
-    live = d.decoding()
+    broken = {"now": False}
+
+    def step(feeds):
+        if broken["now"]:
+            raise RuntimeError("broken")
+        return d.step(feeds)
+    live = Decoding(SPEC, d.cross, step)
     live.admit([0], [frames(0)], [8])
-    good = live._step
-    live._step = lambda feeds: (_ for _ in ()).throw(RuntimeError("broken"))
-    with pytest.raises(RuntimeError):
+    broken["now"] = True
+    with pytest.raises(RuntimeError, match="broken"):
         live.step()
     assert live.drop() == [0] and len(live) == 0
-    live._step = good
+    broken["now"] = False
     assert live.decode([frames(1)], [8]) == [[4, 5]]
 
 

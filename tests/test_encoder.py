@@ -158,10 +158,6 @@ def test_an_utterance_is_encoded_while_another_one_s_words_are_read():
         def __init__(self):
             self.log, self.left, self.steps = [], {}, []
 
-        @property
-        def words_pending(self):
-            return bool(self.left)
-
         def encode(self, audios, words=None, defer_words=False):
             assert defer_words
             self.log.append(("encode", time.monotonic()))

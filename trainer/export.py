@@ -1,10 +1,9 @@
 """Export a trained model as the runtime's bundle (ONNX towers + tokenizer files + manifest)."""
 from __future__ import annotations
 
-import logging
-
 import argparse
 import json
+import logging
 import shutil
 import subprocess
 import sys
