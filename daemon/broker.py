@@ -319,6 +319,8 @@ class Broker(threading.Thread):
             for size, seconds in cmd.fields.get("batches", []):
                 self.metrics.batch_size.observe(size)
                 self.metrics.batch_latency.observe(seconds)
+            for outcome, n in cmd.fields.get("pieces", {}).items():
+                self.metrics.unused_pieces.labels(outcome).inc(n)
         else:  # RESULT or DROP
             f = cmd.fields
             key = fleet.key_of(cmd.message.utterance) if cmd.message else (f["station"], f["t0"], f["seq"])

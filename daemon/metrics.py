@@ -9,6 +9,8 @@ import collections
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from emoclap.fleet import PIECE_OUTCOMES
+
 STATES = ("starting", "online", "offline", "ended", "failed")
 # 1 ms to 5 s: a stage's p99 against the 300-ms budget is read off these
 STAGE_BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .15, .2, .3, .5, 1, 2.5, 5)
@@ -104,6 +106,13 @@ class Metrics:
         self.pieces = Counter("emoclap_audio_pieces", "Pieces of scored utterances (a bundle encoded in "
                               "pieces), by when they were encoded: while the customer spoke (ahead) "
                               "or once the utterance had ended (at_close)", ["when"], registry=r)
+        self.unused_pieces = Counter("emoclap_unused_pieces", "Pieces the encode workers did not use: "
+                                     "refused (not the bundle's piece length, e.g. a capture agent's "
+                                     "stages.piece_s; or a role not encoded early) or expired (held "
+                                     "past their time: the utterance was dropped or went to another worker)",
+                                     ["outcome"], registry=r)
+        for outcome in PIECE_OUTCOMES:  # zero until the first, so a scrape sees the series
+            self.unused_pieces.labels(outcome)
         self.fanout = Histogram("emoclap_fanout_seconds",
                                 "From an event in a client's queue to its WebSocket send done, per client",
                                 buckets=STAGE_BUCKETS, registry=r)

@@ -76,6 +76,8 @@ class EncodeWorker(threading.Thread):
         # they come and held until their utterance does (or for as long as one can last).
         self.piece_spec = getattr(getattr(batcher, "encoder", None), "pieces", None)
         self.shelf = pieces.Shelf(cfg.segmenter.max_utterance_s + 10.0)
+        self.pieces_refused = 0
+        self._pieces_told = (0, 0)  # (refused, expired) as of the last heartbeat
         self.sock: zmq.Socket | None = None
         self.broker: fleet.Liveness | None = None
         self.stop_event = threading.Event()
@@ -114,7 +116,7 @@ class EncodeWorker(threading.Thread):
                 self._ping = None
                 self._send(fleet.heartbeat(len(self.pending),
                                            self.observed.take() if self.observed else None,
-                                           self._problem(), pong))
+                                           self._problem(), pong, self._unused_pieces(now)))
             if self.drain_event.is_set():
                 if not draining:
                     draining = True
@@ -208,10 +210,17 @@ class EncodeWorker(threading.Thread):
             elif cmd.name == "PIECE":
                 self._piece(cmd.message.piece, now)
 
+    def _unused_pieces(self, now: float) -> dict[str, int]:
+        """Pieces refused or expired since the last heartbeat (the gateway's /metrics counts them)."""
+        self.shelf.expire(now)
+        told, self._pieces_told = self._pieces_told, (self.pieces_refused, self.shelf.expired)
+        return {"refused": self.pieces_refused - told[0], "expired": self.shelf.expired - told[1]}
+
     def _piece(self, piece, now: float) -> None:
         if self.piece_spec is None or piece.audio.size != self.piece_spec.samples \
                 or not self.policy.encodes_early(piece.role):
-            return  # not this bundle's length (a capture agent's stages.piece_s), or a role not to encode early
+            self.pieces_refused += 1  # not this bundle's length (a capture agent's stages.piece_s), or a role not to encode early
+            return
         self.shelf.put(piece.utterance_key, piece.index, self.batcher.submit_piece(piece.audio, piece.offset), now)
 
     def _work(self, utt) -> None:

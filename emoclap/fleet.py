@@ -13,7 +13,8 @@ agent restarts a station, the stream's start time `t0` does not repeat.
 Frames (after the ROUTER's identity frame): [PROTOCOL, command, *body]
 
 - worker → broker: READY [json credit, name, host, pid]; HEARTBEAT [json pending,
-  batches, problem, pong, held] or []; RESULT [a `wire` embedding or speech message];
+  batches, problem, pong, held, pieces] or [] (`pieces`: the pieces it did not use since
+  its last heartbeat, by outcome); RESULT [a `wire` embedding or speech message];
   DROP [json station, t0, seq, reason]; BYE [] (leaving: requeue what it still holds)
 - broker → worker: WORK [a `wire` segment message]; PIECE [a `wire` piece message: a
   piece of an utterance still being spoken, for the worker its utterance will go to, to
@@ -35,6 +36,10 @@ from dataclasses import dataclass, field
 from emoclap import wire
 
 PROTOCOL = b"EMOCLAP-FLEET/3"  # 2: heartbeats carry the round-trip ping; 3: PIECE
+# Why a worker did not use a piece: `refused`, not its bundle's piece length (a capture
+# agent cutting other pieces) or a role its policy does not encode early; `expired`, held
+# past its time because its utterance never came (dropped, or sent to another worker).
+PIECE_OUTCOMES = ("refused", "expired")
 TO_BROKER = (b"READY", b"HEARTBEAT", b"RESULT", b"DROP", b"BYE")
 TO_WORKER = (b"WORK", b"PIECE", b"HEARTBEAT", b"RECONNECT")
 WORKER_DROPS = ("too_short", "encoder_error")  # reasons a worker may give for a drop
@@ -74,17 +79,22 @@ def ready(credit: int, name: str = "", host: str = "", pid: int = 0) -> list[byt
 
 
 def heartbeat(pending: int | None = None, batches: list | None = None,
-              problem: str | None = None, pong: tuple[float, float] | None = None) -> list[bytes]:
+              problem: str | None = None, pong: tuple[float, float] | None = None,
+              pieces: dict[str, int] | None = None) -> list[bytes]:
     """`problem`: what keeps the worker's encoder from working (e.g. its Triton server
     is unreachable), for the gateway's /healthz; None when it works. `pong`: the last
-    broker ping and the seconds it was held."""
-    if pending is None and batches is None and problem is None and pong is None:
+    broker ping and the seconds it was held. `pieces`: pieces not used since the last
+    heartbeat, by outcome (zero counts left out)."""
+    pieces = {k: n for k, n in (pieces or {}).items() if n}
+    if pending is None and batches is None and problem is None and pong is None and not pieces:
         return _control(b"HEARTBEAT")
     body = {"pending": pending or 0, "batches": [list(b) for b in (batches or [])[-MAX_BATCHES:]]}
     if problem:
         body["problem"] = problem[:MAX_TEXT]
     if pong is not None:
         body["pong"], body["held"] = pong[0], max(0.0, pong[1])
+    if pieces:
+        body["pieces"] = pieces
     return _control(b"HEARTBEAT", body)
 
 
@@ -138,7 +148,9 @@ BODY_RULES = {
                        isinstance(b, list) and len(b) == 2 and _count(b[0], MAX_CREDIT) and _finite(b[1])
                        and b[1] >= 0 for b in v),
                    "problem": lambda v: _text(v, allow_empty=False),
-                   "ping": _finite, "pong": _finite, "held": lambda v: _finite(v) and 0 <= v <= 3600},
+                   "ping": _finite, "pong": _finite, "held": lambda v: _finite(v) and 0 <= v <= 3600,
+                   "pieces": lambda v: isinstance(v, dict) and all(
+                       k in PIECE_OUTCOMES and _count(n, 2**31) for k, n in v.items())},
     b"DROP": {"station": lambda v: _text(v, allow_empty=False), "t0": _finite, "seq": _count,
               "reason": lambda v: v in WORKER_DROPS},
 }

@@ -35,6 +35,9 @@ def test_every_command_round_trips():
     assert cmd.fields["problem"] == "encoder: Triton at h:1 unreachable for 3 s"
     cmd = fleet.decode(fleet.heartbeat(1, None, None, (812.25, 0.125)), "broker")
     assert (cmd.fields["pong"], cmd.fields["held"]) == (812.25, 0.125)
+    cmd = fleet.decode(fleet.heartbeat(0, None, None, None, {"refused": 3, "expired": 0}), "broker")
+    assert cmd.fields["pieces"] == {"refused": 3}  # zero counts are left out
+    assert fleet.decode(fleet.heartbeat(pieces={"refused": 0, "expired": 0}), "broker").fields == {}
     assert fleet.decode(fleet.broker_heartbeat(812.25), "worker").fields == {"ping": 812.25}
     work = fleet.decode(fleet.work(wire.segment(utt)), "worker")
     assert work.name == "WORK" and fleet.key_of(work.message.utterance) == fleet.key_of(utt)
@@ -81,6 +84,9 @@ def test_bad_messages_name_the_rule():
     refused([p, b"HEARTBEAT", b'{"problem": ""}'], "broker", "field 'problem' is malformed")
     refused([p, b"HEARTBEAT", b'{"held": -1}'], "broker", "field 'held' is malformed")
     refused([p, b"HEARTBEAT", b'{"ping": "now"}'], "worker", "field 'ping' is malformed")
+    refused([p, b"HEARTBEAT", b'{"pieces": {"lost": 1}}'], "broker", "field 'pieces' is malformed")
+    refused([p, b"HEARTBEAT", b'{"pieces": {"refused": -1}}'], "broker", "field 'pieces' is malformed")
+    refused([p, b"HEARTBEAT", b'{"pieces": [1]}'], "broker", "field 'pieces' is malformed")
     refused([p, b"BYE", b"{}"], "broker", "BYE: has no body")
     refused([p, b"RESULT", *wire.segment(utt)], "broker", "RESULT: carries a segment message")
     refused([p, b"RESULT", *wire.status({})], "broker", "RESULT: carries a status message")
@@ -92,7 +98,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                                                                                 max_size=4), max_leaves=12)
 # Bodies with the fields the protocol knows (and one it does not), any values.
 FIELDS = st.dictionaries(st.sampled_from(["pending", "batches", "problem", "ping", "pong", "held", "credit",
-                                          "station", "seq", "x"]), JSON, max_size=4)
+                                          "station", "seq", "pieces", "x"]),
+                         JSON | st.dictionaries(st.sampled_from([*fleet.PIECE_OUTCOMES, "x"]),
+                                                st.integers(-2, 2**32) | JSON, max_size=3), max_size=4)
 
 
 @settings(max_examples=300, deadline=None)

@@ -161,6 +161,49 @@ realtime = true
             assert abs(row["scores"][emotion] - score) < 2e-3, (emotion, row["scores"][emotion], score)
 
 
+def test_pieces_of_another_length_are_refused_counted_and_cost_only_time(piece_bundle, tmp_path):
+    """A capture stage cutting pieces the bundle was not made for (`[stages] piece_s`):
+    the worker refuses each, /metrics counts them, and every utterance is still scored."""
+    from tests.servicekit import service_config, with_service
+    from tests.speech import dialogue
+    import soundfile as sf
+
+    audio, spans = dialogue([0.5, "Yes, I will take the blue one, and could you wrap it for me please?", 1.0,
+                             "Can I pay by card?", 1.0], tmp_path)
+    wav = tmp_path / "customer.wav"
+    sf.write(wav, audio, 16000)
+    cfg = service_config(tmp_path, piece_bundle[1], f"""
+[stages]
+piece_s = {2 * PIECE_S}
+
+[[stations]]
+name = "till"
+role = "customer"
+file = "{wav}"
+realtime = true
+""")
+    cfg.transcripts.enabled = False
+
+    async def body(svc):
+        deadline = asyncio.get_running_loop().time() + 40
+        while svc.parts.floor is None or svc.parts.floor.progress.settled < len(spans):
+            assert asyncio.get_running_loop().time() < deadline, "not every utterance was published"
+            await asyncio.sleep(0.2)
+        port = svc.parts.server.port
+        # The worker tells at its next heartbeat.
+        await asyncio.sleep(2 * cfg.stages.heartbeat_interval_s + 0.2)
+        return await asyncio.to_thread(lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+    metrics = with_service(cfg, body, stages=("capture", "encode", "serve"))
+    count = {o: float(line.split()[-1]) for line in metrics.splitlines() for o in ("refused", "expired")
+             if line.startswith(f'emoclap_unused_pieces_total{{outcome="{o}"}}')}
+    ahead = [float(line.split()[-1]) for line in metrics.splitlines()
+             if line.startswith('emoclap_audio_pieces_total{when="ahead"}')]
+    assert count["refused"] >= 4 and count["expired"] == 0, count
+    assert ahead == [0.0]  # nothing was encoded early
+
+
 @pytest.mark.slow
 def test_whisper_pieces_sit_at_their_positions_and_the_words_are_read_whole(tmp_path):
     """Whisper's encoder in pieces: each piece at its place in the utterance (`offsets`),
