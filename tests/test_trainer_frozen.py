@@ -162,3 +162,58 @@ def test_the_transcript_term_draws_each_clip_to_what_was_said(tmp_path):
     assert torch.allclose(plain, none_said)
     with pytest.raises(ConfigError, match="transcript_weight"):
         frozen_cfg(**{"train.transcript_weight": -1.0})
+
+
+def test_view_consistency_draws_each_view_to_its_clean_utterance(tmp_path):
+    from trainer.config import ConfigError
+    from trainer.descriptions import load_descriptions
+    from trainer.features import FeatureDataset, collate_features
+    from trainer.fit import frozen_step
+    from trainer.model import ClapModel
+
+    cfg = frozen_cfg()
+    net = ClapModel(cfg.model)
+    corpus = toy_corpus(8)
+    desc = load_descriptions("prompts", corpus.emotions, "en")
+    texts = {s: torch.randn(net.text.hidden_size) for _, _, s in desc.all_sentences()}
+    features = np.random.default_rng(0).standard_normal((3, 8, 1, net.audio_pool.width)).astype(np.float32)
+    labels = np.asarray(corpus.labels)
+
+    # The dataset hands each utterance's clean view (view 0) beside the drawn one.
+    data = FeatureDataset(features, labels, seed=0, with_clean=True)
+    pooled, y, clean = collate_features([data[i] for i in range(8)])
+    assert torch.equal(clean, torch.from_numpy(features[0]))
+    assert y.dtype == torch.long and pooled.shape == clean.shape
+    assert len(collate_features([FeatureDataset(features, labels, 0)[i] for i in range(8)])) == 2
+
+    def loss(views, weight):
+        return frozen_step(desc, texts, False, "ce", consistency=weight)(
+            net, (views, y, clean), np.random.default_rng(0))
+
+    plain = loss(torch.from_numpy(features[1]), 0.0)
+    # The term is weight × the mean (1 − cosine) between each view's embedding and its clean one's.
+    with torch.no_grad():
+        cos = (net.audio_from_pooled(torch.from_numpy(features[1])) * net.audio_from_pooled(clean)).sum(-1)
+    assert torch.allclose(loss(torch.from_numpy(features[1]), 2.0), plain + 2.0 * (1 - cos).mean(), atol=1e-5)
+    # A clean view is already where it is drawn to: the loss is the plain one.
+    assert torch.allclose(loss(clean, 2.0), loss(clean, 0.0), atol=1e-6)
+    # Only the view moves: the clean embedding is the fixed target.
+    views = torch.from_numpy(features[1]).requires_grad_(True)
+    target = clean.clone().requires_grad_(True)
+    term = frozen_step(desc, texts, False, "ce", consistency=1.0)(net, (views, y, target), np.random.default_rng(0))
+    term.backward()
+    assert target.grad is None or not target.grad.any()
+    assert views.grad.abs().sum() > 0
+
+    with pytest.raises(ConfigError, match="view_consistency"):
+        frozen_cfg(**{"train.view_consistency": -0.5})
+
+
+def test_a_fit_with_view_consistency_adds_the_term_and_needs_frozen_towers(tmp_path):
+    corpus = on_disk(toy_corpus(24), tmp_path)
+    with_term = fit_clap(corpus, frozen_cfg(**{"train.view_consistency": 1.0}), tmp_path / "a" / "fold")
+    without = fit_clap(corpus, frozen_cfg(), tmp_path / "b" / "fold")
+    assert with_term["history"][0]["loss"] > without["history"][0]["loss"]
+    with pytest.raises(ValueError, match="view_consistency needs both towers frozen"):
+        fit_clap(corpus, load_config("configs/tiny.toml", {"train.epochs": 1, "train.view_consistency": 1.0}),
+                 tmp_path / "c" / "fold")

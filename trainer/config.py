@@ -90,6 +90,10 @@ class TrainOptions:
     # sentence is the positive, other sentences in the batch the negatives), so the audio
     # path learns what was said in the space the prompt sentences live in. 0: off.
     transcript_weight: float = 0.0
+    # Weight of a term drawing each augmented view's audio embedding to its clean
+    # utterance's (1 − cosine), so that a room, noise, other talkers or a narrow-band
+    # microphone move the scores less. Frozen towers only. 0: off.
+    view_consistency: float = 0.0
     val_fraction: float = 0.1
     patience: int = 20  # epochs without a better validation UA before stopping; 0 = never
     seed: int = 0
@@ -164,8 +168,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{cfg.source}: train.batch_size must be at least 2 (contrastive loss)")
     if not 1 <= cfg.train.views <= 64:
         raise ConfigError(f"{cfg.source}: train.views must be 1 to 64")
-    if not 0.0 <= cfg.train.transcript_weight <= 10.0:
-        raise ConfigError(f"{cfg.source}: train.transcript_weight must be 0 to 10")
+    for key in ("transcript_weight", "view_consistency"):
+        if not 0.0 <= getattr(cfg.train, key) <= 10.0:
+            raise ConfigError(f"{cfg.source}: train.{key} must be 0 to 10")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

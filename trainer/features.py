@@ -97,10 +97,12 @@ def text_features(model, tokenizer, sentences: list[str], device="cpu") -> dict[
 
 
 class FeatureDataset(Dataset):
-    """Each utterance once per epoch, as one of its views drawn for that epoch."""
+    """Each utterance once per epoch, as one of its views drawn for that epoch (with
+    `with_clean`, its clean view beside it, for the view-consistency term)."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, seed: int):
+    def __init__(self, features: np.ndarray, labels: np.ndarray, seed: int, with_clean: bool = False):
         self.features, self.labels, self.seed, self.epoch = features, labels, seed, 0
+        self.with_clean = with_clean
 
     def __len__(self):
         return self.features.shape[1]
@@ -110,9 +112,13 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, i):
         view = int(np.random.default_rng([self.seed, self.epoch, i]).integers(self.features.shape[0]))
+        if self.with_clean:
+            return self.features[view, i], self.labels[i], self.features[0, i]
         return self.features[view, i], self.labels[i]
 
 
 def collate_features(items):
-    return (torch.from_numpy(np.stack([f for f, _ in items])),
-            torch.as_tensor(np.stack([y for _, y in items]), dtype=torch.long))
+    """(views [B, L, S], labels [B, ...] as integers[, clean views [B, L, S]])."""
+    views, labels, *clean = zip(*items)
+    return (torch.from_numpy(np.stack(views)), torch.as_tensor(np.stack(labels), dtype=torch.long),
+            *(torch.from_numpy(np.stack(c)) for c in clean))

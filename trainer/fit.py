@@ -34,17 +34,24 @@ def clap_step(desc: Descriptions, tokenizer, paraphrases: bool, kind: str):
 
 
 def frozen_step(desc: Descriptions, texts: dict, paraphrases: bool, kind: str,
-                transcripts: torch.Tensor | None = None, weight: float = 0.0):
+                transcripts: torch.Tensor | None = None, weight: float = 0.0, consistency: float = 0.0):
     """`clap_step` on cached tower outputs: only the heads (and the logit scale) run.
     With `transcripts` ([U, H] pooled text features) the labels' last column is each
-    utterance's transcript row (-1: none), and `weight` × the transcript term is added."""
+    utterance's transcript row (-1: none), and `weight` × the transcript term is added.
+    With `consistency` > 0 a batch also holds each utterance's clean view, and each
+    view's audio embedding is drawn to its clean one's (1 − cosine, the clean one held
+    fixed), so that what augmentation adds (a room, noise, other talkers, a narrow
+    microphone) moves the embedding less."""
     k = len(desc.emotions)
 
     def step(net, batch, rng):
-        pooled, labels = batch
+        pooled, labels, *clean = batch
         text = torch.stack([texts[s] for s in desc.sample(rng, paraphrases)]).to(pooled.device)
         audio, text = net.audio_from_pooled(pooled), net.text_from_pooled(text)
         loss = multitask_loss(audio, text.view(k, 2, -1), labels[:, :k], net.scale(), kind)
+        if consistency > 0:
+            target = net.audio_from_pooled(clean[0].to(pooled.device)).detach()
+            loss = loss + consistency * (1 - (audio * target).sum(-1)).mean()
         if transcripts is None:
             return loss
         said = labels[:, k]
@@ -87,7 +94,7 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
                 said = text_features(model, tokenizer, sentences, device)
                 spoken = torch.stack([said[t] for t in sentences])
                 labels = np.concatenate([labels, rows[:, None]], axis=1)
-        frozen = {"data": FeatureDataset(features[:, tr], labels, opts.seed),
+        frozen = {"data": FeatureDataset(features[:, tr], labels, opts.seed, opts.view_consistency > 0),
                   "collate_fn": collate_features}
         val_pooled = torch.from_numpy(features[0, va]).to(device)  # the clean views
 
@@ -103,10 +110,12 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
             def embed(batch):
                 return m.text_from_pooled(torch.stack([texts[s] for s in batch]).to(device)).cpu().numpy()
             return embed
-        step = frozen_step(desc, texts, opts.paraphrases, opts.loss, spoken, opts.transcript_weight)
+        step = frozen_step(desc, texts, opts.paraphrases, opts.loss, spoken, opts.transcript_weight,
+                           opts.view_consistency)
     else:
-        if opts.transcript_weight > 0:
-            raise ValueError("train.transcript_weight needs both towers frozen (model.*.trainable = false)")
+        for key in ("transcript_weight", "view_consistency"):
+            if getattr(opts, key) > 0:
+                raise ValueError(f"train.{key} needs both towers frozen (model.*.trainable = false)")
 
         def embed_validation(m):
             return embed_clips(m, val_clips, device=device)
