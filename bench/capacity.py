@@ -125,7 +125,7 @@ def transcriber_load(bundle: Path, segments: list[int], sets: dict) -> tuple[str
     if not manifest.get("transcriber") or not sets.get("transcripts", {}).get("enabled", True):
         return None
     flop = sum(floor.transcriber_flop(bundle, n / SAMPLE_RATE) or 0.0 for n in segments)
-    return manifest["transcriber"].get("precision", "fp32"), flop
+    return floor.transcriber_kind(bundle), flop
 
 
 def bundle_for(row: str, workdir: Path) -> Path:
@@ -238,7 +238,7 @@ def main() -> None:
     floors: dict[Path, float] = {}
     for bundle in dict.fromkeys(s.bundle for s in setups):
         flops = floor.GraphFlops(bundle / "audio_encoder.onnx", floor.piece_samples(bundle))
-        per_loop = {"fp32": 0.0, "int8": 0.0}
+        per_loop = dict.fromkeys(floor.KINDS, 0.0)
         for samples in work.segments:
             for k, v in flops(samples).items():
                 per_loop[k] += v

@@ -9,13 +9,14 @@ floor stations = cores × GEMM rate ÷ (tower FLOP per audio second × speech sh
   ((T×768)·(768×3072), (T×3072)·(768), (T×768)·(768×768)), one thread and all cores;
   for int8 graphs also ONNX Runtime's dynamically quantised MatMul at the same shapes
   (the fused DynamicQuantizeMatMul the int8 bundles run, activation quantisation
-  included).
+  included), and its MatMulNBits with 8-bit weights (what `export --int8-weights`
+  makes, activations quantised row by row).
 - FLOP: counted on the bundle's own ONNX graph. Every MatMul/Gemm/Conv (and their
   integer forms) is made a graph output, the graph runs once per input length with
   optimisations off, and each node's FLOP come from the shapes it actually saw
   (2·M·N·K; 2·outputs·C_in/groups·kernel for convolutions). Integer nodes are timed
-  at the int8 rate, the rest (convolutions, attention's activation×activation
-  products) at the fp32 rate.
+  at the int8 rate, 8-bit-weight nodes at theirs, the rest (convolutions, attention's
+  activation×activation products) at the fp32 rate.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ import numpy as np  # noqa: E402
 
 RATE = 16000
 INT8_OPS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul")
-COUNTED = ("MatMul", "Gemm", "Conv", *INT8_OPS)
+INT8W_OPS = ("MatMulNBits",)
+COUNTED = ("MatMul", "Gemm", "Conv", *INT8_OPS, *INT8W_OPS)
+KINDS = ("fp32", "int8", "int8w")  # how a counted node's products are priced
 SHAPES = ((768, 3072), (3072, 768), (768, 768))
 
 
@@ -47,11 +50,16 @@ class Rates:
     fp32_all: float
     int8_1: float = 0.0
     int8_all: float = 0.0
+    int8w_1: float = 0.0
+    int8w_all: float = 0.0
     how: dict = field(default_factory=dict)
 
     def per_core(self, precision: str) -> float:
-        # No measured int8 rate: integer products are priced as fp32 (a looser floor).
-        return self.int8_1 if precision == "int8" and self.int8_1 else self.fp32_1
+        # No measured rate for a kind: its products are priced as fp32 (a looser floor).
+        return getattr(self, f"{precision}_1", 0.0) or self.fp32_1
+
+    def all_cores(self, precision: str) -> float:
+        return getattr(self, f"{precision}_all", 0.0) or self.fp32_all
 
 
 def _best(fn, flop: float, reps: int = 5, min_s: float = 0.2) -> float:
@@ -82,11 +90,13 @@ def numpy_rate(threads: int, t: int) -> float:
     return best
 
 
-def int8_rate(threads: int, t: int) -> float:
-    """ONNX Runtime's dynamically quantised MatMul, made the way trainer.export quantises."""
+def int8_rate(threads: int, t: int, weights_only: bool = False) -> float:
+    """ONNX Runtime's dynamically quantised MatMul (or, `weights_only`, its 8-bit-weight
+    MatMulNBits), made the way trainer.export quantises."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper, save
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from trainer.export import quantize_int8, quantize_weights_int8
 
     rng = np.random.default_rng(1)
     best = 0.0
@@ -101,7 +111,7 @@ def int8_rate(threads: int, t: int) -> float:
             model.ir_version = 9
             src, dst = Path(tmp) / f"{k}x{n}.onnx", Path(tmp) / f"{k}x{n}.int8.onnx"
             save(model, str(src))
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+            (quantize_weights_int8 if weights_only else quantize_int8)(src, dst)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             session = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
@@ -118,6 +128,8 @@ def gemm_rates(cores: int | None = None, t: int = 512, int8: bool = True) -> Rat
     if int8:
         rates.int8_1, rates.int8_all = int8_rate(1, t), int8_rate(cores, t)
         rates.how["int8"] = f"ONNX Runtime dynamic-int8 MatMul, T={t}, best of {len(SHAPES)} shapes"
+        rates.int8w_1, rates.int8w_all = int8_rate(1, t, True), int8_rate(cores, t, True)
+        rates.how["int8w"] = f"ONNX Runtime 8-bit-weight MatMulNBits, T={t}, best of {len(SHAPES)} shapes"
     return rates
 
 
@@ -149,12 +161,12 @@ class GraphFlops:
         self._cache: dict[int, dict[str, float]] = {}
 
     def __call__(self, samples: int) -> dict[str, float]:
-        """{'fp32': FLOP, 'int8': FLOP} for one utterance of `samples` samples."""
+        """{kind: FLOP} (`KINDS`) for one utterance of `samples` samples."""
         if self.piece_samples and samples > self.piece_samples:
             from emoclap.pieces import bounds
 
             parts = [self(e - s) for s, e in bounds(samples, self.piece_samples)]
-            return {k: sum(p[k] for p in parts) for k in ("fp32", "int8")}
+            return {k: sum(p[k] for p in parts) for k in KINDS}
         if samples not in self._cache:
             wave = (np.random.default_rng(samples).standard_normal((1, samples)) * 0.1).astype(np.float32)
             feed = {"waveform": wave, "lengths": np.array([samples], np.int64), "offsets": np.zeros(1, np.int64)}
@@ -166,7 +178,7 @@ class GraphFlops:
         return self._cache[samples]
 
     def _count(self, shapes: dict) -> dict[str, float]:
-        out = {"fp32": 0.0, "int8": 0.0}
+        out = dict.fromkeys(KINDS, 0.0)
         for node in self.nodes:
             a, b, y = (shapes[n] for n in (*node.input[:2], node.output[0]))
             attrs = {at.name: at.i for at in node.attribute}
@@ -176,7 +188,8 @@ class GraphFlops:
                 flop = 2.0 * np.prod(y) * (a[0] if attrs.get("transA") else a[1])
             else:
                 flop = 2.0 * np.prod(y) * a[-1]
-            out["int8" if node.op_type in INT8_OPS else "fp32"] += float(flop)
+            kind = "int8" if node.op_type in INT8_OPS else "int8w" if node.op_type in INT8W_OPS else "fp32"
+            out[kind] += float(flop)
         return out
 
     def per_audio_second(self, seconds: float) -> dict[str, float]:
@@ -208,8 +221,7 @@ def floor_stations(load: dict[str, float], rates: Rates, all_cores: bool = False
     """Stations the cores could carry: `load` = FLOP per wall-clock second of one station
     by precision (FLOP per audio second × speech share)."""
     if all_cores:
-        fp32, int8 = rates.fp32_all, rates.int8_all or rates.fp32_all
-        busy = load["fp32"] / fp32 + load["int8"] / int8
+        busy = sum(v / rates.all_cores(k) for k, v in load.items())
         return 1.0 / busy if busy else float("inf")
     busy = sum(v / rates.per_core(k) for k, v in load.items())
     return rates.cores / busy if busy else float("inf")
@@ -218,9 +230,10 @@ def floor_stations(load: dict[str, float], rates: Rates, all_cores: bool = False
 def describe_rates(r: Rates) -> list[str]:
     lines = [f"fp32 GEMM rate: {r.fp32_1 / 1e9:.1f} GFLOP/s one thread, {r.fp32_all / 1e9:.1f} GFLOP/s "
              f"with {r.cores} threads ({r.how['fp32']})"]
-    if r.int8_1:
-        lines.append(f"int8 GEMM rate: {r.int8_1 / 1e9:.1f} GFLOP/s one thread, {r.int8_all / 1e9:.1f} GFLOP/s "
-                     f"with {r.cores} threads ({r.how['int8']})")
+    for kind, name in (("int8", "int8"), ("int8w", "8-bit-weight")):
+        if getattr(r, f"{kind}_1"):
+            lines.append(f"{name} GEMM rate: {getattr(r, f'{kind}_1') / 1e9:.1f} GFLOP/s one thread, "
+                         f"{getattr(r, f'{kind}_all') / 1e9:.1f} GFLOP/s with {r.cores} threads ({r.how[kind]})")
     return lines
 
 
@@ -228,9 +241,19 @@ def describe_flops(name: str, flops: GraphFlops, extra: str = "") -> str:
     parts = []
     for s in (1.0, 10.0):
         f = flops.per_audio_second(s)
-        split = f" (int8 {f['int8'] / 1e9:.2f})" if f["int8"] else ""
+        split = "".join(f" ({name} {f[k] / 1e9:.2f})" for k, name in (("int8", "int8"), ("int8w", "8-bit weights"))
+                        if f[k])
         parts.append(f"{s:g}-s input {sum(f.values()) / 1e9:.2f}{split}")
     return f"{name}: GFLOP per audio second: " + ", ".join(parts) + extra
+
+
+def transcriber_kind(folder: Path) -> str:
+    """How the transcriber's products are priced: an int8 transcriber stores 8-bit weights
+    (MatMulNBits), so it runs at that rate, not dynamic int8's."""
+    import json
+
+    section = json.loads((Path(folder) / "manifest.json").read_text()).get("transcriber") or {}
+    return {"int8": "int8w"}.get(section.get("precision", "fp32"), "fp32")
 
 
 def transcriber_flop(folder: Path, seconds: float) -> float | None:
@@ -273,7 +296,8 @@ def main() -> None:
               f"at the measured {args.cores}-thread rate")
         text = transcriber_flop(folder, 4.0)
         if text is not None:
-            load["fp32"] = load.get("fp32", 0.0) + text / 4.0 * args.share
+            kind = transcriber_kind(folder)
+            load[kind] = load.get(kind, 0.0) + text / 4.0 * args.share
             print(f"  text path: decoder {text / 1e9:.2f} GFLOP per 4-s utterance at its token bound "
                   f"({text / 4.0 / 1e9:.2f} per audio second); floor with it: {floor_stations(load, rates):.1f} "
                   f"stations, {floor_stations(load, rates, all_cores=True):.1f} at the {args.cores}-thread rate")

@@ -134,7 +134,7 @@ def _signature(onnx_path: str, _mtime_ns: int, _size: int) -> tuple[tuple[Tensor
 def single_row_only(bundle) -> bool:
     """Dynamic int8 quantisation scales activations over the whole batch, so batch mates
     would change an utterance's embedding: such a model runs requests one by one."""
-    return bundle.precision.startswith("int8")
+    return bundle.precision == "int8"
 
 
 def model_config(bundle, options: RepositoryOptions):

@@ -51,6 +51,12 @@ class Transcriber:
     precision: str = "fp32"  # "int8": the graphs' matrix products quantised (faster, a few words differ)
 
 
+# The audio encoder's matrix products: fp32; "int8", dynamically quantised (one activation
+# scale per call, so the daemon runs it one utterance at a time); "int8-weights", 8-bit
+# weights with activations quantised row by row (batch-independent).
+AUDIO_PRECISIONS = ("fp32", "int8", "int8-weights")
+
+
 @dataclass(frozen=True)
 class Bundle:
     folder: Path
@@ -222,6 +228,10 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
     for field, value in (("audio_encoder.min_samples", min_samples), ("text_encoder.max_tokens", max_tokens)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise BundleError(f"{where}: field '{field}' must be a positive integer, got {value!r}")
+    precision = sections["audio_encoder"].get("precision", "fp32")
+    if precision not in AUDIO_PRECISIONS:
+        raise BundleError(f"{where}: field 'audio_encoder.precision' must be one of "
+                          f"{', '.join(AUDIO_PRECISIONS)}, got {precision!r}")
     transcriber = _transcriber(manifest.get("transcriber"), folder, hashes, where)
     piece_samples, head, reads_std = _pieces(sections["audio_encoder"], manifest.get("audio_head"), folder,
                                              hashes, where)
@@ -230,7 +240,7 @@ def load_bundle(folder: str | Path, expected_sample_rate: int = 16_000) -> Bundl
                   logit_scale=scale, languages=tuple(languages),
                   audio_encoder=paths["audio_encoder"], text_encoder=paths["text_encoder"],
                   tokenizer=paths["tokenizer"], min_samples=min_samples, max_tokens=max_tokens,
-                  precision=str(sections["audio_encoder"].get("precision", "fp32")),
+                  precision=precision,
                   hash=bundle_hash, description=str(manifest.get("description", "")),
                   tokenizer_kind=tokenizer_kind, transcriber=transcriber,
                   piece_samples=piece_samples, audio_head=head, head_reads_std=reads_std)

@@ -81,6 +81,8 @@ def test_write_manifest_refuses_missing_files(tmp_path):
     ({"files": {"audio_encoder.onnx": "0" * 64}}, "no sha256 for text_encoder.onnx"),
     ({"tokenizer": {"file": "tokenizer.json", "kind": "sentencepiece"}}, "'tokenizer.kind' is 'sentencepiece'"),
     ({"tokenizer": {"file": "tokenizer.json", "kind": "mecab-sentencepiece"}}, "'tokenizer.do_lower_case' is missing"),
+    ({"audio_encoder": {"file": "audio_encoder.onnx", "precision": "int4"}}, "'audio_encoder.precision' must be one of"),
+    ({"audio_encoder": {"file": "audio_encoder.onnx", "precision": ["int8"]}}, "'audio_encoder.precision' must be one of"),
 ])
 def test_bad_manifest_fields_are_named(bundle_dir, changes, message):
     edit_manifest(bundle_dir, **changes)

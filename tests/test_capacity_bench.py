@@ -63,7 +63,7 @@ def _flops() -> GraphFlops:
 @FAST
 @given(st.integers(min_value=K, max_value=40_000))
 def test_graph_flops_are_counted_from_the_shapes_a_run_sees(samples):
-    assert _flops()(samples) == {"fp32": pytest.approx(_expected(samples)), "int8": 0.0}
+    assert _flops()(samples) == {"fp32": pytest.approx(_expected(samples)), "int8": 0.0, "int8w": 0.0}
 
 
 def test_int8_products_are_counted_apart_and_convolutions_stay_fp32(tmp_path):
@@ -79,6 +79,19 @@ def test_int8_products_are_counted_apart_and_convolutions_stay_fp32(tmp_path):
     assert counts["fp32"] == pytest.approx(2.0 * CH * t * K)
 
 
+def test_8_bit_weight_products_are_counted_apart_at_their_own_kind(tmp_path):
+    from trainer.export import quantize_weights_int8
+
+    src = _graph(tmp_path)
+    dst = tmp_path / "tower.int8w.onnx"
+    quantize_weights_int8(src, dst)  # as `export --int8-weights` does: MatMul only, Gemm stays
+    counts = GraphFlops(dst)(16000)
+    t = (16000 - K) // STRIDE + 1
+    assert counts["int8w"] == pytest.approx(2.0 * t * HID * CH)
+    assert counts["fp32"] == pytest.approx(2.0 * CH * t * K + 2.0 * OUT * HID)
+    assert counts["int8"] == 0.0
+
+
 def test_the_floor_prices_each_precision_at_its_rate():
     rates = Rates(cores=2, fp32_1=100e9, fp32_all=180e9, int8_1=200e9, int8_all=350e9)
     load = {"fp32": 10e9, "int8": 20e9}  # FLOP per second of one station
@@ -86,6 +99,10 @@ def test_the_floor_prices_each_precision_at_its_rate():
     assert floor_stations(load, rates, all_cores=True) == pytest.approx(1 / (10 / 180 + 20 / 350))
     no_int8 = Rates(cores=2, fp32_1=100e9, fp32_all=180e9)
     assert floor_stations(load, no_int8) == pytest.approx(2 / 0.3)
+    weights = Rates(cores=2, fp32_1=100e9, fp32_all=180e9, int8w_1=150e9, int8w_all=250e9)
+    load = {"fp32": 10e9, "int8": 0.0, "int8w": 30e9}
+    assert floor_stations(load, weights) == pytest.approx(2 / (0.1 + 0.2))
+    assert floor_stations(load, weights, all_cores=True) == pytest.approx(1 / (10 / 180 + 30 / 250))
 
 
 @FAST
@@ -221,3 +238,15 @@ def test_capacity_config_is_one_the_daemon_reads(tmp_path):
     assert (loaded.encoder.threads, loaded.encoder.max_batch, loaded.encoder.max_wait_ms) == (2, 1, 5)
     assert [(s.role, s.channel, Path(s.file).name) for s in loaded.stations] == [
         ("customer", 0, "s0.wav"), ("customer", 0, "s1.wav"), ("customer", 0, "s2.wav")]
+
+
+def test_an_int8_transcriber_is_priced_as_the_8_bit_weights_it_stores(tmp_path):
+    import json
+
+    from bench.floor import transcriber_kind
+
+    for section, kind in (({"precision": "int8"}, "int8w"), ({"precision": "fp32"}, "fp32"), ({}, "fp32"),
+                          (None, "fp32")):
+        manifest = {"transcriber": section} if section is not None else {}
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        assert transcriber_kind(tmp_path) == kind

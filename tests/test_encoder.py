@@ -213,21 +213,42 @@ def test_text_encoder(bundle):
     assert text.texts_embedded == 8
 
 
-def test_int8_bundle_keeps_batch_invariance(tiny_bundle, tmp_path):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    folder = copy_bundle(tiny_bundle, tmp_path / "int8")
-    quantize_dynamic(str(tiny_bundle / "audio_encoder.onnx"), str(folder / "audio_encoder.onnx"),
-                     op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+def _quantised(tiny_bundle, folder, quantise, precision: str):
+    """The tiny bundle with its audio encoder quantised by `quantise(src, dst)`: its
+    encoder, one embedding per utterance alone, and the daemon's batch size for it."""
+    from daemon.config import parse_config
+    from daemon.service import batcher_options
+
+    folder = copy_bundle(tiny_bundle, folder)
+    quantise(tiny_bundle / "audio_encoder.onnx", folder / "audio_encoder.onnx")
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["audio_encoder"]["precision"] = "int8"
+    manifest["audio_encoder"]["precision"] = precision
     write_manifest(folder, manifest)
     enc = AudioEncoder(load_bundle(folder), options=EncoderOptions(provider="cpu", max_batch=8))
     utterances = [noise(s, i) * a for i, (s, a) in enumerate(((1.0, 1), (2.0, 5), (0.6, 0.2), (1.5, 3)))]
     single = np.stack([enc.embed([u])[0] for u in utterances])
-    assert np.abs(enc.embed(utterances) - single).max() < 1e-4
-    # ... so the daemon batches one at a time: an utterance never waits for batch mates
+    assert np.abs(enc.embed(utterances) - single).max() < 1e-4  # batch mates leave each embedding be
+    return enc, utterances, single, batcher_options(parse_config("[encoder]\nmax_batch = 8\n"), enc).max_batch
+
+
+def test_int8_bundle_keeps_batch_invariance(tiny_bundle, tmp_path):
     from daemon.config import parse_config
     from daemon.service import batcher_options
-    assert batcher_options(parse_config("[encoder]\nmax_batch = 8\n"), enc).max_batch == 1
+    from trainer.export import quantize_int8
+
+    *_, batch = _quantised(tiny_bundle, tmp_path / "int8", quantize_int8, "int8")
+    # ... because the daemon runs dynamic int8 one utterance at a time: one activation
+    # scale over a batch would let batch mates move each other.
+    assert batch == 1
     fp32 = AudioEncoder(load_bundle(tiny_bundle), options=EncoderOptions(provider="cpu", max_batch=8))
     assert batcher_options(parse_config("[encoder]\nmax_batch = 8\n"), fp32).max_batch == 8
+
+
+def test_8_bit_weight_bundle_batches_and_does_not_depend_on_batch_mates(tiny_bundle, tmp_path):
+    from trainer.export import quantize_weights_int8
+
+    _, utterances, single, batch = _quantised(tiny_bundle, tmp_path / "int8w", quantize_weights_int8, "int8-weights")
+    # Activations are quantised row by row, so batches are as safe as fp32's.
+    assert batch == 8
+    fp32 = AudioEncoder(load_bundle(tiny_bundle), options=EncoderOptions(provider="cpu", max_batch=8))
+    assert np.min(np.sum(fp32.embed(utterances) * single, axis=1)) > 0.99

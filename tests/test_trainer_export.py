@@ -130,3 +130,28 @@ def test_the_runtime_encoders_reproduce_the_torch_model(exported):
     with torch.no_grad():
         ref = model.encode_text(*tokenize(tok, TEXTS)).numpy()
     assert np.min(np.sum(got * ref, 1)) > 0.9999
+
+
+def test_8_bit_weights_are_checked_against_fp32_and_named_in_the_manifest(tmp_path, monkeypatch):
+    import trainer.export as ex
+
+    cfg = load_config("configs/tiny.toml", {"model.head": "residual"})
+    torch.manual_seed(0)
+    model = ClapModel(cfg.model).eval()
+    tok = load_tokenizer(cfg.model.text, cfg.model.max_tokens)
+    real = espeak_clips(["Hello, I would like to see the blue one."])
+    common = dict(languages=["en"], sources={"audio": "tiny", "text": "tiny"}, texts=TEXTS, real_audio=real)
+    export_bundle(model, tok, tmp_path / "w", **common, int8_weights=True)
+    bundle = load_bundle(tmp_path / "w")
+    assert bundle.precision == "int8-weights"
+    parity = bundle.manifest["metrics"]["export_parity"]
+    assert ex.INT8_WEIGHTS_MIN_COSINE <= parity["int8-weights"]["audio_min_cosine"] <= 1.0
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "w" / "audio_encoder.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeMatMul" not in ops
+    # Too far from fp32 is an error, not a bundle.
+    monkeypatch.setattr(ex, "INT8_WEIGHTS_MIN_COSINE", 1.01)
+    with pytest.raises(ExportError, match="8-bit weights is too far from fp32"):
+        export_bundle(model, tok, tmp_path / "far", **common, int8_weights=True)
+    with pytest.raises(ExportError, match="not both"):
+        export_bundle(model, tok, tmp_path / "both", **common, int8=True, int8_weights=True)

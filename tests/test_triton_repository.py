@@ -64,10 +64,12 @@ def test_repository_parses_back_with_tritons_schema(tiny_bundle, tmp_path):
 
 
 def test_int8_bundle_gets_no_dynamic_batcher(tiny_bundle):
-    """Batch mates shift dynamically quantised activations: requests run one by one."""
-    bundle = dataclasses.replace(load_bundle(tiny_bundle), precision="int8-dynamic")
-    cfg = parse(config_text(bundle, RepositoryOptions()))
-    assert not cfg.HasField("dynamic_batching")
+    """Batch mates shift dynamically quantised activations: requests run one by one.
+    8-bit weights quantise activations row by row, so they batch as fp32 does."""
+    bundle = dataclasses.replace(load_bundle(tiny_bundle), precision="int8")
+    assert not parse(config_text(bundle, RepositoryOptions())).HasField("dynamic_batching")
+    weights = dataclasses.replace(load_bundle(tiny_bundle), precision="int8-weights")
+    assert parse(config_text(weights, RepositoryOptions())).HasField("dynamic_batching")
 
 
 def test_cli_writes_then_refuses_to_overwrite(tiny_bundle, tmp_path, capsys):
