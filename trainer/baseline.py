@@ -75,7 +75,7 @@ def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False
     else:
         # A frozen tower runs once (with augmented views); only the classifier trains.
         features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
-            model, corpus, opts.views, opts.seed, device)
+            model, corpus, opts.views, opts.seed, device, opts.tower_precision)
         frozen = {"data": FeatureDataset(features[:, tr], train_set.labels, opts.seed),
                   "collate_fn": collate_features}
         val_pooled = torch.from_numpy(features[0, va if len(va) else tr]).to(device)

@@ -66,7 +66,7 @@ class AudioEmbedder:
         self.chunk_samples = max(self.min_samples, int(MAX_CHUNK_S * bundle.sample_rate))
         # int8 activations are scaled over the whole batch: batch mates would shift each
         # other's embeddings (the daemon's encoder does the same).
-        self.rows_per_call = 1 if bundle.precision.startswith("int8") else batch
+        self.rows_per_call = 1 if bundle.precision == "int8" else batch  # dynamic int8 only: see daemon.encoder
 
     def too_short(self, clip: np.ndarray) -> bool:
         return clip.size < self.min_samples

@@ -37,6 +37,8 @@ def tower_key(cfg, views: int) -> str:
     spec = {"format": FORMAT, "audio": vars(cfg.model.audio), "normalize": cfg.model.normalize_waveform,
             "layers": cfg.model.audio_layers, "pooling": cfg.model.audio_pooling,
             "views": views, "seed": cfg.train.seed}
+    if cfg.train.tower_precision != "fp32":  # absent for fp32, so earlier caches still match
+        spec["tower_precision"] = cfg.train.tower_precision
     if cfg.model.audio_piece_s:  # absent when 0, so caches made before pieces existed still match
         spec["piece_s"] = cfg.model.audio_piece_s
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -53,12 +55,12 @@ class AudioFeatures:
             with np.load(self.path, allow_pickle=False) as data:
                 self._rows = dict(zip(data["keys"].tolist(), data["features"]))
 
-    def get(self, model, corpus, views: int, seed: int, device="cpu") -> np.ndarray:
+    def get(self, model, corpus, views: int, seed: int, device="cpu", precision: str = "fp32") -> np.ndarray:
         keys = [audio_key(a) for a in corpus.audio]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._rows}.values())
         if todo:
             started = time.time()
-            print(f"frozen audio tower: {len(todo)} utterances × {views} views", file=sys.stderr)
+            print(f"frozen audio tower: {len(todo)} utterances × {views} views ({precision})", file=sys.stderr)
             model.eval()
             clean = [corpus.clip(i) for i in todo]
             clips = []
@@ -67,7 +69,9 @@ class AudioFeatures:
                 # the other utterances computed with it are its background talkers.
                 others = clean[:n] + clean[n + 1:]
                 clips += augment.views(clean[n], views, seed, int(keys[i][:8], 16), others)
-            pooled = run_batched(model.audio_statistics, clips, 8, device)
+            kind = torch.device(device).type
+            with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                pooled = run_batched(model.audio_statistics, clips, 8, device)
             for n, i in enumerate(todo):
                 self._rows[keys[i]] = pooled[n * views:(n + 1) * views].astype(np.float16)
             self._save()

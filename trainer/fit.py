@@ -85,7 +85,7 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
     if model.towers_frozen():
         # Both towers frozen: run them once (with augmented views), train the heads alone.
         features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
-            model, corpus, opts.views, opts.seed, device)
+            model, corpus, opts.views, opts.seed, device, opts.tower_precision)
         texts = text_features(model, tokenizer, [s for _, _, s in desc.all_sentences()], device)
         labels, spoken = train_set.labels, None
         if opts.transcript_weight > 0:
