@@ -131,10 +131,7 @@ class AudioEncoder:
         rate = bundle.sample_rate
         self.min_samples = max(bundle.min_samples, int(self.options.min_utterance_s * rate))
         self.chunk_samples = max(self.min_samples, int(self.options.max_chunk_s * rate))
-        # Dynamic int8 quantisation scales activations per tensor, i.e. over the whole
-        # batch, so batch mates would shift each other's embeddings: run rows one by one.
-        # 8-bit weights ("int8-weights") quantise activations row by row, so they batch.
-        self.rows_per_call = 1 if bundle.precision == "int8" else self.options.max_batch
+        self.rows_per_call = 1 if bundle.single_row_only else self.options.max_batch
         if self.rows_per_call != self.options.max_batch:
             log.info("int8 audio encoder: one utterance per call, so batch mates cannot change scores")
         self._lock = threading.Lock()

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run by path: the repository root holds the pack
 
 from daemon.triton_repository import (AUDIO_SHA_KEY, BUNDLE_HASH_KEY, MODEL_NAME,  # noqa: E402
                                       RepositoryError, RepositoryOptions, model_signature,
-                                      parse_sizes, single_row_only)
+                                      parse_sizes)
 from emoclap.bundle import BundleError, load_bundle  # noqa: E402
 
 log = logging.getLogger("emoclap.triton_host")
@@ -85,7 +85,7 @@ def serve(bundle_path: str, options: RepositoryOptions, host: str, grpc_port: in
               "INT32": np.int32, "BOOL": np.bool_}
     instances = [Host(bundle, threads) for _ in range(options.instances)]
     spec = instances[0]
-    single = single_row_only(bundle)
+    single = bundle.single_row_only
     config = ModelConfig(max_batch_size=1 if single else options.max_batch,
                          batcher=DynamicBatcher(max_queue_delay_microseconds=options.queue_delay_us,
                                                 preferred_batch_size=list(options.preferred) or None))

@@ -131,12 +131,6 @@ def _signature(onnx_path: str, _mtime_ns: int, _size: int) -> tuple[tuple[Tensor
             tuple(_tensor(o, onnx_path) for o in session.get_outputs()))
 
 
-def single_row_only(bundle) -> bool:
-    """Dynamic int8 quantisation scales activations over the whole batch, so batch mates
-    would change an utterance's embedding: such a model runs requests one by one."""
-    return bundle.precision == "int8"
-
-
 def model_config(bundle, options: RepositoryOptions):
     """The `ModelConfig` message for Triton's onnxruntime backend."""
     from tritonclient.grpc import model_config_pb2 as mc
@@ -153,7 +147,7 @@ def model_config(bundle, options: RepositoryOptions):
         add(config.input, tensor)
     for tensor in outputs:
         add(config.output, tensor)
-    if not single_row_only(bundle):
+    if not bundle.single_row_only:
         config.dynamic_batching.preferred_batch_size.extend(options.preferred)
         config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     config.instance_group.add(count=options.instances, kind=getattr(mc.ModelInstanceGroup, options.kind))

@@ -82,6 +82,12 @@ class Bundle:
     audio_head: Path | None = None
     head_reads_std: bool = False
 
+    @property
+    def single_row_only(self) -> bool:
+        """Dynamic int8 scales activations over the whole batch, so batch mates would move
+        each other's embeddings: its audio encoder runs one utterance per call."""
+        return self.precision == "int8"
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()

@@ -221,15 +221,15 @@ def test_a_fit_with_view_consistency_adds_the_term_and_needs_frozen_towers(tmp_p
 
 def test_the_frozen_pass_in_bf16_is_cached_apart_and_stays_close_to_fp32(tmp_path, capsys):
     from trainer.config import ConfigError
-    from trainer.features import AudioFeatures, tower_key
+    from trainer.features import frozen_audio_features, tower_key
     from trainer.model import ClapModel
 
     corpus = on_disk(toy_corpus(12), tmp_path)
     fp32, bf16 = frozen_cfg(), frozen_cfg(**{"train.tower_precision": "bf16"})
     assert tower_key(fp32, 3) != tower_key(bf16, 3)  # a bf16 cache is never read as fp32's
     model = ClapModel(fp32.model)
-    a = AudioFeatures(tmp_path / "f", tower_key(fp32, 3)).get(model, corpus, 3, 0)
-    b = AudioFeatures(tmp_path / "f", tower_key(bf16, 3)).get(model, corpus, 3, 0, precision="bf16")
+    a = frozen_audio_features(fp32, tmp_path / "run", model, corpus)
+    b = frozen_audio_features(bf16, tmp_path / "run", model, corpus)
     assert "× 3 views (bf16)" in capsys.readouterr().err
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import Config, load_config
-from trainer.features import AudioFeatures, FeatureDataset, collate_features, tower_key
+from trainer.features import FeatureDataset, collate_features, frozen_audio_features
 from trainer.inference import run_batched
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.metrics import unweighted_accuracy, youden_threshold
@@ -74,8 +74,7 @@ def fit_baseline(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False
             return predict_probs(m, val_clips, device=device)
     else:
         # A frozen tower runs once (with augmented views); only the classifier trains.
-        features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
-            model, corpus, opts.views, opts.seed, device, opts.tower_precision)
+        features = frozen_audio_features(cfg, Path(out).parent, model, corpus, device)
         frozen = {"data": FeatureDataset(features[:, tr], train_set.labels, opts.seed),
                   "collate_fn": collate_features}
         val_pooled = torch.from_numpy(features[0, va if len(va) else tr]).to(device)

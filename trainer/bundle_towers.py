@@ -64,9 +64,7 @@ class AudioEmbedder:
                        if bundle.piece_samples else None)
         self.min_samples = max(bundle.min_samples, int(MIN_UTTERANCE_S * bundle.sample_rate))
         self.chunk_samples = max(self.min_samples, int(MAX_CHUNK_S * bundle.sample_rate))
-        # int8 activations are scaled over the whole batch: batch mates would shift each
-        # other's embeddings (the daemon's encoder does the same).
-        self.rows_per_call = 1 if bundle.precision == "int8" else batch  # dynamic int8 only: see daemon.encoder
+        self.rows_per_call = 1 if bundle.single_row_only else batch
 
     def too_short(self, clip: np.ndarray) -> bool:
         return clip.size < self.min_samples

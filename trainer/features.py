@@ -86,6 +86,15 @@ class AudioFeatures:
         tmp.replace(self.path)
 
 
+def frozen_audio_features(cfg, run_folder: Path, model, corpus, device="cpu") -> np.ndarray:
+    """[views, N, L, S] of `corpus` from the run's cache (`run_folder`/features), computed
+    where missing as `cfg.train` says (views, seed, tower precision): the folds, the CLAP
+    model and the baseline of one run share them."""
+    opts = cfg.train
+    return AudioFeatures(Path(run_folder) / "features", tower_key(cfg, opts.views)).get(
+        model, corpus, opts.views, opts.seed, device, opts.tower_precision)
+
+
 @torch.no_grad()
 def text_features(model, tokenizer, sentences: list[str], device="cpu") -> dict[str, torch.Tensor]:
     """Pooled output of the frozen text tower for each distinct sentence."""

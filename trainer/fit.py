@@ -11,7 +11,7 @@ import torch
 from trainer.checkpoint import save_checkpoint
 from trainer.config import Config, load_config
 from trainer.descriptions import Descriptions, load_descriptions
-from trainer.features import AudioFeatures, FeatureDataset, collate_features, text_features, tower_key
+from trainer.features import FeatureDataset, collate_features, frozen_audio_features, text_features
 from trainer.inference import embed_clips, zero_shot_probs
 from trainer.loop import Corpus, param_groups, resolve_device, train
 from trainer.loss import contrastive_loss, multitask_loss
@@ -84,8 +84,7 @@ def fit_clap(corpus: Corpus, cfg: Config, out: Path, *, resume: bool = False, de
     frozen = {}
     if model.towers_frozen():
         # Both towers frozen: run them once (with augmented views), train the heads alone.
-        features = AudioFeatures(Path(out).parent / "features", tower_key(cfg, opts.views)).get(
-            model, corpus, opts.views, opts.seed, device, opts.tower_precision)
+        features = frozen_audio_features(cfg, Path(out).parent, model, corpus, device)
         texts = text_features(model, tokenizer, [s for _, _, s in desc.all_sentences()], device)
         labels, spoken = train_set.labels, None
         if opts.transcript_weight > 0:
