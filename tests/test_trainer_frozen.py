@@ -230,9 +230,58 @@ def test_the_frozen_pass_in_bf16_is_cached_apart_and_stays_close_to_fp32(tmp_pat
     model = ClapModel(fp32.model)
     a = frozen_audio_features(fp32, tmp_path / "run", model, corpus)
     b = frozen_audio_features(bf16, tmp_path / "run", model, corpus)
-    assert "× 3 views (bf16)" in capsys.readouterr().err
+    assert "× 3 views (bf16, torch)" in capsys.readouterr().err
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert not np.array_equal(a, b) and cos.min() > 0.99
     with pytest.raises(ConfigError, match="tower_precision"):
         frozen_cfg(**{"train.tower_precision": "fp16"})
+
+
+WHISPER_TINY = {"model_type": "whisper", "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64, "num_mel_bins": 80}
+
+
+@pytest.mark.parametrize("over", [
+    {},  # a HuBERT-like tower, whole utterances
+    {"model.audio.config": WHISPER_TINY, "model.audio_pooling": "stats"},  # absolute positions, whole
+    {"model.audio.config": WHISPER_TINY, "model.audio_pooling": "stats", "model.audio_layers": "all",
+     "model.audio_piece_s": 0.24},  # in pieces, each at its offset
+], ids=["hubert-whole", "whisper-whole", "whisper-pieces-all-layers"])
+def test_the_frozen_pass_through_onnx_runtime_gives_the_torch_statistics(over):
+    from trainer.features import tower_statistics
+    from trainer.model import ClapModel
+
+    cfg = frozen_cfg(**over)
+    torch.manual_seed(0)
+    model = ClapModel(cfg.model).eval()
+    rng = np.random.default_rng(1)
+    clips = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (4000, 9100, 16000, 23456)]
+    ref = tower_statistics(model, clips)
+    got = tower_statistics(model, clips, runtime="onnxruntime")
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+    quantised = tower_statistics(model, clips, precision="int8-weights", runtime="onnxruntime")
+    a, b = quantised.reshape(len(clips), -1), ref.reshape(len(clips), -1)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert not np.allclose(a, b, atol=1e-6) and cos.min() > 0.99
+
+
+def test_the_frozen_pass_runtime_shares_fp32_caches_and_pairs_with_its_precisions(tmp_path, capsys):
+    from trainer.config import ConfigError
+    from trainer.features import frozen_audio_features, tower_key
+    from trainer.model import ClapModel
+
+    torch_cfg = frozen_cfg()
+    ort_cfg = frozen_cfg(**{"train.tower_runtime": "onnxruntime"})
+    int8w = frozen_cfg(**{"train.tower_runtime": "onnxruntime", "train.tower_precision": "int8-weights"})
+    assert tower_key(torch_cfg, 3) == tower_key(ort_cfg, 3) != tower_key(int8w, 3)
+    corpus = on_disk(toy_corpus(6), tmp_path)
+    model = ClapModel(ort_cfg.model)
+    frozen_audio_features(ort_cfg, tmp_path / "run", model, corpus)
+    assert "× 3 views (fp32, onnxruntime)" in capsys.readouterr().err
+    for precision, runtime in (("bf16", "onnxruntime"), ("int8-weights", "torch")):
+        with pytest.raises(ConfigError, match=f"tower_precision = '{precision}' runs on train.tower_runtime"):
+            frozen_cfg(**{"train.tower_precision": precision, "train.tower_runtime": runtime})
+    with pytest.raises(ConfigError, match="tower_runtime"):
+        frozen_cfg(**{"train.tower_runtime": "tensorrt"})

@@ -84,6 +84,12 @@ class TrainOptions:
     # CPU with bf16 matrix instructions about twice as fast; pooled statistics at cosine
     # 0.9998 mean, 0.995 worst to fp32). Training only: bundles are exported from fp32.
     tower_precision: str = "fp32"
+    # Which runtime makes that pass: "torch", or "onnxruntime" (the tower's piece graph as a
+    # bundle ships it, run as the daemon runs it: on two cores about twice as fast in fp32,
+    # the same statistics to 1e-4, so fp32 caches are shared). With "onnxruntime" the
+    # precision is "fp32" or "int8-weights" (the 8-bit-weight encoder `export --int8-weights`
+    # ships); with "torch", "fp32" or "bf16". ONNX Runtime runs it on the CPU.
+    tower_runtime: str = "torch"
     max_seconds: float = 8.0  # random crop length for training utterances
     # With both towers frozen, training runs on their cached pooled outputs: `views` per
     # utterance, the clean one and views-1 augmented ones (trainer/augment.py), one drawn
@@ -158,7 +164,8 @@ def _check(cfg: Config) -> None:
         ("model", "audio_pooling"): ("mean", "stats"),
         ("train", "loss"): ("ce", "kl"),
         ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
-        ("train", "tower_precision"): ("fp32", "bf16"),
+        ("train", "tower_precision"): ("fp32", "bf16", "int8-weights"),
+        ("train", "tower_runtime"): ("torch", "onnxruntime"),
     }
     for (table, key), allowed in choices.items():
         value = getattr(getattr(cfg, table), key)
@@ -169,6 +176,11 @@ def _check(cfg: Config) -> None:
             or abs(piece * 50 - round(piece * 50)) > 1e-9:
         raise ConfigError(f"{cfg.source}: model.audio_piece_s = {piece!r}; expected 0 (whole utterances) "
                           "or a length in seconds up to 30 that is a multiple of 0.02")
+    runtimes = {"bf16": "torch", "int8-weights": "onnxruntime"}
+    wanted = runtimes.get(cfg.train.tower_precision, cfg.train.tower_runtime)
+    if wanted != cfg.train.tower_runtime:
+        raise ConfigError(f"{cfg.source}: train.tower_precision = {cfg.train.tower_precision!r} runs on "
+                          f"train.tower_runtime = {wanted!r}, not {cfg.train.tower_runtime!r}")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"{cfg.source}: train.batch_size must be at least 2 (contrastive loss)")
     if not 1 <= cfg.train.views <= 64:

@@ -104,31 +104,41 @@ def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) 
             ["embedding", "frames"] if frames else ["embedding"])
 
 
-def export_pieces(model, path: Path, head_path: Path, frames: bool = False) -> tuple[str, ...]:
-    """The piece graph (`_PieceGraph`) and the head graph (`_HeadGraph`); returns the piece
-    graph's inputs. Legacy exporter only: the piece graph is traced like `export_audio`'s."""
+def export_piece_graph(model, path: Path, frames: bool = False) -> tuple[str, ...]:
+    """The piece graph (`_PieceGraph`); returns its inputs. Legacy exporter only: it is
+    traced like `export_audio`'s. With a frozen tower it has nothing learnt in it, so the
+    trainer's frozen pass runs it as well (trainer/features.py)."""
     n = max(model.audio.min_samples * 4, 16000)
     example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
     names = ["waveform", "lengths"]
     axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "count": {0: "batch"},
             "mean": {0: "batch"}, "variance": {0: "batch"}}
     if getattr(model.audio, "absolute_positions", False):
-        example += (torch.tensor([0, model.opts.piece_samples]),)
+        example += (torch.tensor([0, model.opts.piece_samples or n // 2]),)
         names.append("offsets")
         axes["offsets"] = {0: "batch"}
     outputs = ["count", "mean", "variance"] + (["frames"] if frames else [])
     if frames:
         axes["frames"] = {0: "batch", 1: "frames"}
-    module = _PieceGraph(model, frames).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=outputs,
-                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
-        stats = model.audio_statistics(example[0], example[1]).detach()
+        torch.onnx.export(_PieceGraph(model, frames).eval(), example, str(path), input_names=names,
+                          output_names=outputs, dynamic_axes=axes, dynamo=False, opset_version=OPSET)
+    return tuple(names)
+
+
+def export_pieces(model, path: Path, head_path: Path, frames: bool = False) -> tuple[str, ...]:
+    """The piece graph (`export_piece_graph`) and the head graph (`_HeadGraph`); returns the
+    piece graph's inputs."""
+    names = export_piece_graph(model, path, frames)
+    n = max(model.audio.min_samples * 4, 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = model.audio_statistics(torch.randn(2, n) * 0.1, torch.tensor([n, n // 2])).detach()
         torch.onnx.export(_HeadGraph(model).eval(), (stats,), str(head_path), input_names=["statistics"],
                           output_names=["embedding"], dynamic_axes={"statistics": {0: "batch"}, "embedding": {0: "batch"}},
                           dynamo=False, opset_version=OPSET)
-    return tuple(names)
+    return names
 
 
 def export_text(model, tokenizer, path: Path, dynamo: bool = False) -> None:
