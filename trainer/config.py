@@ -85,7 +85,7 @@ class TrainOptions:
     # 0.9998 mean, 0.995 worst to fp32). Training only: bundles are exported from fp32.
     tower_precision: str = "fp32"
     # Which runtime makes that pass: "torch", or "onnxruntime" (the tower's piece graph as a
-    # bundle ships it, run as the daemon runs it: on two cores about twice as fast in fp32,
+    # bundle ships it, run as the daemon runs it: on two cores 1.3 times as fast in fp32,
     # the same statistics to 1e-4, so fp32 caches are shared). With "onnxruntime" the
     # precision is "fp32" or "int8-weights" (the 8-bit-weight encoder `export --int8-weights`
     # ships); with "torch", "fp32" or "bf16". ONNX Runtime runs it on the CPU.

@@ -96,9 +96,9 @@ def tower_statistics(model, clips: list[np.ndarray], device="cpu", precision: st
                      runtime: str = "torch") -> np.ndarray:
     """[N, L, S] `model.audio_statistics` of each clip. "onnxruntime" runs the tower's piece
     graph, the one a bundle ships (`trainer.export.export_piece_graph`), through
-    `emoclap.pieces` as the daemon does: on two cores about twice as fast as torch in fp32,
-    and the same statistics to 1e-4 (tests/test_trainer_frozen.py); with "int8-weights",
-    the bundle's 8-bit-weight encoder's own statistics."""
+    `emoclap.pieces` as the daemon does: on two cores 1.3 times as fast as torch in fp32
+    (1.6 with "int8-weights", the bundle's 8-bit-weight encoder's own statistics), and in
+    fp32 the same statistics to 1e-4 (tests/test_trainer_frozen.py)."""
     if runtime == "onnxruntime":
         return _onnx_statistics(model, clips, precision)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
