@@ -87,6 +87,12 @@ class _TextGraph(nn.Module):
         return self.model.text_from_pooled(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
+def _padded_example(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows, the second half padding, so that the masking path is what gets traced."""
+    n = max(model.audio.min_samples * 4, 16000)
+    return torch.randn(2, n) * 0.1, torch.tensor([n, n // 2])
+
+
 def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) -> None:
     """`waveform` [batch, samples] + `lengths` [batch] → `embedding` [batch, D] (and, with
     `frames`, the tower's `frames` [batch, T, H], zero past each utterance's end).
@@ -95,8 +101,7 @@ def export_audio(model, path: Path, dynamo: bool = False, frames: bool = False) 
     TorchScript exporter is the default: its graph ran faster in ONNX Runtime
     (bench/export_speed.py) and it exports in seconds instead of minutes.
     """
-    n = max(model.audio.min_samples * 4, 16000)
-    example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
+    example = _padded_example(model)
     axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}
     if frames:
         axes["frames"] = {0: "batch", 1: "frames"}
@@ -108,8 +113,8 @@ def export_piece_graph(model, path: Path, frames: bool = False) -> tuple[str, ..
     """The piece graph (`_PieceGraph`); returns its inputs. Legacy exporter only: it is
     traced like `export_audio`'s. With a frozen tower it has nothing learnt in it, so the
     trainer's frozen pass runs it as well (trainer/features.py)."""
-    n = max(model.audio.min_samples * 4, 16000)
-    example = (torch.randn(2, n) * 0.1, torch.tensor([n, n // 2]))
+    example = _padded_example(model)
+    n = example[0].shape[1]
     names = ["waveform", "lengths"]
     axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "count": {0: "batch"},
             "mean": {0: "batch"}, "variance": {0: "batch"}}
@@ -131,10 +136,9 @@ def export_pieces(model, path: Path, head_path: Path, frames: bool = False) -> t
     """The piece graph (`export_piece_graph`) and the head graph (`_HeadGraph`); returns the
     piece graph's inputs."""
     names = export_piece_graph(model, path, frames)
-    n = max(model.audio.min_samples * 4, 16000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        stats = model.audio_statistics(torch.randn(2, n) * 0.1, torch.tensor([n, n // 2])).detach()
+        stats = model.audio_statistics(*_padded_example(model)).detach()
         torch.onnx.export(_HeadGraph(model).eval(), (stats,), str(head_path), input_names=["statistics"],
                           output_names=["embedding"], dynamic_axes={"statistics": {0: "batch"}, "embedding": {0: "batch"}},
                           dynamo=False, opset_version=OPSET)
